@@ -1,0 +1,510 @@
+"""Synthetic cervical-spine phantom: anatomy in 3-D patient space, MR contrasts at 1.5 T.
+
+The anatomy is defined analytically in DICOM patient coordinates (LPS, millimetres:
+``x`` to the patient's left, ``y`` posterior, ``z`` head), so sagittal and axial slices
+of one phantom patient show the same anatomy. Rendering a plane gives per-tissue
+partial-volume fractions (in-plane and through-plane supersampling); a contrast then
+maps tissue fractions to signal with the spin-echo equation
+``S = PD (1 - exp(-TR/T1)) exp(-TE/T2)``, separately for water and fat (Dixon).
+
+``z = 0`` lies near the C4 body; vertebral levels run from C2 (with the dens) to T3.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+__all__ = [
+    "Tissue",
+    "Contrast",
+    "CONTRASTS",
+    "PhantomPatient",
+    "PlaneGeometry",
+    "sagittal_geometry",
+    "axial_geometry",
+    "render_plane",
+    "contrast_image",
+    "training_objects",
+    "LEVELS",
+    "DISC_NAMES",
+    "plane_points",
+    "swallowing_weight",
+]
+
+
+class Tissue(IntEnum):
+    AIR = 0
+    FAT = 1
+    SKIN = 2
+    MUSCLE = 3
+    SOFT_TISSUE = 4
+    MUCOSA = 5
+    THYROID = 6
+    CORTICAL_BONE = 7
+    MARROW = 8
+    DISC_NUCLEUS = 9
+    DISC_ANNULUS = 10
+    LIGAMENT = 11
+    CSF = 12
+    CORD = 13
+    CORD_LESION = 14
+    ENHANCING_LESION = 15
+    BRAIN = 16
+    FLOW_VOID = 17
+    EPIDURAL_VEINS = 18
+    LUNG = 19
+    CARTILAGE = 20
+    DEGENERATED_NUCLEUS = 21
+
+
+N_TISSUES = len(Tissue)
+
+# Water: proton density, T1 (ms), T2 (ms); fat fraction; gadolinium uptake (mM) on CE.
+# 1.5 T literature values, rounded.
+_TISSUE_PARAMETERS: dict[Tissue, tuple[float, float, float, float, float]] = {
+    Tissue.AIR: (0.0, 1000, 1, 0.0, 0.0),
+    Tissue.FAT: (0.0, 1000, 1, 1.0, 0.0),
+    Tissue.SKIN: (0.8, 800, 50, 0.1, 0.1),
+    Tissue.MUSCLE: (0.75, 1000, 40, 0.03, 0.03),
+    Tissue.SOFT_TISSUE: (0.8, 950, 60, 0.05, 0.06),
+    Tissue.MUCOSA: (0.85, 1000, 80, 0.0, 0.3),
+    Tissue.THYROID: (0.8, 600, 80, 0.0, 0.3),
+    Tissue.CORTICAL_BONE: (0.05, 1000, 5, 0.0, 0.0),
+    Tissue.MARROW: (0.8, 900, 50, 0.4, 0.08),
+    Tissue.DISC_NUCLEUS: (0.9, 1100, 130, 0.0, 0.0),
+    Tissue.DISC_ANNULUS: (0.7, 900, 40, 0.0, 0.0),
+    Tissue.LIGAMENT: (0.15, 800, 15, 0.0, 0.0),
+    Tissue.CSF: (1.0, 3800, 1800, 0.0, 0.0),
+    Tissue.CORD: (0.75, 800, 80, 0.0, 0.0),
+    Tissue.CORD_LESION: (0.85, 1100, 140, 0.0, 0.0),
+    Tissue.ENHANCING_LESION: (0.85, 1100, 110, 0.0, 0.5),
+    Tissue.BRAIN: (0.78, 850, 85, 0.0, 0.0),
+    Tissue.FLOW_VOID: (0.0, 1000, 1, 0.0, 0.0),
+    Tissue.EPIDURAL_VEINS: (0.9, 1200, 120, 0.0, 1.0),
+    Tissue.LUNG: (0.05, 1200, 20, 0.0, 0.0),
+    Tissue.CARTILAGE: (0.5, 800, 30, 0.2, 0.0),
+    Tissue.DEGENERATED_NUCLEUS: (0.75, 950, 60, 0.0, 0.0),
+}
+_FAT = (1.0, 260.0, 130.0)  # PD, T1, T2 of fat on TSE (J-coupling keeps fat bright on T2)
+_GADOBUTROL_R1 = 5.2e-3  # relaxivity, 1/(mM ms), 1.5 T
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A TSE contrast. ``image`` is ``"magnitude"`` (water + fat), ``"in_phase"`` or
+    ``"water"`` (Dixon), ``contrast_enhanced`` applies gadolinium T1 shortening."""
+
+    name: str
+    repetition_time_ms: float
+    echo_time_ms: float
+    echo_train_length: int
+    image: str = "magnitude"
+    contrast_enhanced: bool = False
+
+
+CONTRASTS: dict[str, Contrast] = {
+    "T1": Contrast("T1", 550.0, 8.0, 5),
+    "T2": Contrast("T2", 3000.0, 100.0, 18),
+    "DIXON_IP": Contrast("DIXON_IP", 3000.0, 100.0, 18, image="in_phase"),
+    "DIXON_W": Contrast("DIXON_W", 3000.0, 100.0, 18, image="water"),
+    "AX_T2": Contrast("AX_T2", 3500.0, 100.0, 15),
+    "CE_T1": Contrast("CE_T1", 550.0, 8.0, 5, contrast_enhanced=True),
+}
+
+# (name, body top z, body bottom z) in mm; discs fill the gaps below each body.
+LEVELS: list[tuple[str, float, float]] = [
+    ("C2", 50.0, 30.0),
+    ("C3", 25.0, 11.0),
+    ("C4", 6.0, -8.0),
+    ("C5", -13.0, -27.0),
+    ("C6", -32.0, -46.0),
+    ("C7", -51.0, -65.0),
+    ("T1", -70.0, -86.0),
+    ("T2", -91.0, -108.0),
+    ("T3", -113.0, -130.0),
+]
+DISC_NAMES = [f"{a}-{b}" for (a, _, _), (b, _, _) in zip(LEVELS[:-1], LEVELS[1:])]
+
+
+@dataclass(frozen=True)
+class Pathology:
+    disc_bulge_levels: tuple[int, ...] = ()  # disc indices into DISC_NAMES
+    bulge_mm: float = 3.0
+    stenosis_level: int | None = None  # disc index
+    cord_lesion: bool = False  # T2 hyperintense lesion at the stenosis (myelopathy)
+    enhancing_lesion_z: float | None = None  # intramedullary enhancing lesion centre (mm)
+
+
+@dataclass(frozen=True)
+class PhantomPatient:
+    """One phantom patient: anatomy drawn from ``seed`` (deterministic)."""
+
+    seed: int
+    lordosis_mm: float = 9.0
+    canal_ap_mm: float = 13.5
+    cord_ap_mm: float = 7.6
+    neck_lr_mm: float = 58.0
+    marrow_fat_fraction: float = 0.4
+    degenerated_discs: tuple[int, ...] = ()
+    pathology: Pathology = field(default_factory=Pathology)
+    texture: tuple[tuple[float, float, float, float, float], ...] = ()
+
+    @classmethod
+    def from_seed(cls, seed: int, pathology: str = "auto", protocol: str = "myelopathy") -> "PhantomPatient":
+        """Draw a patient. ``pathology``: ``"auto"`` (by protocol), ``"none"`` or ``"all"``."""
+        rng = np.random.default_rng([seed, 20251])
+        degenerated = tuple(int(i) for i in np.flatnonzero(rng.random(7) < 0.3))
+        bulge_level = int(rng.integers(2, 5))  # C4-5 .. C6-7
+        if pathology == "none":
+            path = Pathology()
+        else:
+            myelo = pathology == "all" or protocol == "myelopathy"
+            path = Pathology(
+                disc_bulge_levels=(bulge_level,) + ((bulge_level - 1,) if rng.random() < 0.5 else ()),
+                bulge_mm=float(rng.uniform(2.0, 4.0)),
+                stenosis_level=bulge_level if (myelo or rng.random() < 0.5) else None,
+                cord_lesion=myelo,
+                enhancing_lesion_z=float(rng.uniform(-5.0, 20.0)) if myelo else None,
+            )
+        texture = tuple(
+            (float(a), float(b), float(c), float(d), float(e))
+            for a, b, c, d, e in zip(
+                rng.normal(0, 0.35, 12), rng.normal(0, 0.35, 12), rng.normal(0, 0.35, 12),
+                rng.uniform(0, 2 * np.pi, 12), rng.uniform(0.01, 0.03, 12),
+            )
+        )
+        return cls(
+            seed=seed,
+            lordosis_mm=float(rng.uniform(3.0, 14.0)),
+            canal_ap_mm=float(rng.uniform(12.0, 15.0)),
+            cord_ap_mm=float(rng.uniform(6.8, 8.2)),
+            neck_lr_mm=float(rng.uniform(52.0, 66.0)),
+            marrow_fat_fraction=float(rng.uniform(0.3, 0.55)),
+            degenerated_discs=degenerated,
+            pathology=path,
+            texture=texture,
+        )
+
+    # --- anatomy -------------------------------------------------------------------------
+    def body_centre_y(self, z: np.ndarray) -> np.ndarray:
+        """AP position of the vertebral body centres (cervical lordosis), mm."""
+        s = np.clip((z + 10.0) / 70.0, -1.0, 1.0)
+        return self.lordosis_mm * (s**2 - 0.5)
+
+    def labels(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tissue label and vertebral level index at points (any equal shapes), mm.
+
+        Level index: ``2*i`` inside body ``LEVELS[i]`` (z range), ``2*i+1`` in the disc
+        below it, ``-1`` outside the column's z range.
+        """
+        lab = np.full(x.shape, Tissue.AIR, dtype=np.int8)
+        u = y - self.body_centre_y(z)  # AP offset from the body centre line
+
+        # Neck outline: ellipse in x-u, with a head above and chest below.
+        neck_c = 12.0
+        a = self.neck_lr_mm + np.clip(-(z + 95.0), 0, None) * 1.2 + np.clip(z - 75.0, 0, None) * 0.6
+        b = 80.0 + np.clip(-(z + 100.0), 0, None) * 0.8 + np.clip(z - 75.0, 0, None) * 0.8
+        r = np.sqrt((x / a) ** 2 + ((y - neck_c) / b) ** 2)
+        inside = r <= 1.0
+        # Chin and floor of the mouth: an anterior lobe between z = 15 and 75.
+        chin = ((y + 85.0) / 32.0) ** 2 + (x / 42.0) ** 2 + ((z - 45.0) / 32.0) ** 2 <= 1.0
+        body = inside | chin
+        lab[body] = Tissue.SKIN
+        skin_mm = 1.5
+        depth = (1.0 - r) * np.minimum(a, b)  # approximate depth below the skin, mm
+        lab[body & ((depth > skin_mm) | chin)] = Tissue.FAT
+        fat_mm = 7.0
+        core = inside & (depth > skin_mm + fat_mm)
+        lab[core] = Tissue.MUSCLE
+        # Intermuscular fat planes posteriorly.
+        planes = core & (u > 35.0) & (np.abs(np.sin((y - 35.0) / 6.0 + x / 25.0 + z / 40.0)) < 0.12)
+        lab[planes] = Tissue.FAT
+        # Mandible: a U-shaped cortical band in the chin lobe.
+        mand = chin & (np.abs(np.sqrt(((y + 85.0) / 30.0) ** 2 + (x / 40.0) ** 2) - 0.85) < 0.08) & (np.abs(z - 35.0) < 12.0)
+        lab[mand] = Tissue.CORTICAL_BONE
+        lab[chin & ~mand & (y > -80.0) & (z > 20.0) & (z < 70.0) & (np.abs(x) < 25.0)] = Tissue.MUSCLE  # tongue
+
+        # Head above the foramen magnum: posterior fossa and occipital bone.
+        head = inside & (z > 68.0)
+        lab[head & (u > 8.0) & (u < 70.0) & (np.abs(x) < 55.0)] = Tissue.BRAIN
+        occ = head & (u >= 70.0) & (u < 77.0) & (np.abs(x) < 60.0)
+        lab[occ] = Tissue.CORTICAL_BONE
+        lab[head & (u >= 72.0) & (u < 75.0) & (np.abs(x) < 55.0)] = Tissue.MARROW
+        clivus = (z > 62.0) & (np.abs(u - 0.3 * (z - 62.0)) < 6.0) & (np.abs(x) < 14.0) & (z < 110.0)
+        lab[clivus] = Tissue.CORTICAL_BONE
+        lab[clivus & (np.abs(u - 0.3 * (z - 62.0)) < 4.0)] = Tissue.MARROW
+
+        # Prevertebral soft tissue, airway and larynx.
+        prevert = np.where(z > -8.0, 4.0, 13.0)
+        airway_post = -9.0 - prevert
+        airway_ap = np.where(z > 0.0, 13.0, 15.0)
+        airway_lr = np.where(z > 0.0, 17.0, 9.0)
+        ant_neck = inside & (depth > skin_mm + fat_mm) & (u < -8.0)
+        lab[ant_neck] = Tissue.SOFT_TISSUE
+        airway_c = airway_post - airway_ap / 2.0
+        airway_r = ((u - airway_c) / (airway_ap / 2.0)) ** 2 + (x / airway_lr) ** 2
+        in_airway_range = (z < 85.0) & (z > -135.0)
+        lab[in_airway_range & (airway_r <= 1.6) & inside] = Tissue.MUCOSA
+        lab[in_airway_range & (airway_r <= 1.0)] = Tissue.AIR
+        larynx = (z < 0.0) & (z > -28.0) & in_airway_range & (airway_r > 1.6) & (airway_r <= 2.6) & (u < airway_c)
+        lab[larynx] = Tissue.CARTILAGE
+        thyroid = (z < -35.0) & (z > -62.0) & (airway_r > 1.8) & (airway_r <= 4.0) & (u < airway_post) & inside
+        lab[thyroid] = Tissue.THYROID
+        # Carotid arteries and vertebral arteries: flow voids.
+        for side in (-1.0, 1.0):
+            lab[(((x - side * 24.0) / 4.0) ** 2 + ((u + 16.0) / 4.0) ** 2 <= 1.0) & inside] = Tissue.FLOW_VOID
+            lab[(((x - side * 16.0) / 2.3) ** 2 + ((u - 1.0) / 2.3) ** 2 <= 1.0) & (z > -60.0) & (z < 55.0)] = Tissue.FLOW_VOID
+        # Lung apices below the thoracic inlet.
+        lab[inside & (z < -95.0) & (np.abs(x) > 28.0) & (u > -40.0) & (u < 40.0)] = Tissue.LUNG
+
+        # Vertebral column.
+        level = np.full(x.shape, -1, dtype=np.int8)
+        body_xy = (u / 8.0) ** 4 + (x / 9.0) ** 4 <= 1.0
+        cortex_xy = (u / 6.8) ** 4 + (x / 7.8) ** 4 > 1.0
+        for i, (_, top, bottom) in enumerate(LEVELS):
+            zin = (z <= top) & (z > bottom)
+            level[zin & (np.abs(u) < 60)] = 2 * i
+            bone = zin & body_xy
+            lab[bone] = Tissue.CORTICAL_BONE
+            lab[bone & ~cortex_xy & (z < top - 1.0) & (z > bottom + 1.0)] = Tissue.MARROW
+            # Posterior elements: pedicles, lateral masses, lamina, spinous process.
+            pz = (z <= top - 3.0) & (z > bottom - 3.0)
+            pedicle = pz & (np.abs(x) > 10.5) & (np.abs(x) < 14.0) & (u > 7.0) & (u < 21.0)
+            lateral_mass = pz & (np.abs(x) >= 12.0) & (np.abs(x) < 22.0) & (u > 12.0) & (u < 26.0)
+            canal_back = 9.0 + self.canal_ap_mm
+            lamina = pz & (np.abs(x) < 15.0) & (u > canal_back + 1.5) & (u < canal_back + 6.0)
+            sp_len = 30.0 if LEVELS[i][0] in ("C7", "T1") else 18.0
+            su = u - (canal_back + 6.0)
+            spinous = (np.abs(x) < 3.0) & (su >= 0) & (su < sp_len) & (z + 0.5 * su <= top - 4.0) & (z + 0.5 * su > bottom - 1.0)
+            post = (pedicle | lateral_mass | lamina | spinous) & inside
+            lab[post] = Tissue.CORTICAL_BONE
+            post_core = post & (
+                (pedicle & (np.abs(np.abs(x) - 12.25) < 1.0))
+                | (lateral_mass & (np.abs(np.abs(x) - 17.0) < 3.5) & (np.abs(u - 19.0) < 5.0))
+                | (spinous & (np.abs(x) < 1.8) & (z + 0.5 * su <= top - 5.0) & (z + 0.5 * su > bottom))
+            )
+            lab[post_core] = Tissue.MARROW
+            if i == 0:  # dens of C2
+                dens = (z > top) & (z <= top + 15.0) & ((u / 5.0) ** 2 + (x / 5.0) ** 2 <= 1.0)
+                lab[dens] = Tissue.CORTICAL_BONE
+                lab[dens & ((u / 3.8) ** 2 + (x / 3.8) ** 2 <= 1.0) & (z < top + 14.0)] = Tissue.MARROW
+            if i + 1 < len(LEVELS):
+                d_top, d_bot = bottom, LEVELS[i + 1][1]
+                dz = (z <= d_top) & (z > d_bot)
+                level[dz & (np.abs(u) < 60)] = 2 * i + 1
+                bulge = self.pathology.bulge_mm if i in self.pathology.disc_bulge_levels else 0.0
+                mid = 0.5 * (d_top + d_bot)
+                hz = 0.5 * (d_top - d_bot)
+                half_ap = np.where(u > 0, 8.5 + bulge * (1 - ((z - mid) / hz) ** 2), 8.5)
+                shape = (u / half_ap) ** 4 + (x / 9.0) ** 4
+                disc = dz & (shape <= 1.0)
+                lab[disc] = Tissue.DISC_ANNULUS
+                nucleus = disc & ((u / 5.0) ** 2 + (x / 6.0) ** 2 + ((z - mid) / (0.6 * hz)) ** 2 <= 1.0)
+                lab[nucleus] = Tissue.DEGENERATED_NUCLEUS if i in self.degenerated_discs else Tissue.DISC_NUCLEUS
+
+        # Ligaments: anterior and posterior longitudinal.
+        col = (z < 52.0) & (z > -130.0) & (np.abs(x) < 8.0)
+        lab[col & (u > -9.2) & (u <= -8.2) & (lab != Tissue.DISC_ANNULUS)] = Tissue.LIGAMENT
+        lab[col & (u >= 8.6) & (u < 9.4) & (lab != Tissue.DISC_ANNULUS)] = Tissue.LIGAMENT
+
+        # Spinal canal: CSF, cord (medulla above z = 62), epidural veins.
+        canal_c = 9.4 + self.canal_ap_mm / 2.0
+        canal_half = np.full(x.shape, self.canal_ap_mm / 2.0)
+        cord_half = np.full(x.shape, self.cord_ap_mm / 2.0)
+        cord_lr = 6.0 + 1.0 * np.exp(-(((z + 20.0) / 25.0) ** 2))  # cervical enlargement
+        if self.pathology.stenosis_level is not None:
+            sz = LEVELS[self.pathology.stenosis_level][2] - 2.5  # disc centre
+            narrowing = np.exp(-(((z - sz) / 5.0) ** 2))
+            canal_half = canal_half - narrowing * 0.3 * self.canal_ap_mm
+            cord_half = np.minimum(cord_half, canal_half * 0.8 + (1 - narrowing) * 10)
+            # Hypertrophied ligamentum flavum fills the posterior canal at the level.
+            flavum = (narrowing > 0.3) & (np.abs(x) < 9.0) & (u > canal_c + canal_half) & (u < 9.4 + self.canal_ap_mm + 0.5)
+            lab[flavum & inside] = Tissue.LIGAMENT
+        medulla = np.clip((z - 62.0) / 20.0, 0, 1)
+        cord_half = cord_half * (1 + 0.6 * medulla)
+        cord_lr = cord_lr * (1 + 0.6 * medulla)
+        canal_z = (z < 68.0) & (z > -135.0)
+        canal = canal_z & (((u - canal_c) / canal_half) ** 2 + (x / 11.0) ** 2 <= 1.0)
+        lab[canal] = Tissue.CSF
+        veins = canal & (u < canal_c - canal_half + 1.2) & (np.abs(x) < 9.0)
+        lab[veins] = Tissue.EPIDURAL_VEINS
+        cord_r = ((u - canal_c) / cord_half) ** 2 + (x / cord_lr) ** 2
+        cord = (canal_z | (z >= 68.0)) & (cord_r <= 1.0) & (z < 95.0)
+        lab[cord] = Tissue.CORD
+        if self.pathology.cord_lesion and self.pathology.stenosis_level is not None:
+            lz = LEVELS[self.pathology.stenosis_level][2] - 2.5
+            les = cord & (((u - canal_c) / 2.2) ** 2 + (x / 2.5) ** 2 + ((z - lz) / 6.0) ** 2 <= 1.0)
+            lab[les] = Tissue.CORD_LESION
+        if self.pathology.enhancing_lesion_z is not None:
+            ez = self.pathology.enhancing_lesion_z
+            enh = cord & (((u - canal_c) / 2.3) ** 2 + ((x - 1.0) / 2.3) ** 2 + ((z - ez) / 3.5) ** 2 <= 1.0)
+            lab[enh] = Tissue.ENHANCING_LESION
+        return lab, level
+
+    def texture_field(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """Smooth multiplicative tissue heterogeneity (about +/-5 %), same in every plane."""
+        t = np.zeros(x.shape, dtype=np.float32)
+        for kx, ky, kz, ph, amp in self.texture:
+            t += np.float32(amp) * np.cos(kx * x + ky * y + kz * z + ph).astype(np.float32)
+        return 1.0 + t
+
+
+@dataclass(frozen=True)
+class PlaneGeometry:
+    """Pixel grid of one image plane in patient coordinates (mm).
+
+    Pixel ``(r, c)`` centre is at ``origin + c * spacing[1] * row_dir + r * spacing[0] * col_dir``
+    (``origin`` is DICOM ImagePositionPatient, ``row_dir``/``col_dir`` ImageOrientationPatient).
+    """
+
+    origin: np.ndarray
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    shape: tuple[int, int]
+    spacing: tuple[float, float]  # (between rows, between columns) mm = DICOM PixelSpacing
+    thickness: float
+
+    @property
+    def normal(self) -> np.ndarray:
+        return np.cross(self.row_dir, self.col_dir)
+
+
+def sagittal_geometry(n_slices: int = 13, matrix: int = 512, fov_mm: float = 240.0,
+                      thickness: float = 3.0, gap: float = 0.3, x_centre: float = 0.0) -> list[PlaneGeometry]:
+    """Sagittal stack from patient right to left; rows run anterior to posterior."""
+    sp = fov_mm / matrix
+    planes = []
+    for k in range(n_slices):
+        x = x_centre + (k - (n_slices - 1) / 2.0) * (thickness + gap)
+        origin = np.array([x, -125.0 + sp / 2, 125.0 - sp / 2])
+        planes.append(PlaneGeometry(origin, np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, -1.0]),
+                                    (matrix, matrix), (sp, sp), thickness))
+    return planes
+
+
+def axial_geometry(n_slices: int = 24, matrix: int = 320, fov_mm: float = 180.0,
+                   thickness: float = 3.0, gap: float = 0.5, z_centre: float = -20.0) -> list[PlaneGeometry]:
+    """Axial stack from head to feet through C3-C7; rows run right to left."""
+    sp = fov_mm / matrix
+    planes = []
+    for k in range(n_slices):
+        z = z_centre + ((n_slices - 1) / 2.0 - k) * (thickness + gap)
+        origin = np.array([-90.0 + sp / 2, -80.0 + sp / 2, z])
+        planes.append(PlaneGeometry(origin, np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]),
+                                    (matrix, matrix), (sp, sp), thickness))
+    return planes
+
+
+@dataclass
+class RenderedPlane:
+    """Tissue fractions ``(N_TISSUES, rows, cols)`` float32, the dominant label and level
+    ``(rows, cols)``, and the texture field ``(rows, cols)``."""
+
+    fractions: np.ndarray
+    label: np.ndarray
+    level: np.ndarray
+    texture: np.ndarray
+
+
+def render_plane(patient: PhantomPatient, plane: PlaneGeometry, inplane: int = 1, through: int = 3) -> RenderedPlane:
+    """Partial-volume rendering with ``inplane**2 * through`` samples per pixel."""
+    rows, cols = plane.shape
+    sub = (np.arange(inplane) + 0.5) / inplane - 0.5
+    thr = (np.arange(through) + 0.5) / through - 0.5
+    r = (np.arange(rows)[:, None] + sub[None, :]).reshape(-1)  # rows*inplane
+    c = (np.arange(cols)[:, None] + sub[None, :]).reshape(-1)
+    counts = np.zeros((N_TISSUES, rows, cols), dtype=np.float32)
+    centre_label = centre_level = None
+    for t in thr:
+        off = plane.origin + t * plane.thickness * plane.normal
+        pts = (off[:, None, None]
+               + plane.col_dir[:, None, None] * (r[None, :, None] * plane.spacing[0])
+               + plane.row_dir[:, None, None] * (c[None, None, :] * plane.spacing[1])).astype(np.float32)
+        lab, lev = patient.labels(pts[0], pts[1], pts[2])
+        onehot_idx = lab.reshape(rows, inplane, cols, inplane)
+        for tissue in np.unique(lab):
+            counts[tissue] += (onehot_idx == tissue).sum(axis=(1, 3), dtype=np.float32)
+        if centre_label is None or abs(t) < 1e-9 or (through % 2 == 0 and t == thr[through // 2]):
+            centre_label = lab[inplane // 2 :: inplane, inplane // 2 :: inplane]
+            centre_level = lev[inplane // 2 :: inplane, inplane // 2 :: inplane]
+    fractions = counts / float(inplane * inplane * through)
+    pts = plane_points(plane)
+    texture = patient.texture_field(pts[0], pts[1], pts[2])
+    return RenderedPlane(fractions, centre_label, centre_level, texture)
+
+
+def _tissue_signals(patient: PhantomPatient, contrast: Contrast) -> np.ndarray:
+    """Signal of each tissue ``(N_TISSUES,)`` for a contrast (spin echo, water + fat)."""
+    out = np.zeros(N_TISSUES, dtype=np.float32)
+    tr, te = contrast.repetition_time_ms, contrast.echo_time_ms
+    pd_f, t1_f, t2_f = _FAT
+    fat_signal = pd_f * (1 - np.exp(-tr / t1_f)) * np.exp(-te / t2_f)
+    for tissue, (pd, t1, t2, ff, gd) in _TISSUE_PARAMETERS.items():
+        if tissue == Tissue.MARROW:
+            ff = patient.marrow_fat_fraction
+        if contrast.contrast_enhanced and gd > 0:
+            t1 = 1.0 / (1.0 / t1 + _GADOBUTROL_R1 * gd)
+        water = pd * (1 - np.exp(-tr / t1)) * np.exp(-te / t2)
+        if contrast.image == "water":
+            s = (1 - ff) * water
+        else:
+            s = (1 - ff) * water + ff * fat_signal
+        out[tissue] = s
+    return out
+
+
+def contrast_image(patient: PhantomPatient, rendered: RenderedPlane, contrast: Contrast,
+                   plane: PlaneGeometry | None = None) -> np.ndarray:
+    """Clean magnitude object ``(rows, cols)`` float32 for one contrast.
+
+    A posterior surface-coil sensitivity (smooth, stronger near the back of the neck) is
+    applied when ``plane`` is given.
+    """
+    signals = _tissue_signals(patient, contrast)
+    img = np.tensordot(signals, rendered.fractions, axes=(0, 0)).astype(np.float32)
+    img *= rendered.texture
+    if plane is not None:
+        pts = plane_points(plane)
+        dist_to_coil = np.clip(130.0 - pts[1], 10.0, None)  # coil behind the neck at y ~ 130 mm
+        img *= (0.55 + 0.45 * np.exp(-dist_to_coil / 120.0) / np.exp(-10.0 / 120.0)).astype(np.float32)
+    return img
+
+
+def training_objects(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """``n`` clean phantom objects (sagittal 512x512 or axial 320x320, random contrast and
+    patient), scaled to about 0..1, for training the model."""
+    out = []
+    contrast_names = list(CONTRASTS)
+    for _ in range(n):
+        patient = PhantomPatient.from_seed(int(rng.integers(10_000, 2**31 - 1)), pathology="all" if rng.random() < 0.5 else "none")
+        if rng.random() < 0.6:
+            planes = sagittal_geometry(x_centre=float(rng.uniform(-3, 3)))
+        else:
+            planes = axial_geometry(z_centre=float(rng.uniform(-40, 0)))
+        plane = planes[int(rng.integers(0, len(planes)))]
+        rendered = render_plane(patient, plane, inplane=2, through=2)
+        img = contrast_image(patient, rendered, CONTRASTS[contrast_names[int(rng.integers(0, len(contrast_names)))]], plane)
+        out.append(img / max(float(np.percentile(img, 99.5)), 1e-6))
+    return out
+
+
+def plane_points(plane: PlaneGeometry) -> np.ndarray:
+    """Patient coordinates ``(3, rows, cols)`` in mm of the pixel centres of a plane."""
+    rows, cols = plane.shape
+    return (plane.origin[:, None, None]
+            + plane.col_dir[:, None, None] * (np.arange(rows)[None, :, None] * plane.spacing[0])
+            + plane.row_dir[:, None, None] * (np.arange(cols)[None, None, :] * plane.spacing[1]))
+
+
+def swallowing_weight(patient: PhantomPatient, plane: PlaneGeometry) -> np.ndarray:
+    """Where swallowing moves tissue: pharynx, larynx and the anterior neck around them,
+    ``(rows, cols)`` in [0, 1]; zero over the spine and cord."""
+    x, y, z = plane_points(plane)
+    u = y - patient.body_centre_y(z)
+    airway_c = -9.0 - np.where(z > -8.0, 4.0, 13.0) - 7.0
+    w = np.exp(-(((u - airway_c) / 14.0) ** 2) - (x / 30.0) ** 2)
+    w *= 1.0 / (1.0 + np.exp(-(z + 40.0) / 6.0)) * 1.0 / (1.0 + np.exp((z - 65.0) / 6.0))
+    w[u > -9.0] = 0.0  # the vertebral column does not move with the larynx
+    return w.astype(np.float32)
