@@ -112,8 +112,8 @@ class SeriesRecord:
 
 
 def _uid(*parts: object) -> str:
-    """Deterministic UID (2.25 form) from the given parts."""
-    return generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts])
+    """Deterministic UID (pydicom root, hash of the parts): the same study gives the same UIDs."""
+    return generate_uid(entropy_srcs=[str(p) for p in parts])
 
 
 def _base_dataset(vendor: str, patient: PhantomPatient, study_uid: str, study_dt: datetime,

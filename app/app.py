@@ -1,0 +1,45 @@
+"""The application's DAG, readable in one place."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from holoscan.conditions import CountCondition
+from monai.deploy.core import Application
+from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
+
+from operators.cervical_series_selector import CervicalSeriesSelectorOperator
+from operators.derived_series_writer import DerivedSeriesWriterOperator
+from operators.dl_enhancement import DLEnhancementOperator
+
+
+class CervicalDLEnhanceApp(Application):
+    """DICOM study in -> one DL-enhanced derived series per cervical protocol series out.
+
+    Paths come from ``-i/-o/-m`` or HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH /
+    HOLOSCAN_MODEL_PATH, as for every MONAI Deploy application (and inside the MAP).
+    """
+
+    name = "cervical-dl-enhance"
+    description = "DL enhancement of accelerated cervical-spine MRI with a derived DICOM series"
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        super().__init__(*args, **kwargs)
+
+    def compose(self) -> None:
+        app_context = Application.init_app_context(self.argv)
+        input_path = Path(app_context.input_path)
+        output_path = Path(app_context.output_path)
+        model_path = Path(app_context.model_path)
+        self._logger.info("input %s, output %s, models %s", input_path, output_path, model_path)
+
+        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, name="dicom_loader")
+        selector = CervicalSeriesSelectorOperator(self, name="cervical_series_selector")
+        enhancer = DLEnhancementOperator(self, model_dir=model_path, name="dl_enhancement")
+        writer = DerivedSeriesWriterOperator(self, output_folder=output_path, name="derived_series_writer")
+
+        self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
+        self.add_flow(selector, enhancer, {("study_selected_series_list", "study_selected_series_list")})
+        self.add_flow(selector, writer, {("series_reports", "series_reports")})
+        self.add_flow(enhancer, writer, {("enhanced_series", "enhanced_series")})

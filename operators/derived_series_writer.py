@@ -1,0 +1,221 @@
+"""Writes each enhanced series as a derived MR series, atomically, plus a run summary.
+
+pydicom builds the derived MR images because highdicom (0.28) has no constructor for a
+classic derived MR Image; highdicom supplies the coded concepts (DCM 121322, 109102).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from operators.cervical_series_selector import SeriesReport
+from operators.dl_enhancement import EnhancedSeries
+from operators.series_roles import SOFTWARE_NAME
+
+SOFTWARE_VERSION = "0.1.0"
+MANUFACTURER = "Cervical DL Enhance project"
+DERIVED_FOLDER = "derived"
+SUMMARY_FILE = "run_summary.json"
+# Attributes that would be wrong once the pixels change, or that we must not copy.
+_DROP = ("LargestImagePixelValue", "SmallestImagePixelValue", "IconImageSequence", "PixelPaddingValue",
+         "WindowCenterWidthExplanation", "RequestAttributesSequence", "ReferencedImageSequence")
+
+
+def derived_uid(*parts: str) -> str:
+    """Deterministic UID from source UIDs and the model version: a rerun replaces."""
+    return generate_uid(entropy_srcs=[SOFTWARE_NAME, *parts])
+
+
+def derived_series_number(source: int | None, taken: set[int]) -> int:
+    """A SeriesNumber that sorts right after the source where the site leaves gaps
+    (e.g. 301 -> 351), else source + 1000."""
+    source = int(source or 0)
+    for candidate in (source + 50, source + 1000, source + 2000):
+        if candidate not in taken and (candidate != source + 50 or source >= 100):
+            return candidate
+    return source + 5000
+
+
+def short_description(source: str) -> str:
+    text = f"{source} DL" if source else "DL enhanced"
+    return text[:64]
+
+
+def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: str, sop_uid: str,
+                          series_number: int, window: tuple[float, float], model_name: str,
+                          model_version: str, model_sha256: str, now: datetime) -> Dataset:
+    """A derived MR Image (same geometry) from one source slice and its enhanced pixels."""
+    if pixels.shape != (int(source.Rows), int(source.Columns)):
+        raise ValueError(f"pixels {pixels.shape} do not match the source matrix {source.Rows}x{source.Columns}")
+    ds = copy.deepcopy(source)
+    ds.remove_private_tags()
+    for keyword in _DROP:
+        if keyword in ds:
+            del ds[keyword]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = source.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = short_description(str(source.get("SeriesDescription", "")))
+    ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    ds.DerivationDescription = (
+        f"{SOFTWARE_NAME}: deep-learning enhancement (cascaded U-Net with image-domain data consistency) "
+        f"of an accelerated acquisition; model {model_name} {model_version} sha256:{model_sha256[:16]}"
+    )
+    date, time_ = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
+    ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time_
+    source_ref = Dataset()
+    source_ref.ReferencedSOPClassUID = source.SOPClassUID
+    source_ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    source_ref.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)]
+    ds.SourceImageSequence = [source_ref]
+    equipment = Dataset()
+    equipment.Manufacturer = MANUFACTURER
+    equipment.ManufacturerModelName = SOFTWARE_NAME
+    equipment.SoftwareVersions = [SOFTWARE_VERSION, f"{model_name} {model_version}"]
+    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S")
+    equipment.ContributionDescription = "DL enhancement of an accelerated MR acquisition"
+    equipment.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(codes.DCM.ProcessingEquipment)]
+    ds.ContributingEquipmentSequence = Sequence(list(source.get("ContributingEquipmentSequence", [])) + [equipment])
+    # Pixel module: same dtype as the source; BitsStored widened if enhanced values need it.
+    dtype = pixels.dtype
+    bits_allocated = int(source.BitsAllocated)
+    needed = int(pixels.max()).bit_length() + (1 if dtype.kind == "i" else 0)
+    bits_stored = min(bits_allocated, max(int(source.BitsStored), needed))
+    ds.BitsAllocated = bits_allocated
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if dtype.kind == "i" else 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.WindowCenter = round(window[0], 1)
+    ds.WindowWidth = round(window[1], 1)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    return ds
+
+
+class NoEligibleSeriesError(RuntimeError):
+    """The input held DICOM, but no series the product enhances."""
+
+
+def write_summary(output_folder: Path, summary: dict) -> None:
+    """Write ``run_summary.json`` atomically (readers never see a half-written file)."""
+    output_folder.mkdir(parents=True, exist_ok=True)
+    tmp = output_folder / (SUMMARY_FILE + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, output_folder / SUMMARY_FILE)
+
+
+def series_window(pixels: np.ndarray) -> tuple[float, float]:
+    """Window centre and width from the whole series (never per slice: no flicker)."""
+    values = pixels[pixels > 0]
+    if values.size == 0:
+        return 0.5, 1.0
+    lo, hi = np.percentile(values, [1.0, 99.5])
+    return float((lo + hi) / 2.0), float(max(hi - lo, 1.0))
+
+
+class DerivedSeriesWriterOperator(Operator):
+    """Writes ``OUT/derived/<number>_<role>/`` per enhanced series and ``OUT/run_summary.json``.
+
+    All series are written into a staging folder first and moved into place only when
+    every one of them is complete: a failure leaves no partial series behind.
+
+    Named inputs:
+        enhanced_series: list of EnhancedSeries.
+        series_reports: list of SeriesReport (optional; for the summary).
+    """
+
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs) -> None:
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.output_folder = Path(output_folder)
+        self.written: list[dict] = []
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("enhanced_series")
+        spec.input("series_reports").condition(ConditionType.NONE)
+
+    def compute(self, op_input, op_output, context) -> None:
+        enhanced: list[EnhancedSeries] = op_input.receive("enhanced_series") or []
+        reports: list[SeriesReport] = op_input.receive("series_reports") or []
+        self.write(enhanced, reports)
+
+    def write(self, enhanced: list[EnhancedSeries], reports: list[SeriesReport]) -> list[dict]:
+        self.output_folder.mkdir(parents=True, exist_ok=True)
+        now = datetime.now()
+        taken = {r.series_number for r in reports if r.series_number is not None}
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.output_folder))
+        written = []
+        try:
+            for item in enhanced:
+                written.append(self._write_series(item, staging, taken, now))
+            final_root = self.output_folder / DERIVED_FOLDER
+            final_root.mkdir(exist_ok=True)
+            for entry in written:
+                target = final_root / entry["folder"]
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(staging / entry["folder"], target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.written = written
+        summary = {
+            "software": {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION},
+            "model": asdict(enhanced[0].model) if enhanced else None,
+            "device": enhanced[0].device if enhanced else None,
+            "series": [asdict(r) for r in reports],
+            "derived": written,
+        }
+        if not written:
+            reasons = "; ".join(f"series {r.series_number}: {r.reason}" for r in reports) or "no series found"
+            summary["status"] = "nothing_to_do"
+            summary["reason"] = f"no cervical protocol series to enhance ({reasons})"
+        else:
+            summary["status"] = "done"
+        write_summary(self.output_folder, summary)
+        if not written:
+            raise NoEligibleSeriesError(summary["reason"])
+        return written
+
+    def _write_series(self, item: EnhancedSeries, staging: Path, taken: set[int], now: datetime) -> dict:
+        first = item.datasets[0]
+        source_uid = str(first.SeriesInstanceUID)
+        series_uid = derived_uid(source_uid, item.model.name, item.model.version)
+        number = derived_series_number(first.get("SeriesNumber"), taken)
+        taken.add(number)
+        folder = f"{number:05d}_{item.role.lower()}"
+        (staging / folder).mkdir()
+        window = series_window(item.pixels)
+        for i, (src, pix) in enumerate(zip(item.datasets, item.pixels)):
+            ds = build_derived_dataset(src, pix, series_uid=series_uid,
+                                       sop_uid=derived_uid(str(src.SOPInstanceUID), item.model.name, item.model.version),
+                                       series_number=number, window=window, model_name=item.model.name,
+                                       model_version=item.model.version, model_sha256=item.model.sha256, now=now)
+            pydicom.dcmwrite(staging / folder / f"IM{i + 1:04d}.dcm", ds, enforce_file_format=True)
+        self._logger.info("%s: derived series %d written (%d images)", item.role, number, len(item.datasets))
+        return {"role": item.role, "source_series_instance_uid": source_uid,
+                "derived_series_instance_uid": series_uid, "series_number": number,
+                "n_instances": len(item.datasets), "folder": folder,
+                "seconds": round(item.seconds, 2), "device": item.device}

@@ -1,0 +1,134 @@
+"""Runs the DL reconstruction model on every selected series (slice batches)."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from monai.deploy.core import Fragment, Operator, OperatorSpec
+from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
+
+from operators.cervical_series_selector import sorted_instances
+
+MODEL_FILE = "cervical_dl_recon.ts"
+CHECKSUM_FILE = "cervical_dl_recon.sha256"
+INFO_FILE = "model_info.json"
+
+
+class ModelError(RuntimeError):
+    """The model files are missing, do not match their checksum, or cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass
+class EnhancedSeries:
+    """A source series (datasets sorted along the slice normal) and its enhanced pixels.
+
+    ``pixels`` is ``(slices, rows, columns)`` in the source's stored-value dtype.
+    """
+
+    role: str
+    datasets: list
+    pixels: np.ndarray
+    seconds: float
+    model: ModelDescription
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+
+
+def describe_model(model_dir: Path) -> ModelDescription:
+    """Name, version and expected sha256 of the shipped model in ``model_dir``."""
+    model_dir = Path(model_dir)
+    try:
+        info = json.loads((model_dir / INFO_FILE).read_text())
+        sha = (model_dir / CHECKSUM_FILE).read_text().split()[0].strip()
+    except (OSError, ValueError, IndexError) as exc:
+        raise ModelError(f"model description missing or unreadable in {model_dir}: {exc}") from exc
+    return ModelDescription(str(info["name"]), str(info["version"]), sha)
+
+
+def stored_value_volume(datasets: list) -> np.ndarray:
+    """Stored pixel values ``(slices, rows, columns)`` in their own dtype (no rescale)."""
+    return np.stack([ds.pixel_array for ds in datasets])
+
+
+def to_source_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round and clip to the source's integer dtype (magnitude images are never negative).
+
+    Bright structures are not clipped at the source's BitsStored maximum: the writer
+    widens BitsStored when the enhanced values need it.
+    """
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values), max(info.min, 0), info.max).astype(dtype)
+
+
+class DLEnhancementOperator(Operator):
+    """Enhances each selected series with the cascaded U-Net (CUDA when present, else CPU).
+
+    Named inputs:
+        study_selected_series_list: list of StudySelectedSeries (selection name = role).
+    Named outputs:
+        enhanced_series: list of EnhancedSeries.
+    """
+
+    def __init__(self, fragment: Fragment, *args, model_dir: Path, batch_size: int = 4, **kwargs) -> None:
+        self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.model_dir = Path(model_dir)
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self._model = None
+        self._device = None
+        self.description: ModelDescription | None = None
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("study_selected_series_list")
+        spec.output("enhanced_series")
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        from models.inference import load_model, select_device  # torch import kept out of start-up
+
+        self.description = describe_model(self.model_dir)
+        self._device = select_device()
+        try:
+            self._model = load_model(self.model_dir / MODEL_FILE, self.description.sha256, device=self._device)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load model: {exc}") from exc
+        self._logger.info("model %s %s loaded on %s", self.description.name, self.description.version, self._device)
+
+    def compute(self, op_input, op_output, context) -> None:
+        selections: list[StudySelectedSeries] = op_input.receive("study_selected_series_list") or []
+        op_output.emit(self.enhance(selections), "enhanced_series")
+
+    def enhance(self, selections: list[StudySelectedSeries]) -> list[EnhancedSeries]:
+        from models.inference import enhance_volume
+
+        out: list[EnhancedSeries] = []
+        if not any(s.selected_series for s in selections):
+            return out
+        self._load()
+        for study_selection in selections:
+            for selected in study_selection.selected_series:
+                start = time.perf_counter()
+                datasets = sorted_instances(selected.series)
+                volume = stored_value_volume(datasets)
+                enhanced = enhance_volume(self._model, volume, self._device, batch_size=self.batch_size)
+                pixels = to_source_dtype(enhanced, volume.dtype)
+                seconds = time.perf_counter() - start
+                self._logger.info("%s: %d slices %dx%d enhanced in %.1f s", selected.selection_name,
+                                  *volume.shape, seconds)
+                out.append(EnhancedSeries(selected.selection_name, datasets, pixels, seconds, self.description,
+                                          str(self._device)))
+        return out

@@ -1,0 +1,131 @@
+"""Physics of the acquisition simulator."""
+import numpy as np
+import pytest
+
+from simulation import acquisition as acq
+
+
+def _box(shape=(256, 256)):
+    img = np.zeros(shape)
+    img[80:176, 100:156] = 1.0
+    return img
+
+
+def test_background_noise_matches_rayleigh_expectation():
+    rng = np.random.default_rng(0)
+    sigma = 0.03
+    full = acq.AcquisitionProtocol()  # every k-space sample: image noise SD == sigma
+    mag = acq.simulate_acquisition(_box(), full, sigma, rng)
+    background = mag[:60, :]
+    assert background.mean() == pytest.approx(acq.rayleigh_mean(sigma), rel=0.03)
+    assert background.std() == pytest.approx(acq.rayleigh_sd(sigma), rel=0.05)
+
+
+def test_fewer_averages_raise_noise_by_sqrt_of_ratio():
+    p1 = acq.AcquisitionProtocol()
+    p2 = acq.AcquisitionProtocol(averages_ratio=0.5)
+    m1 = acq.simulate_acquisition(np.zeros((256, 256)), p1, 0.02, np.random.default_rng(1))
+    m2 = acq.simulate_acquisition(np.zeros((256, 256)), p2, 0.02, np.random.default_rng(1))
+    assert m2.mean() / m1.mean() == pytest.approx(np.sqrt(2.0), rel=0.03)
+
+
+@pytest.mark.parametrize("pe_axis", [0, 1])
+def test_kspace_outside_acquired_band_is_zero_before_noise(pe_axis):
+    protocol = acq.DEFAULT_ACCELERATED.with_phase_encode_axis(pe_axis)
+    textured = np.random.default_rng(9).random((256, 256))  # energy at every frequency
+    _, kspace = acq.simulate_acquisition(textured, protocol, 0.0, np.random.default_rng(0), return_kspace=True)
+    lines = acq.acquired_phase_encode_mask(256, protocol)
+    energy = np.abs(kspace).sum(axis=1 - pe_axis)
+    assert np.all(energy[~lines] == 0)
+    assert np.all(energy[lines] > 0)
+    assert lines.sum() == round(256 * protocol.phase_encode_fraction)
+    assert lines[128]  # the centre of k-space is always acquired
+
+
+def test_partial_fourier_drops_one_side_of_the_band():
+    p = acq.AcquisitionProtocol(phase_encode_fraction=1.0, partial_fourier_fraction=0.625)
+    lines = acq.acquired_phase_encode_mask(256, p)
+    assert lines.sum() == 160
+    assert lines[0] and not lines[-1] and lines[128]
+
+
+def test_scan_time_ratio_follows_lines_and_averages():
+    assert acq.DEFAULT_ACCELERATED.scan_time_ratio(acq.CONVENTIONAL) == pytest.approx(0.5)
+    p = acq.CONVENTIONAL.accelerated(phase_encode_factor=0.8, averages_ratio=0.5, partial_fourier_fraction=0.75)
+    assert p.scan_time_ratio(acq.CONVENTIONAL) == pytest.approx(0.8 * 0.5 * 0.75)
+    # The study: 47-48 % shorter.
+    assert 0.45 <= acq.DEFAULT_ACCELERATED.scan_time_ratio(acq.CONVENTIONAL) <= 0.55
+
+
+def test_accelerated_is_blurrier_along_phase_encode_only():
+    img = np.zeros((256, 256))
+    img[:, 128] = 1.0  # a thin vertical line: sharp along columns (axis 1)
+    img[128, :] += 1.0  # a thin horizontal line: sharp along rows (axis 0)
+    p = acq.AcquisitionProtocol(phase_encode_fraction=0.4, phase_encode_axis=1)
+    mag = acq.simulate_acquisition(img, p, 0.0, np.random.default_rng(0))
+    profile_pe = mag[60, 120:137]  # across the vertical line, along axis 1 = phase encode
+    profile_ro = mag[120:137, 60]  # across the horizontal line, along readout
+    assert profile_pe.max() < 0.6 * profile_ro.max()
+
+
+def test_same_seed_same_result():
+    a = acq.simulate_acquisition(_box(), acq.DEFAULT_ACCELERATED, 0.05, np.random.default_rng(3))
+    b = acq.simulate_acquisition(_box(), acq.DEFAULT_ACCELERATED, 0.05, np.random.default_rng(3))
+    c = acq.simulate_acquisition(_box(), acq.DEFAULT_ACCELERATED, 0.05, np.random.default_rng(4))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("pe_axis", [0, 1])
+def test_rigid_motion_ghosts_along_phase_encode_not_readout(pe_axis):
+    shape = (256, 256)
+    img = np.zeros(shape)
+    img[96:160, 96:160] = 1.0
+    rng = np.random.default_rng(5)
+    n = 32
+    t = np.zeros((n, 2))
+    t[::2] = [3.0, 3.0]  # alternate shots displaced: strong periodic ghosting
+    motion = acq.MotionTrajectory(t, np.zeros(n), np.zeros((n, 2)))
+    p = acq.AcquisitionProtocol(phase_encode_axis=pe_axis)
+    mag = acq.simulate_acquisition(img, p, 0.0, rng, motion=motion)
+    err = np.abs(mag - acq.simulate_acquisition(img, p, 0.0, rng))
+    # Background bands beside the object: along phase encode vs along readout.
+    along_pe = err[100:156, 5:80] if pe_axis == 1 else err[5:80, 100:156]
+    along_ro = err[5:80, 100:156] if pe_axis == 1 else err[100:156, 5:80]
+    assert along_pe.mean() > 10 * along_ro.mean()
+    assert along_pe.mean() > 0.01
+
+
+def test_swallowing_moves_only_the_weighted_region():
+    shape = (256, 256)
+    img = np.zeros(shape)
+    img[40:90, 40:90] = 1.0  # "larynx"
+    img[150:220, 150:220] = 1.0  # "spine"
+    weight = np.zeros(shape)
+    weight[20:110, 20:110] = 1.0
+    n = 24
+    s = np.zeros((n, 2))
+    s[8:12] = [6.0, 0.0]
+    motion = acq.MotionTrajectory(np.zeros((n, 2)), np.zeros(n), s, weight, "sequential")
+    p = acq.AcquisitionProtocol(phase_encode_axis=1)
+    moved = acq.simulate_acquisition(img, p, 0.0, np.random.default_rng(0), motion=motion)
+    still = acq.simulate_acquisition(img, p, 0.0, np.random.default_rng(0))
+    diff = np.abs(moved - still)
+    assert diff[40:90, :].mean() > 5 * diff[150:220, :].mean() + 1e-6
+
+
+def test_random_trajectory_severity_scales_motion():
+    rng = np.random.default_rng(0)
+    none = acq.random_motion_trajectory(rng, "none", 0.5)
+    mild = acq.random_motion_trajectory(np.random.default_rng(1), "mild", 0.5, kind="rigid")
+    severe = acq.random_motion_trajectory(np.random.default_rng(1), "severe", 0.5, kind="rigid")
+    assert none.is_static()
+    assert np.abs(severe.translations_px).max() > 2 * np.abs(mild.translations_px).max() > 0
+
+
+def test_invalid_protocols_are_refused():
+    with pytest.raises(ValueError):
+        acq.AcquisitionProtocol(phase_encode_fraction=0.0)
+    with pytest.raises(ValueError):
+        acq.AcquisitionProtocol(partial_fourier_fraction=0.4)
+    with pytest.raises(ValueError):
+        acq.AcquisitionProtocol(phase_encode_axis=2)
