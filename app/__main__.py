@@ -43,14 +43,14 @@ def _classify_failure(exc: BaseException) -> tuple[int, str]:
     return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
+def main() -> int:
+    argv = list(sys.argv)  # the SDK reads sys.argv itself (Application.argv)
     start = time.perf_counter()
     from app.app import CervicalDLEnhanceApp  # after argv is known: imports take seconds
 
     output = _output_folder(argv[1:])
     try:
-        app = CervicalDLEnhanceApp(argv)
+        app = CervicalDLEnhanceApp()
         app.run()
     except SystemExit as exc:  # argparse inside the SDK: missing -i/-m path
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK

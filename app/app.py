@@ -20,9 +20,6 @@ class CervicalDLEnhanceApp(Application):
     HOLOSCAN_MODEL_PATH, as for every MONAI Deploy application (and inside the MAP).
     """
 
-    name = "cervical-dl-enhance"
-    description = "DL enhancement of accelerated cervical-spine MRI with a derived DICOM series"
-
     def __init__(self, *args, **kwargs) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         super().__init__(*args, **kwargs)

@@ -125,6 +125,7 @@ class CervicalSeriesSelectorOperator(Operator):
                     self._logger.info("series %s (%d images) skipped: %s", report.series_number, len(instances), reason)
             if study_selection.selected_series:
                 selected.append(study_selection)
+        reports.sort(key=lambda r: (r.series_number is None, r.series_number or 0))
         return selected, reports
 
 

@@ -88,7 +88,7 @@ class DLEnhancementOperator(Operator):
             raise ValueError("batch_size must be >= 1")
         self._model = None
         self._device = None
-        self.description: ModelDescription | None = None
+        self.model_description: ModelDescription | None = None
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -100,13 +100,13 @@ class DLEnhancementOperator(Operator):
             return
         from models.inference import load_model, select_device  # torch import kept out of start-up
 
-        self.description = describe_model(self.model_dir)
+        self.model_description = describe_model(self.model_dir)
         self._device = select_device()
         try:
-            self._model = load_model(self.model_dir / MODEL_FILE, self.description.sha256, device=self._device)
+            self._model = load_model(self.model_dir / MODEL_FILE, self.model_description.sha256, device=self._device)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load model: {exc}") from exc
-        self._logger.info("model %s %s loaded on %s", self.description.name, self.description.version, self._device)
+        self._logger.info("model %s %s loaded on %s", self.model_description.name, self.model_description.version, self._device)
 
     def compute(self, op_input, op_output, context) -> None:
         selections: list[StudySelectedSeries] = op_input.receive("study_selected_series_list") or []
@@ -129,6 +129,6 @@ class DLEnhancementOperator(Operator):
                 seconds = time.perf_counter() - start
                 self._logger.info("%s: %d slices %dx%d enhanced in %.1f s", selected.selection_name,
                                   *volume.shape, seconds)
-                out.append(EnhancedSeries(selected.selection_name, datasets, pixels, seconds, self.description,
+                out.append(EnhancedSeries(selected.selection_name, datasets, pixels, seconds, self.model_description,
                                           str(self._device)))
         return out
