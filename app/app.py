@@ -11,10 +11,13 @@ from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOpe
 from operators.cervical_series_selector import CervicalSeriesSelectorOperator
 from operators.derived_series_writer import DerivedSeriesWriterOperator
 from operators.dl_enhancement import DLEnhancementOperator
+from operators.qc_report_writer import QCReportWriterOperator
+from operators.quality_check import QualityCheckOperator
 
 
 class CervicalDLEnhanceApp(Application):
-    """DICOM study in -> one DL-enhanced derived series per cervical protocol series out.
+    """DICOM study in -> one DL-enhanced derived series per cervical protocol series out,
+    plus a quality check of original and DL images (qc.json, TID 1500 SR, PDF report).
 
     Paths come from ``-i/-o/-m`` or HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH /
     HOLOSCAN_MODEL_PATH, as for every MONAI Deploy application (and inside the MAP).
@@ -35,8 +38,13 @@ class CervicalDLEnhanceApp(Application):
         selector = CervicalSeriesSelectorOperator(self, name="cervical_series_selector")
         enhancer = DLEnhancementOperator(self, model_dir=model_path, name="dl_enhancement")
         writer = DerivedSeriesWriterOperator(self, output_folder=output_path, name="derived_series_writer")
+        quality = QualityCheckOperator(self, name="quality_check")
+        qc_writer = QCReportWriterOperator(self, output_folder=output_path, name="qc_report_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, enhancer, {("study_selected_series_list", "study_selected_series_list")})
         self.add_flow(selector, writer, {("series_reports", "series_reports")})
         self.add_flow(enhancer, writer, {("enhanced_series", "enhanced_series")})
+        self.add_flow(enhancer, quality, {("enhanced_series", "enhanced_series")})
+        self.add_flow(quality, qc_writer, {("qc_results", "qc_results")})
+        self.add_flow(writer, qc_writer, {("written_series", "written_series")})

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -115,6 +115,24 @@ def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: st
     return ds
 
 
+@dataclass
+class WrittenSeries:
+    """What the writer wrote for one source series (for the QC report writer).
+
+    ``sources`` are the source datasets and ``derived_headers`` the derived datasets
+    without pixel data, slice for slice; ``derived_pixels`` is ``(slices, rows, cols)``.
+    """
+
+    role: str
+    source_series_instance_uid: str
+    derived_series_instance_uid: str
+    series_number: int
+    model: str
+    sources: list
+    derived_headers: list
+    derived_pixels: np.ndarray
+
+
 class NoEligibleSeriesError(RuntimeError):
     """The input held DICOM, but no series the product enhances."""
 
@@ -145,6 +163,8 @@ class DerivedSeriesWriterOperator(Operator):
     Named inputs:
         enhanced_series: list of EnhancedSeries.
         series_reports: list of SeriesReport (optional; for the summary).
+    Named outputs:
+        written_series: list of WrittenSeries (optional; for the QC report).
     """
 
     def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs) -> None:
@@ -156,21 +176,24 @@ class DerivedSeriesWriterOperator(Operator):
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("enhanced_series")
         spec.input("series_reports").condition(ConditionType.NONE)
+        spec.output("written_series").condition(ConditionType.NONE)
 
     def compute(self, op_input, op_output, context) -> None:
         enhanced: list[EnhancedSeries] = op_input.receive("enhanced_series") or []
         reports: list[SeriesReport] = op_input.receive("series_reports") or []
-        self.write(enhanced, reports)
+        op_output.emit(self.write(enhanced, reports), "written_series")
 
-    def write(self, enhanced: list[EnhancedSeries], reports: list[SeriesReport]) -> list[dict]:
+    def write(self, enhanced: list[EnhancedSeries], reports: list[SeriesReport]) -> list[WrittenSeries]:
         self.output_folder.mkdir(parents=True, exist_ok=True)
         now = datetime.now()
         taken = {r.series_number for r in reports if r.series_number is not None}
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.output_folder))
-        written = []
+        written, series = [], []
         try:
             for item in enhanced:
-                written.append(self._write_series(item, staging, taken, now))
+                entry, record = self._write_series(item, staging, taken, now)
+                written.append(entry)
+                series.append(record)
             final_root = self.output_folder / DERIVED_FOLDER
             final_root.mkdir(exist_ok=True)
             for entry in written:
@@ -197,9 +220,10 @@ class DerivedSeriesWriterOperator(Operator):
         write_summary(self.output_folder, summary)
         if not written:
             raise NoEligibleSeriesError(summary["reason"])
-        return written
+        return series
 
-    def _write_series(self, item: EnhancedSeries, staging: Path, taken: set[int], now: datetime) -> dict:
+    def _write_series(self, item: EnhancedSeries, staging: Path, taken: set[int],
+                      now: datetime) -> tuple[dict, WrittenSeries]:
         first = item.datasets[0]
         source_uid = str(first.SeriesInstanceUID)
         series_uid = derived_uid(source_uid, item.model.name, item.model.version)
@@ -208,14 +232,20 @@ class DerivedSeriesWriterOperator(Operator):
         folder = f"{number:05d}_{item.role.lower()}"
         (staging / folder).mkdir()
         window = series_window(item.pixels)
+        headers = []
         for i, (src, pix) in enumerate(zip(item.datasets, item.pixels)):
             ds = build_derived_dataset(src, pix, series_uid=series_uid,
                                        sop_uid=derived_uid(str(src.SOPInstanceUID), item.model.name, item.model.version),
                                        series_number=number, window=window, model_name=item.model.name,
                                        model_version=item.model.version, model_sha256=item.model.sha256, now=now)
             pydicom.dcmwrite(staging / folder / f"IM{i + 1:04d}.dcm", ds, enforce_file_format=True)
+            del ds.PixelData
+            headers.append(ds)
         self._logger.info("%s: derived series %d written (%d images)", item.role, number, len(item.datasets))
-        return {"role": item.role, "source_series_instance_uid": source_uid,
-                "derived_series_instance_uid": series_uid, "series_number": number,
-                "n_instances": len(item.datasets), "folder": folder,
-                "seconds": round(item.seconds, 2), "device": item.device}
+        entry = {"role": item.role, "source_series_instance_uid": source_uid,
+                 "derived_series_instance_uid": series_uid, "series_number": number,
+                 "n_instances": len(item.datasets), "folder": folder,
+                 "seconds": round(item.seconds, 2), "device": item.device}
+        record = WrittenSeries(item.role, source_uid, series_uid, number, f"{item.model.name} {item.model.version}",
+                               item.datasets, headers, item.pixels)
+        return entry, record

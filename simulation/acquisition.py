@@ -172,6 +172,9 @@ class MotionTrajectory:
             (pharynx and larynx), or ``None`` for none.
         ordering: how phase-encode lines are assigned to shots: ``"interleaved"`` (line
             ``i`` in shot ``i % n_shots``, typical of TSE) or ``"sequential"`` (blocks).
+        swallow_fill: ``(rows, columns)`` signal that appears while the pharynx closes
+            around the bolus (tissue where the airway was), scaled per shot by the
+            swallow's progress (``|swallow_px|`` relative to its maximum); or ``None``.
     """
 
     translations_px: np.ndarray
@@ -179,6 +182,12 @@ class MotionTrajectory:
     swallow_px: np.ndarray
     swallow_weight: np.ndarray | None = None
     ordering: Literal["interleaved", "sequential"] = "interleaved"
+    swallow_fill: np.ndarray | None = None
+
+    def swallow_closure(self) -> np.ndarray:
+        """Per shot, how far the pharynx is closed (0-1)."""
+        amp = np.linalg.norm(self.swallow_px, axis=1)
+        return amp / amp.max() if amp.max() > 0 else amp
 
     @property
     def n_shots(self) -> int:
@@ -200,6 +209,8 @@ class MotionTrajectory:
 
 
 SEVERITY_AMPLITUDE_MM = {"none": 0.0, "mild": 1.5, "severe": 5.0}
+#: Swallowing: (min mm, max mm, (min, max) episodes) of laryngeal elevation per severity.
+SWALLOW_MM = {"mild": (6.0, 14.0, (1, 1)), "severe": (12.0, 25.0, (2, 3))}
 
 
 def random_motion_trajectory(
@@ -209,14 +220,17 @@ def random_motion_trajectory(
     *,
     kind: Literal["rigid", "swallow", "both"] = "both",
     swallow_weight: np.ndarray | None = None,
+    swallow_fill: np.ndarray | None = None,
     n_shots: int | None = None,
 ) -> MotionTrajectory:
     """Draw a plausible motion pattern.
 
     Rigid motion: one to three events (step shifts or slow drift) at random times,
     amplitude around ``SEVERITY_AMPLITUDE_MM[severity]`` (random direction, +/-40 %).
-    Swallowing: one to two episodes of a few consecutive shots where the anterior neck
-    (``swallow_weight``) moves mostly cranio-caudally by 2-3x the rigid amplitude.
+    Swallowing: one (mild) or two to three (severe) episodes of a few consecutive shots in
+    which the pharynx and larynx (``swallow_weight``) move up by 6-14 (mild) or 12-25 mm
+    (severe). The direction "up" assumes rows run head to feet (sagittal); pass a weight of
+    zeros where there is no larynx in the plane.
     """
     if n_shots is None:
         n_shots = int(rng.integers(12, 49))
@@ -236,23 +250,30 @@ def random_motion_trajectory(
             else:  # drift: a slow ramp to the new position
                 ramp = np.clip((np.arange(n_shots) - start) / max(1, n_shots - start), 0, 1)
                 t += ramp[:, None] * a * direction
-    if amp_px > 0 and kind in ("swallow", "both") and swallow_weight is not None:
-        for _ in range(int(rng.integers(1, 3))):
-            length = int(rng.integers(2, max(3, n_shots // 6) + 1))
+    if severity != "none" and kind in ("swallow", "both") and swallow_weight is not None:
+        # A swallow lifts the larynx and hyoid by 1-3 cm for about a second: one to three
+        # consecutive shots (more when TR is short). Severity sets how often and how far.
+        lo_mm, hi_mm, episodes = SWALLOW_MM[severity]
+        for _ in range(int(rng.integers(episodes[0], episodes[1] + 1))):
+            length = int(rng.integers(1, max(2, n_shots // 8) + 1))
             start = int(rng.integers(0, n_shots - length + 1))
-            a = 2.5 * amp_px * rng.uniform(0.6, 1.4)
-            direction = np.array([1.0, rng.normal(0, 0.3)])  # mostly along rows axis 0
+            a = rng.uniform(lo_mm, hi_mm) / pixel_spacing_mm
+            direction = np.array([-1.0, rng.normal(0, 0.3)])  # mostly up (towards row 0 = head)
             direction /= np.linalg.norm(direction)
             profile = np.sin(np.linspace(0, np.pi, length + 2)[1:-1])
             s[start : start + length] += profile[:, None] * a * direction
     ordering = "interleaved" if rng.random() < 0.7 else "sequential"
-    return MotionTrajectory(t, r, s, swallow_weight if kind != "rigid" else None, ordering)
+    swallowing = kind != "rigid"
+    return MotionTrajectory(t, r, s, swallow_weight if swallowing else None, ordering,
+                            swallow_fill if swallowing else None)
 
 
 def _moved(image: np.ndarray, shift: np.ndarray, rot_deg: float, swallow: np.ndarray,
-           swallow_weight: np.ndarray | None) -> np.ndarray:
+           swallow_weight: np.ndarray | None, fill: np.ndarray | None = None) -> np.ndarray:
     """The object at one motion state (complex in, complex out), 2-D."""
     out = image
+    if fill is not None:
+        out = out + fill
     if swallow_weight is not None and np.any(swallow):
         rows, cols = np.indices(image.shape, dtype=np.float64)
         coords = [rows - swallow[0] * swallow_weight, cols - swallow[1] * swallow_weight]
@@ -285,10 +306,14 @@ def _motion_corrupted_kspace(image: np.ndarray, motion: MotionTrajectory, pe_axi
             tuple(np.round(motion.swallow_px[s], 4)),
         )
         states.setdefault(key, []).append(s)
+    closure = motion.swallow_closure()
     for shots in states.values():
         s0 = shots[0]
+        fill = None
+        if motion.swallow_fill is not None and closure[s0] > 0:
+            fill = closure[s0] * motion.swallow_fill
         moved = _moved(image, motion.translations_px[s0], float(motion.rotations_deg[s0]),
-                       motion.swallow_px[s0], motion.swallow_weight)
+                       motion.swallow_px[s0], motion.swallow_weight, fill)
         k = fft2c(moved)
         lines = np.isin(shot, shots)
         if pe_axis == 0:

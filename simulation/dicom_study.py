@@ -8,7 +8,7 @@ geometry. pydicom builds the files: highdicom has no constructor for a classic M
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -27,6 +27,7 @@ from simulation.phantom import (
     contrast_image,
     render_plane,
     sagittal_geometry,
+    swallowing_fill,
     swallowing_weight,
 )
 
@@ -302,31 +303,12 @@ def write_study(out: Path, *, protocol: str, acquisition: str, seed: int, vendor
         if plane_kind not in rendered_cache:
             rendered_cache[plane_kind] = [render_plane(patient, p) for p in planes]
         rendered = rendered_cache[plane_kind]
-        pe_axis = 1 if ROLE_PHASE_ENCODE[role] == "ROW" else 0
-        conv = acq.CONVENTIONAL.with_phase_encode_axis(pe_axis)
-        proto = conv if acquisition == "conventional" else acq.DEFAULT_ACCELERATED.with_phase_encode_axis(pe_axis)
-        contrast_key = ROLE_CONTRAST[role]
-        # Dixon in-phase and water images come from one acquisition: same noise and motion.
-        acq_key = "DIXON" if "DIXON" in role else role
-        objects = [contrast_image(patient, r, CONTRASTS[contrast_key], p) for r, p in zip(rendered, planes)]
-        fg = np.concatenate([o[o > 0.05 * o.max()] for o in objects])
-        sigma = float(np.median(fg)) / ROLE_SNR[role]
         series_motion = motion if (motion_series == "all" or role == "SAG_CE_T1") else "none"
-        refs, acquired = [], []
-        for i, (obj, plane) in enumerate(zip(objects, planes)):
-            rng = np.random.default_rng([seed, hash_role(acq_key), i, 0 if acquisition == "conventional" else 1])
-            phase = acq.smooth_background_phase(obj.shape, np.random.default_rng([seed, i, 7]))
-            trajectory = None
-            if series_motion != "none":
-                mrng = np.random.default_rng([seed, hash_role(acq_key), i, 99])
-                trajectory = acq.random_motion_trajectory(
-                    mrng, series_motion, plane.spacing[0], kind="both",
-                    swallow_weight=swallowing_weight(patient, plane))
-            refs.append(acq.band_limited_truth(obj * np.exp(1j * phase), conv))
-            acquired.append(acq.simulate_acquisition(obj, proto, sigma, rng, phase=phase, motion=trajectory))
-        # One scale per contrast from the noiseless reference, shared by both acquisitions.
-        scale = 2800.0 / max(float(np.percentile(np.stack(refs), 99.9)), 1e-9)
-        images = [np.clip(np.round(a * scale), 0, 4095) for a in acquired]
+        acquired_series = simulate_series(patient, role, planes, rendered, acquisition=acquisition, seed=seed,
+                                          motion=series_motion)
+        images, refs, proto = acquired_series.images, acquired_series.references, acquired_series.protocol
+        contrast_key = ROLE_CONTRAST[role]
+        conv = acq.CONVENTIONAL.with_phase_encode_axis(proto.phase_encode_axis)
         series_uid = _uid("series", study_uid, role)
         series_dt = study_dt + timedelta(minutes=3 + 4 * k)
         description = _DESCRIPTIONS[vendor][role]
@@ -339,9 +321,9 @@ def write_study(out: Path, *, protocol: str, acquisition: str, seed: int, vendor
         records.append(SeriesRecord(role, description, series_uid, ROLE_SERIES_NUMBER[role], len(planes),
                                     planes[0].shape[0], planes[0].shape[1], ROLE_PHASE_ENCODE[role],
                                     series_motion, round(proto.scan_time_ratio(conv), 4),
-                                    round(sigma * scale, 3)))
+                                    round(acquired_series.noise_sigma, 3)))
         if save_truth:
-            truth[f"{role}_reference"] = (np.stack(refs) * scale).astype(np.float32)
+            truth[f"{role}_reference"] = refs
             truth[f"{role}_label"] = np.stack([r.label for r in rendered])
             truth[f"{role}_level"] = np.stack([r.level for r in rendered])
     if save_truth:
@@ -350,6 +332,64 @@ def write_study(out: Path, *, protocol: str, acquisition: str, seed: int, vendor
         {"protocol": protocol, "acquisition": acquisition, "seed": seed, "vendor": vendor, "motion": motion,
          "study_instance_uid": study_uid, "series": [asdict(r) for r in records]}, indent=2))
     return records
+
+
+@dataclass
+class SimulatedSeries:
+    """One acquired series in stored units: ``images`` ``(slices, rows, cols)`` rounded
+    and clipped to 12 bits, ``references`` the noiseless conventional images (float32),
+    ``noise_sigma`` the k-space noise SD in stored units."""
+
+    images: np.ndarray
+    references: np.ndarray
+    protocol: acq.AcquisitionProtocol
+    noise_sigma: float
+
+
+def simulate_series(patient: PhantomPatient, role: str, planes: list[PlaneGeometry], rendered: list,
+                    *, acquisition: str, seed: int, motion: str = "none", motion_kind: str = "both",
+                    protocol: acq.AcquisitionProtocol | None = None) -> SimulatedSeries:
+    """Acquire one series of a role over rendered planes (conventional or accelerated).
+
+    Noise is seeded by ``(seed, role, slice, acquisition)``; Dixon in-phase and water
+    images share noise and motion, as they come from one acquisition. ``protocol``
+    overrides the accelerated protocol (its phase-encode axis is set from the role).
+    """
+    pe_axis = 1 if ROLE_PHASE_ENCODE[role] == "ROW" else 0
+    conv = acq.CONVENTIONAL.with_phase_encode_axis(pe_axis)
+    if acquisition == "conventional":
+        proto = conv
+    else:
+        proto = (protocol or acq.DEFAULT_ACCELERATED).with_phase_encode_axis(pe_axis)
+    contrast = CONTRASTS[ROLE_CONTRAST[role]]
+    acq_key = "DIXON" if "DIXON" in role else role
+    objects = [contrast_image(patient, r, contrast, p) for r, p in zip(rendered, planes)]
+    fg = np.concatenate([o[o > 0.05 * o.max()] for o in objects])
+    sigma = float(np.median(fg)) / ROLE_SNR[role]
+    trajectory = None
+    if motion != "none":
+        # One motion time course per series: 2-D multi-slice TSE acquires every slice's
+        # k-space shot by shot in the same TRs, so all slices see the same movements.
+        trajectory = acq.random_motion_trajectory(
+            np.random.default_rng([seed, hash_role(acq_key), 99]), motion, planes[0].spacing[0],
+            kind=motion_kind, swallow_weight=np.zeros(planes[0].shape))
+    refs, acquired = [], []
+    for i, (obj, plane, rend) in enumerate(zip(objects, planes, rendered)):
+        rng = np.random.default_rng([seed, hash_role(acq_key), i, 0 if acquisition == "conventional" else 1])
+        phase = acq.smooth_background_phase(obj.shape, np.random.default_rng([seed, i, 7]))
+        slice_motion = None
+        if trajectory is not None:
+            swallowing = motion_kind != "rigid"
+            slice_motion = replace(
+                trajectory,
+                swallow_weight=swallowing_weight(patient, plane) if swallowing else None,
+                swallow_fill=swallowing_fill(patient, rend, contrast, plane) if swallowing else None)
+        refs.append(acq.band_limited_truth(obj * np.exp(1j * phase), conv))
+        acquired.append(acq.simulate_acquisition(obj, proto, sigma, rng, phase=phase, motion=slice_motion))
+    # One scale per contrast from the noiseless reference, shared by both acquisitions.
+    scale = 2800.0 / max(float(np.percentile(np.stack(refs), 99.9)), 1e-9)
+    images = np.clip(np.round(np.stack(acquired) * scale), 0, 4095)
+    return SimulatedSeries(images, (np.stack(refs) * scale).astype(np.float32), proto, sigma * scale)
 
 
 def hash_role(role: str) -> int:

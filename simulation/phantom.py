@@ -31,6 +31,7 @@ __all__ = [
     "DISC_NAMES",
     "plane_points",
     "swallowing_weight",
+    "swallowing_fill",
 ]
 
 
@@ -65,7 +66,7 @@ N_TISSUES = len(Tissue)
 # 1.5 T literature values, rounded.
 _TISSUE_PARAMETERS: dict[Tissue, tuple[float, float, float, float, float]] = {
     Tissue.AIR: (0.0, 1000, 1, 0.0, 0.0),
-    Tissue.FAT: (0.0, 1000, 1, 1.0, 0.0),
+    Tissue.FAT: (0.8, 600, 60, 0.9, 0.0),  # adipose tissue keeps ~10 % water (seen on water-only Dixon)
     Tissue.SKIN: (0.8, 800, 50, 0.1, 0.1),
     Tissue.MUSCLE: (0.75, 1000, 40, 0.03, 0.03),
     Tissue.SOFT_TISSUE: (0.8, 950, 60, 0.05, 0.06),
@@ -508,3 +509,15 @@ def swallowing_weight(patient: PhantomPatient, plane: PlaneGeometry) -> np.ndarr
     w *= 1.0 / (1.0 + np.exp(-(z + 40.0) / 6.0)) * 1.0 / (1.0 + np.exp((z - 65.0) / 6.0))
     w[u > -9.0] = 0.0  # the vertebral column does not move with the larynx
     return w.astype(np.float32)
+
+
+def swallowing_fill(patient: PhantomPatient, rendered: RenderedPlane, contrast: Contrast,
+                    plane: PlaneGeometry) -> np.ndarray:
+    """Signal ``(rows, cols)`` where the pharyngeal airway closes during a swallow: the
+    air of the pharynx (above the larynx) is replaced by mucosa and bolus."""
+    weight = swallowing_weight(patient, plane)
+    _, _, z = plane_points(plane)
+    # The weight is confined to the pharynx and larynx, well inside the neck.
+    air = rendered.fractions[Tissue.AIR] * (weight > 0.3) * (z > -10.0) * (z < 80.0)
+    mucosa = _tissue_signals(patient, contrast)[Tissue.MUCOSA]
+    return (mucosa * air).astype(np.float32)

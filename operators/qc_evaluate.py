@@ -1,0 +1,213 @@
+"""Calibrate and evaluate the motion flag and the DL-accentuation guard on held-out phantoms.
+
+    python -m operators.qc_evaluate --calibrate      # calibration seeds -> qc_calibration.json
+    python -m operators.qc_evaluate                  # evaluation seeds -> table, ROC plot, JSON
+
+Series are simulated like the product's input (accelerated protocol, 3 central slices)
+for sag T1, sag T2, ax T2 and CE T1, without motion and with mild or severe rigid motion,
+swallowing or both. Motion patterns vary in shot count (12-48), ordering, timing,
+amplitude and direction (``simulation.acquisition.random_motion_trajectory``).
+Calibration and evaluation use disjoint patient seeds, both disjoint from training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from operators.quality_check import DEFAULT_CALIBRATION, QCCalibration, measure_series, series_masks
+from simulation.dicom_study import simulate_series
+from simulation.phantom import PhantomPatient, axial_geometry, render_plane, sagittal_geometry
+
+ROLES = ("SAG_T1", "SAG_T2", "AX_T2", "SAG_CE_T1")
+CONDITIONS = [("none", "none")] + [(s, k) for s in ("mild", "severe") for k in ("rigid", "swallow", "both")]
+CALIBRATION_SEEDS = range(7000, 7012)
+EVALUATION_SEEDS = range(8000, 8016)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Case:
+    seed: int
+    role: str
+    severity: str
+    kind: str
+    ghost: float | None
+    ghost_dl: float | None
+
+
+def simulate_cases(seeds, with_dl: bool, calibration: QCCalibration) -> list[Case]:
+    model = device = None
+    if with_dl:
+        from models.inference import enhance_volume, load_model, select_device
+        from operators.dl_enhancement import CHECKSUM_FILE, MODEL_FILE
+
+        device = select_device()
+        model = load_model(ROOT / "models" / MODEL_FILE, (ROOT / "models" / CHECKSUM_FILE).read_text().split()[0], device)
+    cases = []
+    total = len(seeds) * len(ROLES) * len(CONDITIONS)
+    with tqdm(total=total, desc="QC cases") as bar:
+        for seed in seeds:
+            patient = PhantomPatient.from_seed(seed, protocol="myelopathy" if seed % 2 else "hivd")
+            rng = np.random.default_rng(seed)
+            geometry = {
+                "sagittal": sagittal_geometry(n_slices=3, x_centre=float(rng.uniform(-2, 2))),
+                "axial": axial_geometry(n_slices=3, z_centre=float(rng.uniform(-40, 0))),
+            }
+            rendered = {k: [render_plane(patient, p) for p in v] for k, v in geometry.items()}
+            for role in ROLES:
+                plane = "axial" if role.startswith("AX") else "sagittal"
+                for severity, kind in CONDITIONS:
+                    series = simulate_series(patient, role, geometry[plane], rendered[plane], acquisition="accelerated",
+                                             seed=seed * 100 + CONDITIONS.index((severity, kind)), motion=severity,
+                                             motion_kind=kind if kind != "none" else "both")
+                    pe_axis = series.protocol.phase_encode_axis
+                    masks = series_masks(series.images)
+                    original = measure_series(series.images, pe_axis, calibration, masks)
+                    ghost_dl = None
+                    if model is not None:
+                        enhanced = enhance_volume(model, series.images.astype(np.uint16), device)
+                        ghost_dl = measure_series(enhanced, pe_axis, calibration, masks).ghost
+                    cases.append(Case(seed, role, severity, kind, original.ghost, ghost_dl))
+                    bar.update()
+    return cases
+
+
+def roc_auc(negatives: np.ndarray, positives: np.ndarray) -> float:
+    """Probability a positive scores above a negative (ties count half): the ROC AUC."""
+    if negatives.size == 0 or positives.size == 0:
+        return float("nan")
+    diff = positives[:, None] - negatives[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def _values(cases: list[Case], attr: str = "ghost") -> np.ndarray:
+    return np.array([getattr(c, attr) if getattr(c, attr) is not None else 0.0 for c in cases])
+
+
+def calibrate(cases: list[Case], false_flag_rate: float = 0.025) -> QCCalibration:
+    """Threshold at the (1 - rate) quantile of clean series; accentuation margin at the
+    same quantile of (DL - original) over all series (DL is not expected to add ghosts)."""
+    clean = _values([c for c in cases if c.severity == "none"])
+    threshold = float(np.quantile(clean, 1 - false_flag_rate))
+    with_dl = [c for c in cases if c.ghost is not None and c.ghost_dl is not None]
+    if with_dl:
+        diffs = np.array([c.ghost_dl - c.ghost for c in with_dl])
+        margin = max(float(np.quantile(diffs, 1 - false_flag_rate)), 0.5 * threshold)
+    else:
+        margin = threshold
+    return QCCalibration(round(threshold, 5), round(margin, 5), 2.0,
+                         f"operators.qc_evaluate --calibrate, seeds {CALIBRATION_SEEDS.start}-{CALIBRATION_SEEDS.stop - 1}, "
+                         f"{len(cases)} series, {time.strftime('%Y-%m-%d')}")
+
+
+def evaluate(cases: list[Case], calibration: QCCalibration) -> dict:
+    thr = calibration.ghost_threshold
+    clean = [c for c in cases if c.severity == "none"]
+    neg = _values(clean)
+    result = {"n_series": len(cases), "threshold": thr, "false_flag_rate_clean": float(np.mean(neg >= thr)),
+              "auc_mild_or_worse": roc_auc(neg, _values([c for c in cases if c.severity != "none"])),
+              "by_condition": [], "by_role": []}
+    for severity, kind in CONDITIONS[1:]:
+        pos = _values([c for c in cases if (c.severity, c.kind) == (severity, kind)])
+        result["by_condition"].append({"severity": severity, "kind": kind, "n": int(pos.size),
+                                       "flag_rate": float(np.mean(pos >= thr)), "auc": roc_auc(neg, pos)})
+    for severity in ("mild", "severe"):
+        pos = _values([c for c in cases if c.severity == severity])
+        result[f"flag_rate_{severity}"] = float(np.mean(pos >= thr))
+        result[f"auc_{severity}"] = roc_auc(neg, pos)
+    for role in ROLES:
+        n = _values([c for c in clean if c.role == role])
+        p = _values([c for c in cases if c.role == role and c.severity != "none"])
+        result["by_role"].append({"role": role, "false_flag_rate": float(np.mean(n >= thr)),
+                                  "flag_rate_motion": float(np.mean(p >= thr)), "auc": roc_auc(n, p)})
+    with_dl = [c for c in cases if c.ghost_dl is not None and c.ghost is not None]
+    if with_dl:
+        acc = np.array([c.ghost_dl - c.ghost > calibration.accentuation_margin for c in with_dl])
+        result["dl_accentuated_rate_clean"] = float(np.mean([a for a, c in zip(acc, with_dl) if c.severity == "none"]))
+        result["dl_accentuated_rate_motion"] = float(np.mean([a for a, c in zip(acc, with_dl) if c.severity != "none"]))
+        result["mean_ghost_original_motion"] = float(np.mean([c.ghost for c in with_dl if c.severity != "none"]))
+        result["mean_ghost_dl_motion"] = float(np.mean([c.ghost_dl for c in with_dl if c.severity != "none"]))
+    return result
+
+
+def plot_roc(cases: list[Case], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    neg = _values([c for c in cases if c.severity == "none"])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for severity, kind in CONDITIONS[1:]:
+        pos = _values([c for c in cases if (c.severity, c.kind) == (severity, kind)])
+        thresholds = np.unique(np.concatenate([neg, pos, [np.inf]]))[::-1]
+        tpr = [np.mean(pos >= t) for t in thresholds]
+        fpr = [np.mean(neg >= t) for t in thresholds]
+        ax.plot(fpr, tpr, label=f"{severity} {kind} (AUC {roc_auc(neg, pos):.2f})",
+                linestyle="-" if severity == "severe" else "--")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
+    ax.set_xlabel("false flag rate (clean series)")
+    ax.set_ylabel("flag rate (series with motion)")
+    ax.set_title("Motion flag ROC, held-out phantoms")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def print_table(result: dict) -> None:
+    print(f"threshold {result['threshold']:.4f}; false flags on clean series {100 * result['false_flag_rate_clean']:.1f} %; "
+          f"AUC mild-or-worse {result['auc_mild_or_worse']:.3f}")
+    print(f"{'severity':8s} {'kind':8s} {'n':>4s} {'flagged':>8s} {'AUC':>6s}")
+    for row in result["by_condition"]:
+        print(f"{row['severity']:8s} {row['kind']:8s} {row['n']:4d} {100 * row['flag_rate']:7.1f}% {row['auc']:6.3f}")
+    for row in result["by_role"]:
+        print(f"{row['role']:10s} false flags {100 * row['false_flag_rate']:5.1f} %  flagged with motion "
+              f"{100 * row['flag_rate_motion']:5.1f} %  AUC {row['auc']:.3f}")
+    if "dl_accentuated_rate_clean" in result:
+        print(f"DL accentuation flag: clean {100 * result['dl_accentuated_rate_clean']:.1f} %, with motion "
+              f"{100 * result['dl_accentuated_rate_motion']:.1f} %; mean ghost original {result['mean_ghost_original_motion']:.4f}"
+              f" -> DL {result['mean_ghost_dl_motion']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calibrate", action="store_true", help="derive thresholds on the calibration seeds")
+    parser.add_argument("--no-dl", action="store_true", help="skip the DL model (no accentuation guard)")
+    parser.add_argument("--seeds", type=int, default=None, help="number of patients (default: all)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = parser.parse_args(argv)
+    start = time.time()
+    if args.calibrate:
+        seeds = list(CALIBRATION_SEEDS)[: args.seeds]
+        provisional = QCCalibration(1.0, 1.0)  # thresholds do not affect the raw measures
+        cases = simulate_cases(seeds, not args.no_dl, provisional)
+        calibration = calibrate(cases)
+        DEFAULT_CALIBRATION.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
+        print(f"wrote {DEFAULT_CALIBRATION}: {asdict(calibration)}")
+        print_table(evaluate(cases, calibration))
+    else:
+        calibration = QCCalibration.load()
+        seeds = list(EVALUATION_SEEDS)[: args.seeds]
+        cases = simulate_cases(seeds, not args.no_dl, calibration)
+        result = evaluate(cases, calibration)
+        result["calibration"] = asdict(calibration)
+        result["seconds"] = round(time.time() - start)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "qc_evaluation.json").write_text(json.dumps(
+            {"result": result, "cases": [asdict(c) for c in cases]}, indent=1))
+        plot_roc(cases, args.out / "qc_roc.png")
+        print_table(result)
+        print(f"wrote {args.out / 'qc_evaluation.json'} and {args.out / 'qc_roc.png'} in {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

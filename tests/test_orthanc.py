@@ -1,0 +1,456 @@
+"""Orthanc auto-trigger end to end: a real Orthanc (Debian package, DICOMweb + Python plugins)
+with our plugin, the worker and the application, started by this module.
+
+How the network is isolated: Orthanc 1.10.1 cannot bind to loopback only, so when the tests
+run as root the module moves *its own thread* into a fresh, private network namespace
+(``unshare(CLONE_NEWNET)`` through libc, then ``ip link set lo up``) for the duration of the
+module-scoped fixture, and restores the original namespace afterwards (``setns`` on a file
+descriptor of ``/proc/thread-self/ns/net`` kept open before leaving it). Every process
+started meanwhile (Orthanc, worker, app, storescu, storescp) inherits the private namespace,
+and the test's own HTTP clients, created in the same thread, talk to Orthanc inside it:
+nothing outside can reach these servers and nothing else's ports can clash. Everything the
+test needs is imported before the namespace is entered (it has no route to anything
+anyway). This is more robust than re-executing a runner under ``unshare -n``: pytest keeps
+its normal process, fixtures, output capture and exit status. Without root (or where the
+kernel refuses), the same stack runs on the host's loopback: random free ports,
+authentication on and ``RemoteAccessAllowed: false`` still apply.
+
+Timing on 2 busy cores: the app needs 6-16 s per series (imports dominate), so each series
+here has 2-3 slices, StableAge is 1 s, and one Orthanc serves the whole module (it is
+restarted only by the tests that are about restarts).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+from pydicom.uid import generate_uid
+
+from conftest import ROOT, make_study
+
+sys.path.insert(0, str(ROOT / "orthanc"))
+from cervical_pacs.jobqueue import JobQueue  # noqa: E402
+from cervical_pacs.launcher import start_orthanc, start_worker, wait_orthanc  # noqa: E402
+from cervical_pacs.settings import ADMIN_USER, WORKER_USER, Settings, render_orthanc_config  # noqa: E402
+from operators.series_roles import is_our_output  # noqa: E402
+
+CLONE_NEWNET = 0x40000000
+WAIT_S = 240  # per job: generous for a loaded 2-core machine
+FORWARD_AET = "FWDSCP"
+
+
+def _model_path() -> Path:
+    """The shipped weights; while they are being trained, the stand-in in /tmp/tmpmodels."""
+    if os.environ.get("CPACS_TEST_MODEL_PATH"):
+        return Path(os.environ["CPACS_TEST_MODEL_PATH"])
+    if (ROOT / "models" / "cervical_dl_recon.ts").is_file():
+        return ROOT / "models"
+    return Path("/tmp/tmpmodels") if Path("/tmp/tmpmodels/cervical_dl_recon.ts").is_file() else ROOT / "models"
+
+
+@contextmanager
+def private_network():
+    """Run the enclosed block (and every process it starts) in a private network namespace."""
+    if os.geteuid() != 0:
+        yield "host loopback (not root)"
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        if libc.unshare(CLONE_NEWNET) != 0:
+            yield f"host loopback (unshare failed: errno {ctypes.get_errno()})"
+            return
+        try:
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True, capture_output=True)
+            yield "private network namespace"
+        finally:
+            if libc.setns(own, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the original network namespace failed")
+    finally:
+        os.close(own)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes_matching(text: str) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if text in p.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(p.name))
+            except OSError:
+                pass
+    return pids
+
+
+class Stack:
+    """Orthanc + worker + a C-STORE destination, and small REST helpers for the tests."""
+
+    def __init__(self, tmp: Path, network: str):
+        self.tmp, self.network = tmp, network
+        self.logs = tmp / "logs"
+        self.forward_dir = tmp / "forwarded"
+        self.forward_dir.mkdir()
+        self.work_dir = tmp / "work"
+        self.work_dir.mkdir()
+        self.forward_port = _free_port()
+        env = {
+            "CPACS_LOCAL_DIR": str(tmp / "local"), "CPACS_STORAGE_DIR": str(tmp / "data"),
+            "CPACS_HTTP_PORT": str(_free_port()), "CPACS_DICOM_PORT": str(_free_port()), "CPACS_AET": "CERVICALTEST",
+            "CPACS_STABLE_AGE": "1", "CPACS_MODEL_PATH": str(_model_path()), "CPACS_APP_PYTHON": sys.executable,
+            "CPACS_BACKOFF_SECONDS": "1", "CPACS_LEASE_SECONDS": "20", "CPACS_POLL_SECONDS": "0.3",
+            "CPACS_MAX_ATTEMPTS": "2", "CPACS_APP_TIMEOUT": "300", "CPACS_WORK_DIR": str(self.work_dir),
+            "CPACS_FORWARD_AET": FORWARD_AET, "CPACS_FORWARD_HOST": "127.0.0.1",
+            "CPACS_FORWARD_PORT": str(self.forward_port),
+        }
+        self.settings = Settings.from_env(env=env, config_file=tmp / "no-site.env")
+        render_orthanc_config(self.settings)
+        users = json.loads(Path(self.settings.credentials_file).read_text())["RegisteredUsers"]
+        self.users = users
+        self.http = requests.Session()
+        self.http.auth = (ADMIN_USER, users[ADMIN_USER])
+        self.url = self.settings.orthanc_url
+        self.queue = JobQueue(self.settings.queue_db)
+        self.orthanc = self.worker = None
+        self.storescp = subprocess.Popen(["storescp", "-aet", FORWARD_AET, "-od", str(self.forward_dir),
+                                          str(self.forward_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    # -- processes --------------------------------------------------------------------------------
+    def start_orthanc(self) -> None:
+        self.orthanc = start_orthanc(self.settings, self.logs / "orthanc.log")
+        wait_orthanc(self.settings, ADMIN_USER, self.users[ADMIN_USER], timeout=60, proc=self.orthanc)
+
+    def stop_orthanc(self, sig: int = signal.SIGTERM) -> None:
+        if self.orthanc and self.orthanc.poll() is None:
+            self.orthanc.send_signal(sig)
+            self.orthanc.wait(timeout=60)
+
+    def start_worker(self, **extra_env: str) -> None:
+        self.worker = start_worker(self.settings, self.logs / "worker.log", extra_env)
+
+    def stop_worker(self, sig: int = signal.SIGTERM) -> None:
+        if self.worker and self.worker.poll() is None:
+            self.worker.send_signal(sig)
+            self.worker.wait(timeout=60)
+
+    def close(self) -> None:
+        self.stop_worker()
+        self.stop_orthanc()
+        self.storescp.terminate()
+        self.storescp.wait(timeout=10)
+
+    def log_tail(self, name: str, n: int = 40) -> str:
+        path = self.logs / name
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+    # -- REST -------------------------------------------------------------------------------------
+    def get(self, path: str, **kw):
+        r = self.http.get(self.url + path, timeout=30, **kw)
+        r.raise_for_status()
+        return r.json()
+
+    def upload(self, files) -> list[dict]:
+        answers = []
+        for f in files:
+            r = self.http.post(self.url + "/instances", data=Path(f).read_bytes(), timeout=60)
+            r.raise_for_status()
+            answers.append(r.json())
+        return answers
+
+    def storescu(self, files) -> None:
+        cmd = ["storescu", "-aec", self.settings.aet, "127.0.0.1", str(self.settings.dicom_port), *map(str, files)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+    def series_id(self, series_uid: str) -> str:
+        r = self.http.post(self.url + "/tools/lookup", data=series_uid, timeout=30)
+        r.raise_for_status()
+        found = [x["ID"] for x in r.json() if x["Type"] == "Series"]
+        assert len(found) == 1, found
+        return found[0]
+
+    def job_info(self, series_id: str) -> dict | None:
+        r = self.http.get(f"{self.url}/cervical-dl/series/{series_id}", timeout=30)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return r.json()
+
+    def wait(self, predicate, what: str, timeout: float = WAIT_S):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}\n--- worker log\n{self.log_tail('worker.log')}"
+                             f"\n--- orthanc log\n{self.log_tail('orthanc.log', 20)}")
+
+    def wait_job(self, series_id: str, states=("done",), n_jobs: int = 1, timeout: float = WAIT_S) -> dict:
+        def ready():
+            info = self.job_info(series_id)
+            return info if info and len(info["history"]) >= n_jobs and info["job"]["state"] in states else None
+        return self.wait(ready, f"series {series_id} -> {states}", timeout)
+
+    def study_series(self, study_id: str) -> list[dict]:
+        return self.get(f"/studies/{study_id}/series")
+
+
+# -- fixtures -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("orthanc-studies")
+    a = make_study(base / "a", seed=21, extra=("--sagittal-slices", "3", "--axial-slices", "3"))
+    b = make_study(base / "b", seed=22, extra=("--sagittal-slices", "2", "--axial-slices", "2"))
+    # corrupt: pixel data cut in half in every file (valid DICOM that Orthanc stores)
+    (base / "corrupt").mkdir()
+    for f in sorted((b / "401_sag_dixon_ip").glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+        ds.save_as(base / "corrupt" / f.name)
+    # not cervical: an MR knee study (own study, series and instance UIDs)
+    (base / "knee").mkdir()
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for f in sorted((b / "402_sag_dixon_w").glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.BodyPartExamined, ds.StudyDescription = "KNEE", "MR KNEE"
+        ds.SeriesDescription = ds.ProtocolName = "sag T1 TSE"
+        ds.save_as(base / "knee" / f.name)
+    return {"a": a, "b": b, "corrupt": base / "corrupt", "knee": base / "knee"}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, studies):
+    tmp = tmp_path_factory.mktemp("orthanc-stack")
+    with private_network() as network:
+        s = Stack(tmp, network)
+        try:
+            s.start_orthanc()
+            s.start_worker()
+            yield s
+        finally:
+            s.close()
+            print(f"\n[orthanc tests ran on: {network}]\n--- worker log tail\n{s.log_tail('worker.log', 25)}")
+
+
+def _dcm(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.dcm"))
+
+
+def _derived_of(stack: Stack, info: dict) -> list[dict]:
+    return [stack.get(f"/series/{d}") for d in info["job"]["derived_series"]]
+
+
+def _ours_in_study(stack: Stack, study_id: str) -> list[str]:
+    """Series of the study holding objects we wrote (derived images, QC objects)."""
+    return [s["ID"] for s in stack.study_series(study_id)
+            if is_our_output(stack.get(f"/instances/{s['Instances'][0]}/simplified-tags"))]
+
+
+def _assert_done_with_derived(stack: Stack, source_id: str, info: dict, n_instances: int) -> dict:
+    """The job is done, its state is in the source's metadata, and every object it uploaded
+    (the derived MR series, plus QC objects when the app writes them) is ours and sits in the
+    source's study. Returns the derived MR series."""
+    job, meta = info["job"], info["metadata"]
+    assert job["state"] == "done", job
+    assert meta["CervicalDLState"] == "done" and meta["CervicalDLJob"] == str(job["id"])
+    assert "cervical_dl_recon" in meta["CervicalDLModel"] and meta["CervicalDLModel"] == job["model_version"]
+    assert meta["CervicalDLDerivedSeries"].split(",") == job["derived_series"]
+    source = stack.get(f"/series/{source_id}")
+    uploaded = _derived_of(stack, info)
+    for series in uploaded:
+        assert series["ParentStudy"] == source["ParentStudy"]  # same study
+        assert stack.get(f"/series/{series['ID']}/metadata?expand")["CervicalDLSource"] == source_id
+        assert is_our_output(stack.get(f"/instances/{series['Instances'][0]}/simplified-tags"))
+    images = [d for d in uploaded if d["MainDicomTags"].get("Modality") == "MR"]
+    assert len(images) == 1, [d["MainDicomTags"] for d in uploaded]
+    assert {d["MainDicomTags"].get("Modality") for d in uploaded} <= {"MR", "SR", "DOC"}
+    derived = images[0]
+    assert derived["MainDicomTags"]["SeriesDescription"].endswith(" DL")
+    assert len(derived["Instances"]) == n_instances
+    tags = stack.get(f"/instances/{derived['Instances'][0]}/simplified-tags")
+    assert tags["ImageType"].startswith("DERIVED")
+    assert tags["ContributingEquipmentSequence"][-1]["ManufacturerModelName"] == "CervicalDLEnhance"
+    return derived
+
+
+# -- tests ---------------------------------------------------------------------------------------------
+def test_package_layout_never_shadows_orthanc():
+    assert not (ROOT / "orthanc" / "__init__.py").exists()
+    assert not list((ROOT / "orthanc").glob("orthanc*.py"))
+
+
+def test_authentication_is_required_and_credentials_are_private(stack):
+    good = stack.http.get(stack.url + "/system", timeout=10)
+    assert good.status_code == 200
+    for path in ("/system", "/cervical-dl/health", "/dicom-web/studies", "/instances"):
+        assert requests.get(stack.url + path, timeout=10).status_code == 401, path
+        assert requests.get(stack.url + path, auth=(ADMIN_USER, "wrong"), timeout=10).status_code == 401, path
+        assert requests.get(stack.url + path, auth=("nobody", "x"), timeout=10).status_code == 401, path
+    bad_upload = requests.post(stack.url + "/instances", data=b"x", auth=(WORKER_USER, "wrong"), timeout=10)
+    assert bad_upload.status_code == 401
+    mode = stat.S_IMODE(os.stat(stack.settings.credentials_file).st_mode)
+    assert mode == 0o600
+    health = stack.get("/cervical-dl/health")
+    assert health["orthanc_module"] == "built-in"  # the plugin's `import orthanc` is Orthanc's
+    stack.wait(lambda: stack.get("/cervical-dl/health")["status"] == "ok", "a worker heartbeat", 30)
+
+
+def test_rest_upload_of_a_study_gives_derived_series_in_the_same_study(stack, studies):
+    a = studies["a"]
+    answers = stack.upload(_dcm(a / "001_localizer") + _dcm(a / "301_sag_t1") + _dcm(a / "501_ax_t2"))
+    study_id = answers[0]["ParentStudy"]
+    localizer, sag_t1, ax_t2 = (answers[i]["ParentSeries"] for i in (0, 3, 6))
+    loc = stack.wait_job(localizer, states=("skipped",))
+    assert loc["job"]["reason"] == "localizer" and loc["metadata"]["CervicalDLState"] == "skipped"
+    n_uploaded = 0
+    for source_id in (sag_t1, ax_t2):
+        info = stack.wait_job(source_id)
+        _assert_done_with_derived(stack, source_id, info, n_instances=3)
+        n_uploaded += len(info["job"]["derived_series"])
+    assert len(stack.study_series(study_id)) == 3 + n_uploaded  # nothing else appeared
+    jobs = stack.get("/cervical-dl/jobs")
+    assert {j["series_id"] for j in jobs} == {localizer, sag_t1, ax_t2}  # derived series never got a job
+
+
+def test_reupload_and_our_outputs_add_no_job_and_no_duplicate(stack, studies):
+    a = studies["a"]
+    study_id = stack.upload(_dcm(a / "301_sag_t1")[:1])[0]["ParentStudy"]
+    before_series = {s["ID"]: len(s["Instances"]) for s in stack.study_series(study_id)}
+    before_jobs = stack.queue.counts()
+    derived_ids = [d for j in stack.get("/cervical-dl/jobs?state=done") for d in j["derived_series"]]
+    assert len(derived_ids) >= 2 and set(derived_ids) <= set(before_series)
+    # same source files again (REST and C-STORE), and our own outputs sent back in
+    stack.upload(_dcm(a / "301_sag_t1") + _dcm(a / "501_ax_t2"))
+    stack.storescu(_dcm(a / "301_sag_t1"))
+    ours = [stack.http.get(f"{stack.url}/instances/{i}/file", timeout=30).content
+            for d in derived_ids for i in stack.get(f"/series/{d}")["Instances"]]
+    for data in ours:
+        assert stack.http.post(stack.url + "/instances", data=data, timeout=30).status_code == 200
+    time.sleep(stack.settings.stable_age + 4)  # STABLE_SERIES fired again for all of them meanwhile
+    assert "content unchanged" in stack.log_tail("orthanc.log", 200)
+    assert stack.queue.counts() == before_jobs
+    assert {s["ID"]: len(s["Instances"]) for s in stack.study_series(study_id)} == before_series
+    for d in derived_ids:
+        assert stack.job_info(d) is None
+
+
+def test_dimse_cstore_triggers_and_results_are_forwarded(stack, studies):
+    files = _dcm(studies["a"] / "402_sag_dixon_w")
+    stack.storescu(files)
+    series_id = stack.series_id(str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID))
+    info = stack.wait_job(series_id)
+    derived = _assert_done_with_derived(stack, series_id, info, n_instances=3)
+    assert f"forwarded to {FORWARD_AET}" in info["job"]["reason"]
+    derived_uid = derived["MainDicomTags"]["SeriesInstanceUID"]
+    forwarded = [pydicom.dcmread(f, stop_before_pixels=True) for f in stack.forward_dir.rglob("*") if f.is_file()]
+    assert sum(str(ds.SeriesInstanceUID) == derived_uid for ds in forwarded) == 3
+
+
+def test_grown_series_is_reprocessed_and_its_derived_series_replaced(stack, studies):
+    files = _dcm(studies["a"] / "801_sag_ce_t1")
+    source_id = stack.upload(files[:2])[0]["ParentSeries"]
+    first = stack.wait_job(source_id)
+    d1 = _assert_done_with_derived(stack, source_id, first, n_instances=2)
+    stack.upload(files[2:])
+    second = stack.wait_job(source_id, n_jobs=2)
+    d2 = _assert_done_with_derived(stack, source_id, second, n_instances=3)
+    assert d2["ID"] == d1["ID"]  # deterministic UIDs: replaced, not duplicated
+    assert [j["state"] for j in second["history"]] == ["done", "done"]
+    study = stack.study_series(d2["ParentStudy"])
+    assert sum(s["MainDicomTags"].get("SeriesNumber") == d2["MainDicomTags"]["SeriesNumber"] for s in study) == 1
+
+
+def test_corrupt_and_non_cervical_series_are_skipped_with_a_reason(stack, studies):
+    knee = stack.upload(_dcm(studies["knee"]))
+    corrupt = stack.upload(_dcm(studies["corrupt"]))
+    knee_info = stack.wait_job(knee[0]["ParentSeries"], states=("skipped",))
+    assert knee_info["job"]["reason"] == "not a cervical-spine series (BodyPartExamined KNEE)"
+    assert knee_info["job"]["attempts"] == 0  # the plugin's filter: the app never ran
+    info = stack.wait_job(corrupt[0]["ParentSeries"], states=("skipped", "failed"))
+    reason = info["job"]["reason"]
+    assert "truncated pixel data" in reason and "\n" not in reason
+    assert info["metadata"]["CervicalDLState"] == info["job"]["state"] and info["metadata"]["CervicalDLReason"] == reason
+    assert info["job"]["derived_series"] == []
+    assert _ours_in_study(stack, corrupt[0]["ParentStudy"]) == []  # no partial derived series
+    assert len(stack.study_series(knee[0]["ParentStudy"])) == 1
+
+
+def test_worker_killed_mid_job_completes_after_restart(stack, studies):
+    source_id = stack.upload(_dcm(studies["a"] / "401_sag_dixon_ip"))[0]["ParentSeries"]
+    info = stack.wait_job(source_id, states=("running",))
+    job_id, worker_pid = info["job"]["id"], stack.worker.pid
+    marker = f"cervical-dl-w{worker_pid}-job{job_id}-"
+    stack.wait(lambda: _processes_matching(marker), "the app process of the job", 60)
+    time.sleep(1.0)
+    stack.stop_worker(signal.SIGKILL)
+    stack.wait(lambda: not _processes_matching(marker), "the app to die with its worker", 20)
+    assert stack.job_info(source_id)["job"]["state"] == "running"  # orphaned until a worker looks
+    assert list(stack.work_dir.glob(f"{marker}*"))
+    stack.start_worker()
+    info = stack.wait_job(source_id)
+    _assert_done_with_derived(stack, source_id, info, n_instances=3)
+    assert len(info["history"]) == 1 and info["job"]["attempts"] == 2
+    assert not list(stack.work_dir.glob(f"{marker}*"))  # the killed attempt's temp folder is gone
+
+
+def test_failed_upload_is_rolled_back_and_retry_route_works(stack, studies):
+    stack.stop_worker()
+    stack.start_worker(CPACS_FAULT_INJECT="fail-upload-after:1", CPACS_MAX_ATTEMPTS="1")
+    answers = stack.upload(_dcm(studies["b"] / "801_sag_ce_t1"))
+    source_id, study_id = answers[0]["ParentSeries"], answers[0]["ParentStudy"]
+    info = stack.wait_job(source_id, states=("failed",))
+    assert "injected upload failure after 1 instances" in info["job"]["reason"]
+    assert info["metadata"]["CervicalDLState"] == "failed" and info["metadata"]["CervicalDLDerivedSeries"] == ""
+    assert re.search(r"job \d+: rolled back the upload of \d+ derived series", stack.log_tail("worker.log", 30))
+    assert _ours_in_study(stack, study_id) == []  # nothing partial left
+    stack.stop_worker()
+    stack.start_worker()
+    r = stack.http.post(f"{stack.url}/cervical-dl/series/{source_id}/retry", timeout=30)
+    assert r.status_code == 200 and r.json()["state"] == "queued"
+    info = stack.wait_job(source_id)
+    _assert_done_with_derived(stack, source_id, info, n_instances=2)
+    assert len(info["history"]) == 1
+
+
+def test_orthanc_restart_with_queued_and_unstable_series_loses_nothing(stack, studies):
+    b = studies["b"]
+    stack.stop_worker()  # nothing takes jobs: they stay queued
+    queued_id = stack.upload(_dcm(b / "301_sag_t1"))[0]["ParentSeries"]
+    stack.wait_job(queued_id, states=("queued",), timeout=30)
+    unstable_id = stack.upload(_dcm(b / "501_ax_t2"))[0]["ParentSeries"]
+    deadline = time.monotonic() + 0.8  # the plugin notes the new series asynchronously
+    while unstable_id not in stack.queue.pending() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stack.stop_orthanc(signal.SIGKILL)  # a crash before StableAge: its STABLE_SERIES never fires
+    assert unstable_id in stack.queue.pending()
+    stack.start_worker()  # the worker starts while Orthanc is down, and waits for it
+    time.sleep(3)
+    assert stack.worker.poll() is None
+    stack.start_orthanc()
+    for series_id in (queued_id, unstable_id):
+        info = stack.wait_job(series_id)
+        _assert_done_with_derived(stack, series_id, info, n_instances=2)
+        assert len(info["history"]) == 1
+    assert stack.job_info(queued_id)["job"]["attempts"] == 1  # Orthanc being down used up no attempt
+    assert f"({unstable_id}, 2 instances, recovered after restart)" in stack.log_tail("orthanc.log", 400)
+    assert stack.queue.pending() == []

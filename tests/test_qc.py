@@ -1,0 +1,150 @@
+"""Quality check: noise, ghosting measure, flags, DL-accentuation guard, qc.json, SR, PDF."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from operators import qc_metrics as qm
+from operators.dl_enhancement import EnhancedSeries, ModelDescription
+from operators.quality_check import QCCalibration, check_series, measure_series, series_masks
+from simulation.dicom_study import simulate_series
+from simulation.phantom import PhantomPatient, render_plane, sagittal_geometry
+
+CALIBRATION = QCCalibration.load()
+
+
+@pytest.fixture(scope="module")
+def ce_t1_planes():
+    patient = PhantomPatient.from_seed(9100, protocol="myelopathy")
+    planes = sagittal_geometry(n_slices=2)
+    planes = planes[:2]
+    return patient, planes, [render_plane(patient, p) for p in planes]
+
+
+def _series(ce_t1_planes, motion, kind="rigid", seed=1):
+    patient, planes, rendered = ce_t1_planes
+    return simulate_series(patient, "SAG_CE_T1", planes, rendered, acquisition="accelerated", seed=seed,
+                           motion=motion, motion_kind=kind)
+
+
+def test_background_sd_estimate_matches_rayleigh():
+    rng = np.random.default_rng(0)
+    sigma = 7.0
+    air = np.abs(rng.normal(0, sigma, 200_000) + 1j * rng.normal(0, sigma, 200_000))
+    assert qm.rician_noise_sd(air) == pytest.approx(sigma * np.sqrt(2 - np.pi / 2), rel=0.02)
+    # Ghost-like outliers in 10 % of the air barely move the robust estimate.
+    air[:20_000] += 200.0
+    assert qm.rician_noise_sd(air) < 1.2 * sigma * np.sqrt(2 - np.pi / 2)
+    assert qm.rician_noise_sd(np.zeros(1000)) is None
+
+
+def test_ghost_measure_separates_clean_from_severe_motion(ce_t1_planes):
+    clean = _series(ce_t1_planes, "none")
+    moved = _series(ce_t1_planes, "severe", seed=2)
+    axis = clean.protocol.phase_encode_axis
+    q_clean = measure_series(clean.images, axis, CALIBRATION, series_masks(clean.images))
+    q_moved = measure_series(moved.images, axis, CALIBRATION, series_masks(moved.images))
+    assert q_clean.motion_score < 0.5 <= q_moved.motion_score
+    assert q_moved.ghost > 3 * q_clean.ghost
+    # Phase encode matters: the same images measured along the readout axis show less.
+    q_wrong_axis = measure_series(moved.images, 1 - axis, CALIBRATION, series_masks(moved.images))
+    assert q_wrong_axis.ghost < q_moved.ghost
+
+
+def _enhanced(images, role="SAG_CE_T1", pe="ROW"):
+    datasets = []
+    for i in range(images.shape[0]):
+        ds = pydicom.Dataset()
+        ds.SeriesInstanceUID = "1.2.3"
+        ds.SeriesNumber = 801
+        ds.InPlanePhaseEncodingDirection = pe
+        ds.Rows, ds.Columns = images.shape[1:]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        ds.PixelData = images[i].astype(np.uint16).tobytes()
+        ds.ImagePositionPatient = [float(i), 0.0, 0.0]
+        datasets.append(ds)
+    return datasets
+
+
+def test_flags_and_dl_accentuation_guard(ce_t1_planes):
+    clean = _series(ce_t1_planes, "none")
+    model = ModelDescription("m", "0", "0" * 64)
+    datasets = _enhanced(clean.images)
+    # DL output that only denoises a little: no flag, no accentuation.
+    calm = EnhancedSeries("SAG_CE_T1", datasets, (clean.images * 0.98).astype(np.uint16), 0.0, model)
+    qc = check_series(calm, CALIBRATION)
+    assert not qc.motion_flag and not qc.dl_accentuated
+    assert qc.original.snr is not None and qc.original.snr > 5
+    # DL output with ghost copies along the phase-encode axis (rows here): accentuated.
+    ghosted = clean.images.astype(np.float64)
+    for shift in (60, -60, 120, -120):
+        ghosted += 0.12 * np.roll(clean.images, shift, axis=2)
+    loud = EnhancedSeries("SAG_CE_T1", datasets, np.clip(ghosted, 0, 65535).astype(np.uint16), 0.0, model)
+    qc = check_series(loud, CALIBRATION)
+    assert qc.dl_accentuated and not qc.motion_flag
+    assert any("read the original" in n for n in qc.notes)
+
+
+def test_missing_phase_encode_direction_is_noted(ce_t1_planes):
+    clean = _series(ce_t1_planes, "none")
+    datasets = _enhanced(clean.images)
+    for ds in datasets:
+        del ds.InPlanePhaseEncodingDirection
+    item = EnhancedSeries("SAG_CE_T1", datasets, clean.images.astype(np.uint16), 0.0, ModelDescription("m", "0", "0"))
+    qc = check_series(item, CALIBRATION)
+    assert any("InPlanePhaseEncodingDirection missing" in n for n in qc.notes)
+
+
+QC_KEYS = {"SeriesInstanceUID", "derived_SeriesInstanceUID", "role", "snr_original", "snr_dl", "cnr_original",
+           "cnr_dl", "motion_score_original", "motion_score_dl", "motion_flag", "dl_accentuated", "notes"}
+
+
+def test_app_writes_qc_json_sr_and_pdf(app_run):
+    out, result = app_run
+    assert result.returncode == 0, result.stderr[-2000:]
+    entries = json.loads((out / "qc.json").read_text())
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert len(entries) == len(summary["derived"]) == 5
+    derived = {d["source_series_instance_uid"]: d["derived_series_instance_uid"] for d in summary["derived"]}
+    for e in entries:
+        assert QC_KEYS <= set(e)
+        assert e["derived_SeriesInstanceUID"] == derived[e["SeriesInstanceUID"]]
+        assert 0.0 <= e["motion_score_original"] <= 1.0 and 0.0 <= e["motion_score_dl"] <= 1.0
+        assert e["snr_original"] > 1
+        assert isinstance(e["motion_flag"], bool) and isinstance(e["dl_accentuated"], bool)
+
+    sr = hd.sr.srread(out / "qc" / "sr" / "QC_SR.dcm")
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    groups = {g.tracking_identifier: g for g in sr.content.get_image_measurement_groups()}
+    assert len(groups) == 2 * len(entries)  # original and DL per series
+    for e in entries:
+        original = next(g for name, g in groups.items() if name.startswith(f"{e['role']} original"))
+        values = {m.name.meaning: m.value for m in original.get_measurements()}
+        assert values["Signal to noise"] == pytest.approx(e["snr_original"])
+        assert values["Motion artifact score"] == pytest.approx(e["motion_score_original"])
+        blur = {q.name.meaning: q.value.meaning for q in original.get_qualitative_evaluations()}["Motion blur"]
+        assert blur == ("Present" if e["motion_flag"] else "Absent")
+        referenced = {s.ReferencedSOPInstanceUID for s in original.source_images}
+        assert len(referenced) == next(d["n_instances"] for d in summary["derived"] if d["role"] == e["role"])
+    pdf = pydicom.dcmread(out / "qc" / "report" / "QC_REPORT.dcm")
+    assert pdf.SOPClassUID == pydicom.uid.EncapsulatedPDFStorage
+    assert bytes(pdf.EncapsulatedDocument[:5]) == b"%PDF-"
+    assert pdf.StudyInstanceUID == pydicom.dcmread(next((out / "derived").rglob("*.dcm"))).StudyInstanceUID
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools is installed by make setup")
+def test_qc_objects_pass_dciodvfy(app_run):
+    out, _ = app_run
+    for f in (out / "qc" / "sr" / "QC_SR.dcm", out / "qc" / "report" / "QC_REPORT.dcm"):
+        result = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+        assert not errors, (f.name, errors)
