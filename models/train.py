@@ -1,0 +1,363 @@
+"""Train the cascaded U-Net on simulated (accelerated, conventional-reference) pairs.
+
+    python -m models.train --config models/configs/default.json [--resume]
+
+Stops at ``steps`` or at the wall-clock ``time_budget_s`` (whichever comes first; the
+budget counts training time across resumes), then runs a held-out validation, exports
+TorchScript to ``export_path`` with its sha256 beside it, and writes ``model_info.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.data import DataConfig, PairStream, phantom_available, validation_set
+from models.network import CascadedUNet, count_flops, count_parameters
+from models.normalization import ROBUST_PERCENTILE
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_NAME = "cervical_dl_recon"
+
+DEFAULTS: dict = {
+    "name": "default",
+    "version": "0.1.0",
+    "seed": 20251124,
+    "val_seed": 990_001,
+    "n_val": 18,
+    "steps": 100000,
+    "time_budget_s": 1920,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "lr_end": 1e-4,
+    "warmup_steps": 100,
+    "ssim_weight": 0.1,
+    "grad_clip": 1.0,
+    "dc_lr_mult": 10.0,
+    "log_every": 25,
+    "checkpoint_every_s": 180,
+    "threads": 2,
+    "model": {"base_channels": 8, "cascade_stages": 3, "cascade_channels": 8,
+              "dc_band": 0.25, "dc_edge": 0.1},
+    "data": {},
+    "checkpoint_dir": "models/checkpoints",
+    "export_path": "models/cervical_dl_recon.ts",
+    "sha256_path": "models/cervical_dl_recon.sha256",
+    "info_path": "models/model_info.json",
+    "loss_plot": "models/loss_curve.png",
+    "validation_path": "models/validation.json",
+}
+
+
+def load_config(path: Path) -> dict:
+    cfg = json.loads(Path(path).read_text())
+    out = dict(DEFAULTS)
+    for k, v in cfg.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    out["config_name"] = Path(path).stem
+    return out
+
+
+def _abs(p: str) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() else REPO_ROOT / q
+
+
+def select_training_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def lr_at(progress: float, step: int, cfg: dict) -> float:
+    """Cosine decay from ``lr`` to ``lr_end`` over training progress, linear warm-up."""
+    progress = min(max(progress, 0.0), 1.0)
+    lr = cfg["lr_end"] + (cfg["lr"] - cfg["lr_end"]) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if step < cfg["warmup_steps"]:
+        lr *= (step + 1) / cfg["warmup_steps"]
+    return lr
+
+
+def ssim_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win: int = 7) -> torch.Tensor:
+    """Mean SSIM with a uniform window (for the loss)."""
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    mu_x = F.avg_pool2d(x, win, 1)
+    mu_y = F.avg_pool2d(y, win, 1)
+    sxx = F.avg_pool2d(x * x, win, 1) - mu_x**2
+    syy = F.avg_pool2d(y * y, win, 1) - mu_y**2
+    sxy = F.avg_pool2d(x * y, win, 1) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return s.mean()
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, model, opt, step, elapsed, history, stream) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+        "elapsed": elapsed, "history": history,
+        "stream_rng": json.dumps(stream.state()),
+        "torch_rng": torch.get_rng_state(),
+    }, tmp)
+    os.replace(tmp, path)
+
+
+def plot_losses(history: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    h = np.array([[r["step"], r["loss"], r["l1"]] for r in history])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(h[:, 0], h[:, 1], label="loss (L1 + w(1-SSIM))")
+    ax.plot(h[:, 0], h[:, 2], label="L1")
+    val = [(r["step"], r["val_l1"]) for r in history if "val_l1" in r]
+    if val:
+        v = np.array(val)
+        ax.plot(v[:, 0], v[:, 1], "o-", label="held-out L1")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (normalised units)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def predict_full(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    return model(x)[0, 0].float().cpu().numpy()
+
+
+def evaluate(model: torch.nn.Module, val: list[dict], device: torch.device) -> dict:
+    """PSNR / SSIM vs the reference G of the accelerated input, the DL output and the
+    conventional acquisition, on full held-out images (normalised units)."""
+    from skimage.metrics import peak_signal_noise_ratio as psnr
+    from skimage.metrics import structural_similarity as ssim
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    for p in val:
+        g = p["target"].astype(np.float64)
+        dr = float(g.max() - g.min())
+        out = np.clip(predict_full(model, p["input"], device), 0, None).astype(np.float64)
+        r = {"source": p["source"], "snr": p["snr"], "shape": list(g.shape)}
+        for key, im in (("input", p["input"]), ("output", out), ("conventional", p["conventional"])):
+            im = im.astype(np.float64)
+            r[f"psnr_{key}"] = float(psnr(g, im, data_range=dr))
+            r[f"ssim_{key}"] = float(ssim(g, im, data_range=dr))
+            r[f"l1_{key}"] = float(np.abs(g - im).mean())
+        rows.append(r)
+    model.train(was_training)
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith(("psnr", "ssim", "l1"))}
+    summary["n"] = len(rows)
+    summary["frac_output_psnr_gt_input"] = float(np.mean([r["psnr_output"] > r["psnr_input"] for r in rows]))
+    summary["frac_output_ssim_gt_input"] = float(np.mean([r["ssim_output"] > r["ssim_input"] for r in rows]))
+    summary["frac_output_psnr_ge_conventional"] = float(np.mean([r["psnr_output"] >= r["psnr_conventional"] for r in rows]))
+    by_source: dict = {}
+    for r in rows:
+        by_source.setdefault(r["source"], []).append(r)
+    summary["by_source"] = {
+        s: {k: float(np.mean([r[k] for r in rs])) for k in ("psnr_input", "psnr_output", "psnr_conventional",
+                                                           "ssim_input", "ssim_output", "ssim_conventional")}
+        | {"n": len(rs)}
+        for s, rs in by_source.items()
+    }
+    return {"summary": summary, "images": rows}
+
+
+def print_eval(tag: str, ev: dict) -> None:
+    s = ev["summary"]
+    print(f"[{tag}] n={s['n']}  PSNR input {s['psnr_input']:.2f} -> DL {s['psnr_output']:.2f} dB "
+          f"(conventional {s['psnr_conventional']:.2f});  SSIM input {s['ssim_input']:.4f} -> DL "
+          f"{s['ssim_output']:.4f} (conventional {s['ssim_conventional']:.4f});  DL better than input "
+          f"on {100 * s['frac_output_psnr_gt_input']:.0f}% (PSNR) / {100 * s['frac_output_ssim_gt_input']:.0f}% (SSIM)",
+          flush=True)
+    for src, v in s["by_source"].items():
+        print(f"    {src:8s} n={v['n']:2d}  PSNR {v['psnr_input']:.2f} -> {v['psnr_output']:.2f} "
+              f"(conv {v['psnr_conventional']:.2f})  SSIM {v['ssim_input']:.4f} -> {v['ssim_output']:.4f} "
+              f"(conv {v['ssim_conventional']:.4f})", flush=True)
+
+
+def export(model: CascadedUNet, cfg: dict, step: int, elapsed: float, ev: dict, sources: list[str]) -> dict:
+    model = model.cpu().eval()
+    scripted = torch.jit.script(model)
+    path = _abs(cfg["export_path"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scripted.save(str(path))
+    # the exported file must reproduce the eager model
+    loaded = torch.jit.load(str(path), map_location="cpu")
+    x = torch.rand(1, 1, 200, 168, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = float((loaded(x) - model(x)).abs().max())
+    if diff > 1e-4:
+        raise RuntimeError(f"exported TorchScript differs from the eager model by {diff}")
+    digest = sha256_of(path)
+    _abs(cfg["sha256_path"]).write_text(f"{digest}  {path.name}\n")
+    info = {
+        "name": MODEL_NAME,
+        "version": cfg["version"],
+        "file": path.name,
+        "sha256": digest,
+        "training_config": cfg["config_name"],
+        "steps": step,
+        "training_time_s": round(elapsed, 1),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "parameter_count": count_parameters(model),
+        "flops_512x512": count_flops(model, 512),
+        "architecture": {"class": "models.network.CascadedUNet", **cfg["model"]},
+        "input": "(B, 1, H, W) float32, any H, W; magnitude divided by the series scale",
+        "normalization": {
+            "rule": f"per-series {ROBUST_PERCENTILE}th percentile of the input intensities "
+                    "(models.normalization.robust_scale on the whole series); output multiplied back",
+            "percentile": ROBUST_PERCENTILE,
+        },
+        "training_sources": sources,
+        "seed": cfg["seed"],
+        "validation_seed": cfg["val_seed"],
+        "validation": {k: v for k, v in ev["summary"].items() if k != "by_source"},
+        "validation_by_source": ev["summary"]["by_source"],
+        "torch_version": torch.__version__,
+    }
+    _abs(cfg["info_path"]).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def train(cfg: dict, resume: bool) -> None:
+    torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(cfg["seed"])
+    np.random.seed(cfg["seed"] % (2**32))
+    device = select_training_device()
+    data_cfg = DataConfig.from_dict(cfg["data"])
+    print(f"device {device}; phantom source {'available' if phantom_available() else 'NOT available'}", flush=True)
+    t_setup = time.perf_counter()
+    stream = PairStream(data_cfg, seed=cfg["seed"])
+    print(f"training sources {stream.sampler.sources} p={np.round(stream.sampler.source_p, 2).tolist()} "
+          f"(phantom bank {len(stream.sampler.phantom_bank)}) setup {time.perf_counter() - t_setup:.1f}s", flush=True)
+
+    model = CascadedUNet(**cfg["model"]).to(device)
+    dc_params = [p for n, p in model.named_parameters() if n.endswith("dc.param")]
+    other = [p for n, p in model.named_parameters() if not n.endswith("dc.param")]
+    # the data-consistency weights are single scalars: let them move faster
+    opt = torch.optim.Adam([{"params": other, "lr_mult": 1.0},
+                            {"params": dc_params, "lr_mult": float(cfg["dc_lr_mult"])}], lr=cfg["lr"])
+    print(f"model: {count_parameters(model)} parameters, "
+          f"{count_flops(CascadedUNet(**cfg['model']), 512) / 1e9:.2f} GFLOPs per 512x512 slice", flush=True)
+
+    ckpt_path = _abs(cfg["checkpoint_dir"]) / f"{cfg['config_name']}_last.pt"
+    step, elapsed, history = 0, 0.0, []
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, elapsed, history = ck["step"], ck["elapsed"], ck["history"]
+        stream.set_state(json.loads(ck["stream_rng"]))
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"resumed from {ckpt_path} at step {step}, {elapsed:.0f}s", flush=True)
+    elif resume:
+        print(f"--resume: no checkpoint at {ckpt_path}, starting fresh", flush=True)
+
+    quick_val = validation_set(cfg["val_seed"] + 1, 4, data_cfg)
+    budget, max_steps = float(cfg["time_budget_s"]), int(cfg["steps"])
+    model.train()
+    t0 = time.perf_counter() - elapsed
+    last_ckpt = time.perf_counter()
+    run_loss, run_l1, n_run = 0.0, 0.0, 0
+    pbar = tqdm(total=max_steps, initial=step, mininterval=10, file=sys.stdout, dynamic_ncols=False, ncols=110)
+    while step < max_steps:
+        elapsed = time.perf_counter() - t0
+        if elapsed >= budget:
+            print(f"\ntime budget reached ({elapsed:.0f}s) at step {step}", flush=True)
+            break
+        progress = max(step / max_steps, elapsed / budget)
+        lr = lr_at(progress, step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr * g.get("lr_mult", 1.0)
+        xb, yb = stream.next_batch(int(cfg["batch_size"]))
+        x = torch.from_numpy(xb).to(device)
+        y = torch.from_numpy(yb).to(device)
+        out = model(x)
+        l1 = F.l1_loss(out, y)
+        loss = l1
+        if cfg["ssim_weight"] > 0:
+            loss = loss + cfg["ssim_weight"] * (1.0 - ssim_torch(out, y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        opt.step()
+        step += 1
+        run_loss += float(loss.detach())
+        run_l1 += float(l1.detach())
+        n_run += 1
+        pbar.update(1)
+        if step % cfg["log_every"] == 0:
+            rec = {"step": step, "loss": run_loss / n_run, "l1": run_l1 / n_run, "lr": lr,
+                   "elapsed": round(time.perf_counter() - t0, 1)}
+            history.append(rec)
+            pbar.set_postfix(loss=f"{rec['loss']:.4f}", l1=f"{rec['l1']:.4f}", lr=f"{lr:.1e}")
+            run_loss, run_l1, n_run = 0.0, 0.0, 0
+        if time.perf_counter() - last_ckpt >= cfg["checkpoint_every_s"]:
+            ev = evaluate(model, quick_val, device)
+            lam = [round(float(torch.sigmoid(s.dc.param)), 3) for s in model.cascade]
+            if history:
+                history[-1]["val_l1"] = ev["summary"]["l1_output"]
+            print(f"\nstep {step} t={time.perf_counter() - t0:.0f}s lr={lr:.2e} train L1 "
+                  f"{history[-1]['l1'] if history else float('nan'):.4f}; quick-val L1 input "
+                  f"{ev['summary']['l1_input']:.4f} -> DL {ev['summary']['l1_output']:.4f}, PSNR "
+                  f"{ev['summary']['psnr_input']:.2f} -> {ev['summary']['psnr_output']:.2f}; DC lambdas {lam}; "
+                  f"sources {stream.source_counts}", flush=True)
+            save_checkpoint(ckpt_path, model, opt, step, time.perf_counter() - t0, history, stream)
+            plot_losses(history, _abs(cfg["loss_plot"]))
+            last_ckpt = time.perf_counter()
+    pbar.close()
+    elapsed = time.perf_counter() - t0
+    save_checkpoint(ckpt_path, model, opt, step, elapsed, history, stream)
+    plot_losses(history, _abs(cfg["loss_plot"]))
+    print(f"training stopped at step {step} after {elapsed:.0f}s; sources used {stream.source_counts}", flush=True)
+
+    val = validation_set(cfg["val_seed"], int(cfg["n_val"]), data_cfg)
+    ev = evaluate(model, val, device)
+    print_eval("held-out, DEFAULT_ACCELERATED", ev)
+    _abs(cfg["validation_path"]).write_text(json.dumps(ev, indent=2) + "\n")
+    info = export(model, cfg, step, elapsed, ev, stream.sampler.sources)
+    print(f"exported {cfg['export_path']} sha256 {info['sha256']}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--resume", action="store_true", help="continue from the config's last checkpoint")
+    args = ap.parse_args(argv)
+    train(load_config(args.config), args.resume)
+
+
+if __name__ == "__main__":
+    main()
