@@ -24,3 +24,11 @@ train: setup
 
 clean:
 	rm -rf $(DEMO_DIR) test-artifacts .pytest_cache
+
+# Orthanc + worker on this machine (orthanc/README.md): generated credentials, loopback only.
+.PHONY: orthanc stop
+orthanc: setup
+	@PYTHONPATH=$(CURDIR):$(CURDIR)/orthanc $(PY) -m cervical_pacs.launcher start
+
+stop:
+	@PYTHONPATH=$(CURDIR):$(CURDIR)/orthanc $(PY) -m cervical_pacs.launcher stop

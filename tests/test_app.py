@@ -115,9 +115,12 @@ def test_dl_output_is_closer_to_the_truth_than_the_accelerated_input(app_run, ac
             ssim_in.append(structural_similarity(ref, src, data_range=rng))
             ssim_dl.append(structural_similarity(ref, dl, data_range=rng))
         gains[entry["role"]] = (np.mean(psnr_dl) - np.mean(psnr_in), np.mean(ssim_dl) - np.mean(ssim_in))
+    print({role: (round(p, 2), round(s, 3)) for role, (p, s) in gains.items()})
+    # Every series improves; on average by more than 1.5 dB (full images, stored units).
     for role, (dpsnr, dssim) in gains.items():
-        assert dpsnr > 1.0, (role, gains)
-        assert dssim > 0.02, (role, gains)
+        assert dpsnr > 0.5, (role, gains)
+        assert dssim > 0.05, (role, gains)
+    assert np.mean([g[0] for g in gains.values()]) > 1.5, gains
 
 
 def test_rerun_gives_identical_uids_and_leaves_the_input_untouched(app_run, accelerated_study, tmp_path):

@@ -1,8 +1,9 @@
 """Orthanc auto-trigger end to end: a real Orthanc (Debian package, DICOMweb + Python plugins)
 with our plugin, the worker and the application, started by this module.
 
-How the network is isolated: Orthanc 1.10.1 cannot bind to loopback only, so when the tests
-run as root the module moves *its own thread* into a fresh, private network namespace
+How the network is isolated (``cervical_pacs.sandbox.private_network``): Orthanc 1.10.1 cannot
+bind to loopback only, so when the tests run as root the module moves *its own thread* into a
+fresh, private network namespace
 (``unshare(CLONE_NEWNET)`` through libc, then ``ip link set lo up``) for the duration of the
 module-scoped fixture, and restores the original namespace afterwards (``setns`` on a file
 descriptor of ``/proc/thread-self/ns/net`` kept open before leaving it). Every process
@@ -21,17 +22,14 @@ restarted only by the tests that are about restarts).
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -44,10 +42,11 @@ from conftest import ROOT, make_study
 sys.path.insert(0, str(ROOT / "orthanc"))
 from cervical_pacs.jobqueue import JobQueue  # noqa: E402
 from cervical_pacs.launcher import start_orthanc, start_worker, wait_orthanc  # noqa: E402
+from cervical_pacs.sandbox import free_port as _free_port  # noqa: E402
+from cervical_pacs.sandbox import private_network  # noqa: E402
 from cervical_pacs.settings import ADMIN_USER, WORKER_USER, Settings, render_orthanc_config  # noqa: E402
 from operators.series_roles import is_our_output  # noqa: E402
 
-CLONE_NEWNET = 0x40000000
 WAIT_S = 240  # per job: generous for a loaded 2-core machine
 FORWARD_AET = "FWDSCP"
 
@@ -59,34 +58,6 @@ def _model_path() -> Path:
     if (ROOT / "models" / "cervical_dl_recon.ts").is_file():
         return ROOT / "models"
     return Path("/tmp/tmpmodels") if Path("/tmp/tmpmodels/cervical_dl_recon.ts").is_file() else ROOT / "models"
-
-
-@contextmanager
-def private_network():
-    """Run the enclosed block (and every process it starts) in a private network namespace."""
-    if os.geteuid() != 0:
-        yield "host loopback (not root)"
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        if libc.unshare(CLONE_NEWNET) != 0:
-            yield f"host loopback (unshare failed: errno {ctypes.get_errno()})"
-            return
-        try:
-            subprocess.run(["ip", "link", "set", "lo", "up"], check=True, capture_output=True)
-            yield "private network namespace"
-        finally:
-            if libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the original network namespace failed")
-    finally:
-        os.close(own)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _processes_matching(text: str) -> list[int]:
@@ -299,6 +270,85 @@ def test_package_layout_never_shadows_orthanc():
     assert not list((ROOT / "orthanc").glob("orthanc*.py"))
 
 
+def test_job_queue_state_machine(tmp_path):
+    """The queue alone (no Orthanc): idempotent enqueue, supersede, one running job per series,
+    lease recovery, retry, backoff."""
+    q = JobQueue(tmp_path / "q.sqlite")
+    job, created = q.enqueue("s1", "fp1", n_instances=2)
+    assert created and job["state"] == "queued"
+    assert q.enqueue("s1", "fp1")[1] is False  # same content again: nothing new
+    grown, created = q.enqueue("s1", "fp2", n_instances=3)
+    assert created and q.get(job["id"])["state"] == "superseded"
+    q.enqueue("s2", "fpx", state="skipped", reason="localizer")
+    claimed = q.claim("host:1:1", lease_s=30)
+    assert claimed["id"] == grown["id"] and claimed["attempts"] == 1
+    assert q.claim("host:2:2", lease_s=30) is None  # s1 running, s2 skipped: nothing else due
+    assert q.enqueue("s1", "fp2")[1] is False  # a job for this content is running
+    assert q.update(claimed["id"], "host:1:1", processed_fingerprint="fp3")
+    assert q.enqueue("s1", "fp3")[1] is False  # ...and it processed what the series now holds
+    assert not q.heartbeat(claimed["id"], "someone-else", 30)
+    assert q.recover_stale(lambda owner: owner == "host:1:1") == [claimed["id"]]
+    again = q.claim("host:2:2", lease_s=30)
+    assert again["id"] == grown["id"] and again["attempts"] == 2
+    assert q.requeue(again["id"], "host:2:2", delay_s=60, reason="Orthanc down", count_attempt=False)
+    assert q.get(again["id"])["attempts"] == 1 and q.claim("host:2:2", 30) is None  # backing off
+    with q._tx() as con:
+        con.execute("UPDATE jobs SET not_before=0")
+    done = q.claim("host:2:2", 30)
+    assert q.finish(done["id"], "host:2:2", "failed", "boom")
+    assert not q.finish(done["id"], "host:2:2", "done")  # no longer ours
+    assert q.retry("s1")["state"] == "queued" and q.get(done["id"])["attempts"] == 0
+    assert q.counts()["queued"] == 1 and q.counts()["skipped"] == 1
+    from cervical_pacs.jobqueue import backoff_delay
+    assert [backoff_delay(10, n) for n in (1, 2, 3)] == [10, 20, 40] and backoff_delay(10, 30) == 3600
+
+
+def test_docker_mode_command(tmp_path):
+    """The MAP run mode cannot run here (no Docker engine): check the command it would run."""
+    from cervical_pacs.runner import AppRunner
+
+    settings = Settings.from_env(env={"CPACS_RUN_MODE": "docker", "CPACS_MAP_IMAGE": "cervical-dl:0.1",
+                                      "CPACS_DOCKER_ARGS": "--gpus all", "CPACS_MODEL_PATH": str(tmp_path / "m")},
+                                 config_file=tmp_path / "none")
+    argv, _, _ = AppRunner(settings).command(tmp_path / "in", tmp_path / "out", "cervical-dl-w1-j2-1")
+    assert argv[:3] == ["docker", "run", "--rm"] and argv[-3:] == ["--gpus", "all", "cervical-dl:0.1"]
+    assert ["--network", "none"] == argv[argv.index("--network"):argv.index("--network") + 2]
+    assert f"{tmp_path / 'in'}:/var/holoscan/input:ro" in argv and f"{tmp_path / 'out'}:/var/holoscan/output" in argv
+    assert f"{tmp_path / 'm'}:/opt/holoscan/models:ro" in argv
+    assert "HOLOSCAN_MODEL_PATH=/opt/holoscan/models" in argv and "cervical-dl-w1-j2-1" in argv
+    python_mode = Settings.from_env(env={"CPACS_MODEL_PATH": "/x/models"}, config_file=tmp_path / "none")
+    argv, env, cwd = AppRunner(python_mode).command(tmp_path / "in", tmp_path / "out", "n")
+    assert argv[1:] == ["-m", "app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", "/x/models"]
+    assert cwd == ROOT and env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+
+
+def test_make_orthanc_launcher_starts_and_stops_what_it_started(stack, tmp_path):
+    """`make orthanc` / `make stop` (the launcher CLI), on other ports inside the same namespace."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'orthanc'}", "CPACS_CONFIG": str(tmp_path / "none"),
+           "CPACS_LOCAL_DIR": str(tmp_path / "local"), "CPACS_STORAGE_DIR": str(tmp_path / "data"),
+           "CPACS_HTTP_PORT": str(_free_port()), "CPACS_DICOM_PORT": str(_free_port())}
+    cli = [sys.executable, "-m", "cervical_pacs.launcher"]
+    started = subprocess.run([*cli, "start"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        creds = tmp_path / "local" / "config" / "credentials.json"
+        assert f"password in {creds}" in started.stdout
+        assert stat.S_IMODE(os.stat(creds).st_mode) == 0o600
+        password = json.loads(creds.read_text())["RegisteredUsers"][ADMIN_USER]
+        assert password not in started.stdout
+        url = f"http://127.0.0.1:{env['CPACS_HTTP_PORT']}"
+        assert requests.get(url + "/cervical-dl/health", auth=(ADMIN_USER, password), timeout=10).status_code == 200
+        pids = {n: int((tmp_path / "local" / "run" / f"{n}.pid").read_text()) for n in ("orthanc", "worker")}
+        again = subprocess.run([*cli, "start"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and "already running" in again.stdout
+    finally:
+        stopped = subprocess.run([*cli, "stop"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "stopped worker" in stopped.stdout and "stopped orthanc" in stopped.stdout
+    for pid in pids.values():
+        assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes().split()[2:3]
+    assert stack.orthanc.poll() is None  # the module's Orthanc was not touched
+
+
 def test_authentication_is_required_and_credentials_are_private(stack):
     good = stack.http.get(stack.url + "/system", timeout=10)
     assert good.status_code == 200
@@ -453,4 +503,18 @@ def test_orthanc_restart_with_queued_and_unstable_series_loses_nothing(stack, st
         assert len(info["history"]) == 1
     assert stack.job_info(queued_id)["job"]["attempts"] == 1  # Orthanc being down used up no attempt
     assert f"({unstable_id}, 2 instances, recovered after restart)" in stack.log_tail("orthanc.log", 400)
-    assert stack.queue.pending() == []
+    stack.wait(lambda: stack.queue.pending() == [], "no series left pending (derived ones included)", 20)
+
+
+def test_logs_carry_no_patient_data(stack, studies):
+    names = set()
+    for f in [*studies["a"].rglob("*.dcm"), *studies["b"].rglob("*.dcm"), *studies["knee"].glob("*.dcm")]:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        names |= {str(ds.PatientName), str(ds.PatientID), str(ds.get("AccessionNumber", "")),
+                  str(ds.PatientName).replace("^", " ")}
+    names.discard("")
+    logs = {n: (stack.logs / n).read_text(errors="replace") for n in ("orthanc.log", "worker.log")}
+    assert "job" in logs["worker.log"] and "cervical-dl:" in logs["orthanc.log"]
+    for name, text in logs.items():
+        leaked = sorted(n for n in names if n in text)
+        assert not leaked, (name, leaked)

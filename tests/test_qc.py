@@ -133,7 +133,7 @@ def test_app_writes_qc_json_sr_and_pdf(app_run):
         assert values["Motion artifact score"] == pytest.approx(e["motion_score_original"])
         blur = {q.name.meaning: q.value.meaning for q in original.get_qualitative_evaluations()}["Motion blur"]
         assert blur == ("Present" if e["motion_flag"] else "Absent")
-        referenced = {s.ReferencedSOPInstanceUID for s in original.source_images}
+        referenced = {s.referenced_sop_instance_uid for s in original.source_images}
         assert len(referenced) == next(d["n_instances"] for d in summary["derived"] if d["role"] == e["role"])
     pdf = pydicom.dcmread(out / "qc" / "report" / "QC_REPORT.dcm")
     assert pdf.SOPClassUID == pydicom.uid.EncapsulatedPDFStorage

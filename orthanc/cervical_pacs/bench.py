@@ -1,0 +1,208 @@
+"""Benchmark of the Orthanc auto-trigger (not run in CI).
+
+    PYTHONPATH=.:orthanc .venv/bin/python -m cervical_pacs.bench [--quick] [--out bench.json]
+
+Starts its own Orthanc + worker (random ports, private network namespace when root, temp
+folders), uploads simulated studies over REST and measures, per series:
+  * stored->available: from the last instance stored to the derived series being in Orthanc
+    (job ``done``: upload finished and committed);
+  * stable->available: from STABLE_SERIES (the job's creation by the plugin) to the same;
+    goal: <= 20 s for one 15-slice 512x512 sagittal series on 2 CPU cores;
+for (1) one 15-slice sagittal T1 series, (2) a whole accelerated myelopathy study, (3) a burst
+of N series (default 20: copies of the 15-slice series under new UIDs) -> throughput; and the
+worker's resident memory sampled through the burst (goal: no growth: the worker never loads
+images itself beyond one file at a time; the app runs in a child process per job).
+``--quick`` uses 3-slice series and a burst of 3 (a smoke run of the script itself).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import requests
+from pydicom.uid import generate_uid
+
+from .jobqueue import JobQueue
+from .launcher import start_orthanc, start_worker, wait_orthanc
+from .sandbox import free_port, private_network
+from .settings import ADMIN_USER, REPO_ROOT, Settings, render_orthanc_config
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def make_study(out: Path, sagittal: int, axial: int, seed: int) -> Path:
+    cmd = [sys.executable, "-m", "simulation.make_study", "--protocol", "myelopathy", "--acquisition", "accelerated",
+           "--seed", str(seed), "--out", str(out), "--sagittal-slices", str(sagittal), "--axial-slices", str(axial)]
+    subprocess.run(cmd, check=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                   capture_output=True, timeout=1800)
+    return out
+
+
+def copies_with_new_uids(series_dir: Path, out: Path, n: int) -> list[list[Path]]:
+    """n copies of one series, each with its own SeriesInstanceUID and SOPInstanceUIDs."""
+    result = []
+    sources = [pydicom.dcmread(f) for f in sorted(series_dir.glob("*.dcm"))]
+    for i in range(n):
+        folder = out / f"copy{i:02d}"
+        folder.mkdir(parents=True)
+        series_uid = generate_uid()
+        for j, ds in enumerate(sources):
+            ds.SeriesInstanceUID = series_uid
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.save_as(folder / f"IM{j:04d}.dcm")
+        result.append(sorted(folder.glob("*.dcm")))
+    return result
+
+
+class Bench:
+    def __init__(self, tmp: Path, args):
+        env = {"CPACS_LOCAL_DIR": str(tmp / "local"), "CPACS_STORAGE_DIR": str(tmp / "data"),
+               "CPACS_HTTP_PORT": str(free_port()), "CPACS_DICOM_PORT": str(free_port()),
+               "CPACS_STABLE_AGE": str(args.stable_age), "CPACS_MODEL_PATH": str(args.model_path),
+               "CPACS_CONCURRENCY": str(args.concurrency), "CPACS_POLL_SECONDS": "0.2",
+               "CPACS_WORK_DIR": str(tmp)}
+        self.settings = Settings.from_env(env=env, config_file=tmp / "no-site.env")
+        render_orthanc_config(self.settings)
+        users = json.loads(Path(self.settings.credentials_file).read_text())["RegisteredUsers"]
+        self.auth = (ADMIN_USER, users[ADMIN_USER])
+        self.http = requests.Session()
+        self.http.auth = self.auth
+        self.url = self.settings.orthanc_url
+        self.queue = JobQueue(self.settings.queue_db)
+        self.orthanc = start_orthanc(self.settings, tmp / "orthanc.log")
+        wait_orthanc(self.settings, *self.auth, proc=self.orthanc)
+        self.worker = start_worker(self.settings, tmp / "worker.log")
+
+    def close(self):
+        for p in (self.worker, self.orthanc):
+            p.terminate()
+            p.wait(timeout=60)
+
+    def upload(self, files: list[Path]) -> tuple[set[str], float]:
+        series = set()
+        for f in files:
+            r = self.http.post(self.url + "/instances", data=f.read_bytes(), timeout=120)
+            r.raise_for_status()
+            series.add(r.json()["ParentSeries"])
+        return series, time.time()
+
+    def wait_done(self, series_ids: set[str], timeout: float) -> dict[str, dict]:
+        deadline, done = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline and len(done) < len(series_ids):
+            for sid in series_ids - set(done):
+                jobs = self.queue.jobs_for_series(sid)
+                if jobs and jobs[-1]["state"] in ("done", "failed", "skipped"):
+                    done[sid] = jobs[-1]
+            time.sleep(0.2)
+        return done
+
+
+def _timings(jobs: dict[str, dict], stored_at: float) -> dict:
+    done = [j for j in jobs.values() if j["state"] == "done"]
+    if not done:
+        return {"n_done": 0, "states": sorted({j["state"] for j in jobs.values()})}
+    return {"n_done": len(done), "n_other": len(jobs) - len(done),
+            "stored_to_available_s": round(max(j["finished"] for j in done) - stored_at, 2),
+            "stable_to_available_s": [round(j["finished"] - j["created"], 2) for j in done],
+            "processing_s": [round(j["finished"] - j["started"], 2) for j in done]}
+
+
+def run(args) -> dict:
+    results: dict = {"settings": {"stable_age_s": args.stable_age, "concurrency": args.concurrency,
+                                  "slices": args.slices, "burst": args.burst, "cpus": os.cpu_count()}}
+    with tempfile.TemporaryDirectory(prefix="cervical-dl-bench-") as tmp:
+        tmp = Path(tmp)
+        print("simulating studies ...", file=sys.stderr)
+        one = make_study(tmp / "one", args.slices, 2, seed=101)
+        whole = make_study(tmp / "whole", args.slices, args.axial_slices, seed=102)
+        burst = copies_with_new_uids(one / "301_sag_t1", tmp / "burst", args.burst)
+        with private_network() as network:
+            results["network"] = network
+            bench = Bench(tmp / "stack", args)
+            try:
+                print("one sagittal series ...", file=sys.stderr)
+                ids, t = bench.upload(sorted((one / "301_sag_t1").glob("*.dcm")))
+                results["one_sagittal_series"] = _timings(bench.wait_done(ids, args.timeout), t)
+
+                print("whole myelopathy study ...", file=sys.stderr)
+                ids, t = bench.upload(sorted(whole.rglob("*.dcm")))
+                jobs = bench.wait_done(ids, args.timeout)
+                results["whole_study"] = _timings(jobs, t) | {"series": len(ids)}
+
+                print(f"burst of {args.burst} series ...", file=sys.stderr)
+                samples: list[tuple[float, int]] = []
+                stop = threading.Event()
+
+                def sample():
+                    while not stop.wait(0.5):
+                        samples.append((time.time(), _rss_kib(bench.worker.pid)))
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                t0 = time.time()
+                ids = set()
+                for files in burst:
+                    ids |= bench.upload(files)[0]
+                t_stored = time.time()
+                jobs = bench.wait_done(ids, args.timeout * args.burst)
+                stop.set()
+                sampler.join()
+                done = [j for j in jobs.values() if j["state"] == "done"]
+                span = (max(j["finished"] for j in done) - t0) if done else float("nan")
+                rss = [kib for _, kib in samples if kib]
+                results["burst"] = _timings(jobs, t_stored) | {
+                    "series": len(ids), "wall_s": round(span, 1),
+                    "throughput_series_per_min": round(60 * len(done) / span, 2) if done else 0,
+                    "worker_rss_mib": {"first": round(rss[0] / 1024, 1), "last": round(rss[-1] / 1024, 1),
+                                       "max": round(max(rss) / 1024, 1)} if rss else {}}
+                if done:
+                    per = results["burst"]["stable_to_available_s"]
+                    results["burst"]["stable_to_available_median_s"] = round(statistics.median(per), 2)
+            finally:
+                bench.close()
+    one_s = results.get("one_sagittal_series", {}).get("stable_to_available_s", [None])[0]
+    results["goal_one_series_le_20s_after_stable"] = bool(one_s is not None and one_s <= 20)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cervical_pacs.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3-slice series, burst of 3: checks the script")
+    parser.add_argument("--slices", type=int, default=15, help="sagittal slices per series (512x512)")
+    parser.add_argument("--axial-slices", type=int, default=24)
+    parser.add_argument("--burst", type=int, default=20)
+    parser.add_argument("--stable-age", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--model-path", type=Path, default=Path(os.environ.get("CPACS_MODEL_PATH", REPO_ROOT / "models")))
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per series")
+    parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.slices, args.axial_slices, args.burst = 3, 3, 3
+    results = run(args)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
