@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.data import DataConfig, PairStream, phantom_available, validation_set
+from models.inference import file_sha256
 from models.network import CascadedUNet, count_flops, count_parameters
 from models.normalization import ROBUST_PERCENTILE
 
@@ -101,14 +101,6 @@ def ssim_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win: i
     sxy = F.avg_pool2d(x * y, win, 1) - mu_x * mu_y
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return s.mean()
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(path: Path, model, opt, step, elapsed, history, stream) -> None:
@@ -219,7 +211,7 @@ def export(model: CascadedUNet, cfg: dict, step: int, elapsed: float, ev: dict, 
         diff = float((loaded(x) - model(x)).abs().max())
     if diff > 1e-4:
         raise RuntimeError(f"exported TorchScript differs from the eager model by {diff}")
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     _abs(cfg["sha256_path"]).write_text(f"{digest}  {path.name}\n")
     info = {
         "name": MODEL_NAME,

@@ -42,6 +42,15 @@ def derived_uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=[SOFTWARE_NAME, *parts])
 
 
+def new_file_meta(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
+    """File meta information for an object we write (explicit VR little endian)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return meta
+
+
 def derived_series_number(source: int | None, taken: set[int]) -> int:
     """A SeriesNumber that sorts right after the source where the site leaves gaps
     (e.g. 301 -> 351), else source + 1000."""
@@ -68,11 +77,7 @@ def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: st
     for keyword in _DROP:
         if keyword in ds:
             del ds[keyword]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = source.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
+    ds.file_meta = new_file_meta(source.SOPClassUID, sop_uid)
     ds.SOPInstanceUID = sop_uid
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number

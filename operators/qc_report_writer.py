@@ -20,11 +20,13 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from monai.deploy.core import Fragment, Operator, OperatorSpec
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian
+from pydicom.uid import EncapsulatedPDFStorage
 
-from operators.derived_series_writer import MANUFACTURER, SOFTWARE_VERSION, WrittenSeries, derived_uid
+from operators.derived_series_writer import (
+    MANUFACTURER, SOFTWARE_VERSION, WrittenSeries, derived_uid, new_file_meta,
+)
 from operators.quality_check import SeriesQC
 from operators.series_roles import SOFTWARE_NAME
 
@@ -226,11 +228,7 @@ def build_pdf_dataset(pdf_bytes: bytes, reference: Dataset, results: list[Series
         ds[keyword] = reference[keyword] if keyword in reference else pydicom.DataElement(
             pydicom.datadict.tag_for_keyword(keyword), pydicom.datadict.dictionary_VR(keyword), "")
     sop_uid = derived_uid("qc-pdf", *key, model)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = EncapsulatedPDFStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
+    ds.file_meta = new_file_meta(EncapsulatedPDFStorage, sop_uid)
     ds.SOPClassUID = EncapsulatedPDFStorage
     ds.SOPInstanceUID = sop_uid
     ds.Modality = "DOC"
