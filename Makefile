@@ -32,3 +32,25 @@ orthanc: setup
 
 stop:
 	@PYTHONPATH=$(CURDIR):$(CURDIR)/orthanc $(PY) -m cervical_pacs.launcher stop
+
+# MAP packaging (issue 7, docs/deploy.md). `make map-context` writes the complete MAP build
+# context offline into build/map-context (MAP_VARIANT=gpu|cpu); `docker build` on it gives the MAP.
+# `make map-packager` creates .venv-packager with holoscan-cli 4.2.0 (the `monai-deploy package`
+# CLI; it conflicts with nilearn in .venv): tests/test_map.py then also checks our manifests
+# against that CLI's own app.yaml reader.
+MAP_VARIANT ?= gpu
+MAP_CONTEXT ?= build/map-context
+.PHONY: map-context map-packager
+map-context:
+	$(PY) -m map.build_context --variant $(MAP_VARIANT) --out $(MAP_CONTEXT)
+
+map-packager:
+	@test -x .venv-packager/bin/monai-deploy || { python3 -m venv .venv-packager && \
+		.venv-packager/bin/pip install -q holoscan-cli==4.2.0; }
+	.venv-packager/bin/monai-deploy version || true
+
+# Scale-out artefacts (deploy/): regenerate the WM workflow and the example Kubernetes Job.
+.PHONY: deploy-manifests
+deploy-manifests:
+	$(PY) -m deploy.workflow
+	$(PY) -m deploy.k8s_job > deploy/cervical-dl-job.example.json

@@ -46,6 +46,8 @@ def _classify_failure(exc: BaseException) -> tuple[int, str]:
 def main() -> int:
     argv = list(sys.argv)  # the SDK reads sys.argv itself (Application.argv)
     start = time.perf_counter()
+    # highdicom logs referenced SOP Instance UIDs at INFO while building the SR.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     from app.app import CervicalDLEnhanceApp  # after argv is known: imports take seconds
 
     output = _output_folder(argv[1:])

@@ -1,0 +1,1 @@
+"""MAP packaging: offline build context for the MONAI Application Package (issue 7)."""
