@@ -92,10 +92,11 @@ def _values(cases: list[Case], attr: str = "ghost") -> np.ndarray:
 
 def calibrate(cases: list[Case], false_flag_rate: float = 0.025) -> QCCalibration:
     """Threshold at the (1 - rate) quantile of clean series; accentuation margin at the
-    same quantile of (DL - original) over all series (DL is not expected to add ghosts)."""
+    same quantile of (DL - original) on clean series, where there is nothing to accentuate
+    (at least half the threshold)."""
     clean = _values([c for c in cases if c.severity == "none"])
     threshold = float(np.quantile(clean, 1 - false_flag_rate))
-    with_dl = [c for c in cases if c.ghost is not None and c.ghost_dl is not None]
+    with_dl = [c for c in cases if c.ghost is not None and c.ghost_dl is not None and c.severity == "none"]
     if with_dl:
         diffs = np.array([c.ghost_dl - c.ghost for c in with_dl])
         margin = max(float(np.quantile(diffs, 1 - false_flag_rate)), 0.5 * threshold)
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         cases = simulate_cases(seeds, not args.no_dl, provisional)
         calibration = calibrate(cases)
         DEFAULT_CALIBRATION.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "qc_calibration_cases.json").write_text(json.dumps([asdict(c) for c in cases], indent=1))
         print(f"wrote {DEFAULT_CALIBRATION}: {asdict(calibration)}")
         print_table(evaluate(cases, calibration))
     else:
