@@ -1,4 +1,5 @@
-# Two commands: `make demo` (set up, simulate a study, run the app) and `make test`.
+# Two commands: `make demo` (set up; Orthanc + worker + OHIF front; simulate a study, run the
+# app on it, upload it and print the viewer URL) and `make test`. `make stop` ends the demo.
 SHELL := /bin/bash
 PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
@@ -9,14 +10,17 @@ DEMO_DIR ?= demo-output
 setup:
 	@scripts/setup.sh
 
-demo: setup
+demo: viewer
+	@$(MAKE) --no-print-directory orthanc
+	@$(MAKE) --no-print-directory front
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	$(PY) -m simulation.make_study --protocol myelopathy --acquisition accelerated --seed 7 \
 		--motion mild --out $(DEMO_DIR)/study
 	ulimit -s 32768; $(PY) -m app -i $(DEMO_DIR)/study -o $(DEMO_DIR)/output -m models
-	@echo "demo: derived series in $(DEMO_DIR)/output/derived, summary in $(DEMO_DIR)/output/run_summary.json"
+	@echo "demo: offline run: derived series in $(DEMO_DIR)/output/derived, QC in $(DEMO_DIR)/output/qc.json"
+	@PYTHONPATH=$(CURDIR):$(CURDIR)/orthanc $(PY) ohif-config/demo.py $(DEMO_DIR)/study
 
-test: setup
+test: setup viewer
 	ulimit -s 32768; $(PY) -m pytest -q tests
 
 train: setup
@@ -31,6 +35,7 @@ orthanc: setup
 	@PYTHONPATH=$(CURDIR):$(CURDIR)/orthanc $(PY) -m cervical_pacs.launcher start
 
 stop:
+	@$(PY) ohif-config/front.py stop
 	@PYTHONPATH=$(CURDIR):$(CURDIR)/orthanc $(PY) -m cervical_pacs.launcher stop
 
 # MAP packaging (issue 7, docs/deploy.md). `make map-context` writes the complete MAP build
@@ -54,3 +59,17 @@ map-packager:
 deploy-manifests:
 	$(PY) -m deploy.workflow
 	$(PY) -m deploy.k8s_job > deploy/cervical-dl-job.example.json
+
+# OHIF viewer (ohif-config/README.md): prebuilt @ohif/app fetched + slimmed into ohif-config/dist,
+# playwright-core for the browser tests; `front` starts nginx (viewer + DICOMweb proxy to Orthanc).
+.PHONY: viewer front front-stop
+viewer: setup
+	@command -v npm >/dev/null || { echo "viewer: node/npm are required"; exit 1; }
+	$(PY) ohif-config/front.py fetch
+	@cd ohif-config && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --silent; }
+
+front: viewer
+	@$(PY) ohif-config/front.py start
+
+front-stop:
+	@$(PY) ohif-config/front.py stop

@@ -67,6 +67,21 @@ def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[di
     return entries
 
 
+def report_label(results: list[SeriesQC]) -> str:
+    """What a QC object covers, for its SeriesDescription and title: the role when the
+    run had one series (the Orthanc worker runs one job per series), and the flags, so
+    that a viewer can tell the reports of one study apart."""
+    scope = results[0].role if len(results) == 1 else f"{len(results)} series"
+    flagged = [qc.role for qc in results if qc.motion_flag]
+    accentuated = [qc.role for qc in results if qc.dl_accentuated]
+    parts = [scope]
+    if flagged:
+        parts.append("MOTION FLAGGED" if len(results) == 1 else f"MOTION FLAGGED {' '.join(flagged)}")
+    if accentuated:
+        parts.append("DL ACCENTUATED" if len(results) == 1 else f"DL ACCENTUATED {' '.join(accentuated)}")
+    return " ".join(parts)
+
+
 def _header_only(ds: Dataset) -> Dataset:
     out = Dataset()
     for elem in ds:
@@ -124,7 +139,7 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
         series_instance_uid=derived_uid("qc-sr-series", *key, model),
         series_number=9901, sop_instance_uid=derived_uid("qc-sr", *key, model), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False)
-    sr.SeriesDescription = "DL QC measurements"
+    sr.SeriesDescription = f"DL QC measurements {report_label(results)}"[:64]
     sr.SoftwareVersions = [SOFTWARE_VERSION, model]
     _stamp(sr, now)
     return sr
@@ -234,12 +249,12 @@ def build_pdf_dataset(pdf_bytes: bytes, reference: Dataset, results: list[Series
     ds.Modality = "DOC"
     ds.SeriesInstanceUID = derived_uid("qc-pdf-series", *key, model)
     ds.SeriesNumber = 9902
-    ds.SeriesDescription = "DL QC report"
+    ds.SeriesDescription = f"DL QC report {report_label(results)}"[:64]
     ds.InstanceNumber = 1
     ds.ConversionType = "WSD"
     ds.Manufacturer = MANUFACTURER
     ds.BurnedInAnnotation = "NO"
-    ds.DocumentTitle = "DL enhancement quality check"
+    ds.DocumentTitle = f"DL enhancement quality check: {report_label(results)}"
     ds.ConceptNameCodeSequence = [hd.sr.CodedConcept("121070", "DCM", "Findings")]
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     data = pdf_bytes + (b"\0" if len(pdf_bytes) % 2 else b"")

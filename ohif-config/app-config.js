@@ -1,0 +1,204 @@
+/* OHIF 3.13 configuration for Cervical DL Enhance (served at /app-config.js by the nginx front).
+ *
+ * - One data source: Orthanc's DICOMweb through the same origin (/dicom-web, proxied by nginx,
+ *   which adds Orthanc's credentials server-side and splits the comma-separated includefield).
+ * - First-visit tour and investigational-use dialog off.
+ * - Hanging protocol "cervicalDL" (open with ?hangingprotocolId=cervicalDL, stage with &stageId=):
+ *   original | DL-enhanced of the same role side by side, VOI and slice synchronised.
+ *   Stage 1 is the CE T1 pair with the QC report (PDF, red flag line) in a third viewport:
+ *   the post-contrast sagittal T1 is the series the motion check flags most often.
+ *   Other stages: SAG_T2 (Dixon water / in-phase / plain T2), SAG_T1, AX_T2.
+ * The protocol is registered from this file (no OHIF rebuild): the page polls for the service
+ * manager that OHIF publishes as window.services and adds the protocol before the viewer route
+ * resolves the URL's hangingprotocolId.
+ */
+window.config = {
+  name: 'cervical-dl',
+  routerBasename: '/',
+  extensions: [],
+  modes: [],
+  showStudyList: true,
+  maxNumberOfWebWorkers: 2,
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: false,
+  showLoadingIndicator: true,
+  strictZSpacingForVolumeViewport: true,
+  investigationalUseDialog: { option: 'never' },
+  customizationService: [{ 'ohif.tours': { $set: [] } }],
+  maxNumRequests: { interaction: 100, thumbnail: 5, prefetch: 10 },
+  showErrorDetails: 'always',
+  defaultDataSourceName: 'orthanc',
+  dataSources: [
+    {
+      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+      sourceName: 'orthanc',
+      configuration: {
+        friendlyName: 'Orthanc (same origin)',
+        name: 'orthanc',
+        wadoUriRoot: '/wado',
+        qidoRoot: '/dicom-web',
+        wadoRoot: '/dicom-web',
+        qidoSupportsIncludeField: true,
+        imageRendering: 'wadors',
+        thumbnailRendering: 'wadors',
+        enableStudyLazyLoad: true,
+        supportsFuzzyMatching: false,
+        supportsWildcard: true,
+        dicomUploadEnabled: false,
+        // no singlepart: the PDF comes from the BulkDataURI (orthanc-dicomweb 1.7 has no /rendered for PDF)
+        bulkDataURI: { enabled: true, relativeResolution: 'studies' },
+        omitQuotationForMultipartRequest: true,
+      },
+    },
+  ],
+};
+
+(function registerCervicalHangingProtocol() {
+  const CE_RE = /(\+\s*c\b|\bpost\b|_post|\bgd\b|_gd\b|gado|\bkm\b|contrast|\bce\b|\+gd|\bc\+)/i;
+  const DIXON_RE = /(dixon|ideal|flex)/i;
+  const LOCALIZER_RE = /(survey|locali[sz]er|\bloc\b|scout|3[- ]?pl|tri[- ]?pilot|\bpilot\b|calibration|refscan)/i;
+  const IR_RE = /(stir|tirm|\bir\b|flair)/i;
+
+  const list = v => (v === undefined || v === null ? [] : Array.isArray(v) ? v : String(v).split('\\'));
+  const first = ds => (ds && ds.instances && ds.instances[0]) || ds?.instance || {};
+  const isDL = ds => {
+    const i = first(ds);
+    return / DL$/.test(String(ds?.SeriesDescription || i.SeriesDescription || '')) &&
+      list(i.ImageType).map(s => String(s).toUpperCase())[0] === 'DERIVED';
+  };
+
+  function plane(iop) {
+    const v = list(iop).map(Number);
+    if (v.length !== 6 || v.some(isNaN)) return null;
+    const n = [v[1] * v[5] - v[2] * v[4], v[2] * v[3] - v[0] * v[5], v[0] * v[4] - v[1] * v[3]].map(Math.abs);
+    const k = n.indexOf(Math.max(...n));
+    return ['sagittal', 'coronal', 'axial'][k];
+  }
+
+  /** Role of an original series (a port of operators/series_roles.py, enough for display). */
+  function roleOfOriginal(ds) {
+    const i = first(ds);
+    if (String(i.Modality || ds.Modality || '').toUpperCase() !== 'MR') return null;
+    const imageType = list(i.ImageType).map(s => String(s).toUpperCase());
+    const description = `${i.SeriesDescription || ''} ${i.ProtocolName || ''}`;
+    if (imageType[0] === 'DERIVED' || imageType.includes('LOCALIZER') || LOCALIZER_RE.test(description)) return null;
+    if (IR_RE.test(description) || ![undefined, null, '', 0].includes(i.InversionTime)) return null;
+    const p = plane(i.ImageOrientationPatient);
+    if (!p || p === 'coronal') return null;
+    const tr = Number(i.RepetitionTime), te = Number(i.EchoTime);
+    let w = null;
+    if (tr < 1000 && te < 30) w = 'T1';
+    else if (tr >= 1500 && te >= 60) w = 'T2';
+    else if (/t1/i.test(description)) w = 'T1';
+    else if (/t2/i.test(description)) w = 'T2';
+    const contrast = Boolean(String(i.ContrastBolusAgent || '').trim()) || CE_RE.test(description);
+    const dixon = DIXON_RE.test(description) || imageType.some(v => ['DIXON', 'IP', 'W', 'IN_PHASE', 'WATER', 'M_IP'].includes(v));
+    if (p === 'axial') return w === 'T2' && !contrast && !dixon ? 'AX_T2' : null;
+    if (w === 'T1') return dixon ? null : contrast ? 'SAG_CE_T1' : 'SAG_T1';
+    if (w === 'T2' && !contrast) {
+      if (!dixon) return 'SAG_T2';
+      if (imageType.some(v => ['IP', 'IN_PHASE', 'M_IP'].includes(v))) return 'SAG_DIXON_IP';
+      if (imageType.some(v => ['W', 'WATER', 'M_W'].includes(v))) return 'SAG_DIXON_W';
+    }
+    return null;
+  }
+
+  /** Role of any display set; a DL series takes the role of its source (SeriesNumber - 50). */
+  function cervicalRole(ds) {
+    if (!isDL(ds)) return roleOfOriginal(ds) || 'NONE';
+    const services = window.services;
+    const number = Number(ds.SeriesNumber ?? first(ds).SeriesNumber) - 50;
+    const source = (services?.displaySetService?.getActiveDisplaySets() || []).find(
+      o => o.StudyInstanceUID === ds.StudyInstanceUID && Number(o.SeriesNumber) === number && !isDL(o)
+    );
+    return (source && roleOfOriginal(source)) || 'NONE';
+  }
+
+  const sync = [
+    { type: 'voi', id: 'cervicalVOI', source: true, target: true, options: { syncColormap: false } },
+    { type: 'imageSlice', id: 'cervicalSlice', source: true, target: true },
+  ];
+  const selector = (roles, kind) => ({
+    seriesMatchingRules: [
+      { attribute: 'cervicalRole', constraint: { includes: roles }, required: true },
+      { attribute: 'cervicalKind', constraint: { equals: { value: kind } }, required: true },
+      // preference among Dixon images: water, then in-phase, then plain T2
+      { attribute: 'cervicalRole', constraint: { equals: { value: roles[0] } }, weight: 3 },
+      { attribute: 'cervicalRole', constraint: { equals: { value: roles[1] || roles[0] } }, weight: 2 },
+    ],
+  });
+  const pairViewport = (key, side) => ({
+    viewportOptions: { viewportId: `cervical-${side}`, toolGroupId: 'default', allowUnmatchedView: true, syncGroups: sync },
+    displaySets: [{ id: `${key}-${side}` }],
+  });
+  const roleGroups = {
+    ce: ['SAG_CE_T1'],
+    t2: ['SAG_DIXON_W', 'SAG_DIXON_IP', 'SAG_T2'],
+    t1: ['SAG_T1'],
+    ax: ['AX_T2'],
+  };
+  const displaySetSelectors = {
+    qcReport: {
+      seriesMatchingRules: [
+        { attribute: 'Modality', constraint: { equals: { value: 'DOC' } }, required: true },
+        { attribute: 'SeriesDescription', constraint: { contains: 'QC report' }, weight: 2 },
+        // the worker writes one report per processed series; each names its role and any
+        // flag ("DL QC report SAG_CE_T1 MOTION FLAGGED"): prefer a flagged one, then CE T1
+        { attribute: 'SeriesDescription', constraint: { containsI: 'flag' }, weight: 5 },
+        { attribute: 'SeriesDescription', constraint: { containsI: 'CE_T1' }, weight: 4 },
+        { attribute: 'DocumentTitle', constraint: { containsI: 'CE_T1' }, weight: 4 },
+      ],
+    },
+  };
+  for (const [key, roles] of Object.entries(roleGroups)) {
+    displaySetSelectors[`${key}-orig`] = selector(roles, 'ORIG');
+    displaySetSelectors[`${key}-dl`] = selector(roles, 'DL');
+  }
+  const stage = (key, name, withReport) => ({
+    id: key,
+    name,
+    stageActivation: { enabled: { minViewportsMatched: 2 } },
+    viewportStructure: { layoutType: 'grid', properties: { rows: 1, columns: withReport ? 3 : 2 } },
+    viewports: [
+      pairViewport(key, 'orig'),
+      pairViewport(key, 'dl'),
+      ...(withReport
+        ? [{ viewportOptions: { viewportId: 'cervical-qc', allowUnmatchedView: true }, displaySets: [{ id: 'qcReport' }] }]
+        : []),
+    ],
+  });
+
+  const protocol = {
+    id: 'cervicalDL',
+    name: 'Cervical DL: original | DL',
+    description: 'Original and DL-enhanced series of the same role side by side, synchronised; QC report with the CE T1 pair',
+    protocolMatchingRules: [
+      { attribute: 'ModalitiesInStudy', constraint: { contains: 'MR' }, weight: 1 },
+    ],
+    toolGroupIds: ['default'],
+    numberOfPriorsReferenced: -1,
+    imageLoadStrategy: 'interleaveTopToBottom',
+    displaySetSelectors,
+    defaultViewport: { viewportOptions: { viewportType: 'stack', toolGroupId: 'default', allowUnmatchedView: true }, displaySets: [{ id: 'ce-orig', matchedDisplaySetsIndex: -1 }] },
+    stages: [
+      stage('ce', 'CE T1 + QC report', true),
+      stage('t2', 'Sag T2'),
+      stage('t1', 'Sag T1'),
+      stage('ax', 'Ax T2'),
+    ],
+  };
+
+  let registered = false;
+  const tryRegister = () => {
+    const hp = window.services && window.services.hangingProtocolService;
+    if (!hp || registered) return registered;
+    hp.addCustomAttribute('cervicalRole', 'Cervical DL role', ds => cervicalRole(ds));
+    hp.addCustomAttribute('cervicalKind', 'Original or DL', ds => (isDL(ds) ? 'DL' : 'ORIG'));
+    hp.addProtocol(protocol.id, protocol);
+    registered = true;
+    window.cervicalDLProtocolRegistered = true;
+    return true;
+  };
+  const timer = setInterval(() => { if (tryRegister()) clearInterval(timer); }, 5);
+  setTimeout(() => clearInterval(timer), 120000);
+})();

@@ -1,0 +1,83 @@
+"""Demo helper: upload a study to the running Orthanc, wait for the worker's results, print the
+OHIF URL (our hanging protocol) and the viewer login.
+
+    PYTHONPATH=.:orthanc .venv/bin/python ohif-config/demo.py STUDY_DIR [--timeout 1200]
+
+Orthanc settings come from the same CPACS_* environment / orthanc/site.env as `make orthanc`;
+the front's from FRONT_* (ohif-config/front.py). Waits until every uploaded series has a job in
+a final state (done / skipped / failed) and the QC report series (Modality DOC) is in the study.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "orthanc"), str(HERE)]
+from cervical_pacs.settings import ADMIN_USER, Settings  # noqa: E402
+import front as front_mod  # noqa: E402
+
+FINAL = {"done", "skipped", "failed", "superseded"}
+
+
+class Orthanc:
+    def __init__(self, settings: Settings):
+        users = json.loads(Path(settings.credentials_file).read_text())["RegisteredUsers"]
+        self.url = settings.orthanc_url
+        self.auth = "Basic " + base64.b64encode(f"{ADMIN_USER}:{users[ADMIN_USER]}".encode()).decode()
+
+    def call(self, path: str, data: bytes | None = None):
+        req = urllib.request.Request(self.url + path, data=data, headers={"Authorization": self.auth})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read() or b"null")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("study_dir", type=Path)
+    ap.add_argument("--timeout", type=float, default=1200)
+    args = ap.parse_args(argv)
+    settings = Settings.from_env()
+    orthanc = Orthanc(settings)
+    files = sorted(args.study_dir.rglob("*.dcm"))
+    series, study = set(), None
+    for f in files:
+        answer = orthanc.call("/instances", f.read_bytes())
+        series.add(answer["ParentSeries"])
+        study = answer["ParentStudy"]
+    print(f"demo: uploaded {len(files)} files ({len(series)} series); waiting for the DL results ...", flush=True)
+    deadline = time.monotonic() + args.timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        for s in series:
+            try:
+                states[s] = orthanc.call(f"/cervical-dl/series/{s}")["job"]["state"]
+            except urllib.error.HTTPError as e:
+                if e.code != 404:
+                    raise
+        modalities = {x["MainDicomTags"].get("Modality") for x in orthanc.call(f"/studies/{study}/series")}
+        if len(states) == len(series) and set(states.values()) <= FINAL and "DOC" in modalities:
+            break
+        time.sleep(2)
+    else:
+        print(f"demo: timed out; job states so far: {sorted(states.values())}", file=sys.stderr)
+        return 1
+    uid = orthanc.call(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
+    done = sum(1 for v in states.values() if v == "done")
+    fr = front_mod.Front()
+    user, _ = fr.viewer_login()
+    print(f"demo: {done} series enhanced; results in Orthanc")
+    print(f"OHIF: {fr.url}/viewer?StudyInstanceUIDs={uid}&hangingprotocolId=cervicalDL")
+    print(f"      (stages: &stageId=ce|t2|t1|ax; study list {fr.url}/)")
+    print(f"login: user {user}, password in {fr.local / 'viewer-credentials.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,156 @@
+// Browser checks of the OHIF front, one headless Debian chromium for the whole run.
+// Usage: node viewer-driver.mjs '<json>'  with {baseUrl, user, password, studyUID, outDir, stages}
+// Prints one JSON object (results per check) on stdout; screenshots go to outDir.
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const cfg = JSON.parse(process.argv[2]);
+const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const results = { timings: {}, console: [] };
+fs.mkdirSync(cfg.outDir, { recursive: true });
+const t0 = Date.now();
+const lap = (name, since) => { results.timings[name] = (Date.now() - since) / 1000; };
+
+const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: FLAGS, headless: true });
+try {
+  // 1. without login: the front refuses (page, app config, DICOMweb)
+  {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    const statuses = {};
+    for (const p of ['/', '/app-config.js', '/dicom-web/studies', '/viewer?StudyInstanceUIDs=' + cfg.studyUID]) {
+      // chromium cancels the basic-auth challenge (no credentials): navigation fails, nothing shown
+      let nav;
+      try { nav = String((await page.goto(cfg.baseUrl + p)).status()); } catch (e) { nav = /ERR_INVALID_AUTH_CREDENTIALS/.test(String(e)) ? 'auth-required' : String(e).slice(0, 200); }
+      const r = await ctx.request.get(cfg.baseUrl + p);
+      statuses[p] = { navigation: nav, status: r.status(), challenge: r.headers()['www-authenticate'] || null };
+    }
+    results.noLogin = statuses;
+    await ctx.close();
+  }
+
+  const ctx = await browser.newContext({
+    httpCredentials: { username: cfg.user, password: cfg.password },
+    viewport: { width: 1600, height: 900 },
+  });
+  const page = await ctx.newPage();
+  page.on('console', m => { if (m.type() === 'error' && results.console.length < 30) results.console.push(m.text()); });
+  const qido = [];
+  page.on('request', r => { if (r.url().includes('/dicom-web/studies?') || r.url().includes('/series?')) qido.push(r.url()); });
+
+  // 2. study list: the study, its description, and (expanded) its original and DL series
+  {
+    const t = Date.now();
+    await page.goto(cfg.baseUrl + '/');
+    await page.getByText(cfg.studyDescription, { exact: false }).first().waitFor({ timeout: 60000 });
+    lap('studyList', t);
+    await page.screenshot({ path: path.join(cfg.outDir, 'study-list.png') });
+    results.studyListText = await page.evaluate(() => document.body.innerText);
+    await page.getByText(cfg.studyDescription, { exact: false }).first().click();
+    try {
+      await page.getByText(cfg.expectSeries[0], { exact: true }).first().waitFor({ timeout: 30000 });
+    } catch (e) { /* reported through the text */ }
+    await page.waitForTimeout(500);
+    results.studyListExpandedText = await page.evaluate(() => document.body.innerText);
+    await page.screenshot({ path: path.join(cfg.outDir, 'study-list-expanded.png') });
+    results.qido = qido.slice(0, 5);
+  }
+
+  // 3. viewer with our hanging protocol, one page load per stage
+  results.stages = {};
+  for (const stage of cfg.stages) {
+    const t = Date.now();
+    const url = `${cfg.baseUrl}/viewer?StudyInstanceUIDs=${cfg.studyUID}&hangingprotocolId=cervicalDL&stageId=${stage}`;
+    await page.goto(url);
+    const info = await page.waitForFunction(() => { try { // services may not be ready yet
+      const s = window.services;
+      if (!s) return false;
+      const hp = s.hangingProtocolService.getActiveProtocol?.() || {};
+      const vps = [...s.viewportGridService.getState().viewports.values()];
+      const out = { protocol: hp.protocol?.id, stage: hp.stage?.id ?? hp.stageIndex, viewports: {} };
+      for (const vp of vps) {
+        const uid = vp.displaySetInstanceUIDs?.[0];
+        const ds = uid && s.displaySetService.getDisplaySetByUID(uid);
+        const entry = { description: ds?.SeriesDescription, number: ds?.SeriesNumber, modality: ds?.Modality };
+        const csvp = s.cornerstoneViewportService.getCornerstoneViewport(vp.viewportId);
+        if (ds?.Modality === 'MR' && !(csvp && csvp.getCurrentImageIdIndex)) return false;
+        if (csvp && csvp.getCurrentImageIdIndex) {
+          entry.index = csvp.getCurrentImageIdIndex();
+          entry.nImages = csvp.getImageIds().length;
+          // non-blank: pixel spread of the rendered canvas
+          const c = csvp.getCanvas?.();
+          if (!c || !c.width) return false;
+          const g = document.createElement('canvas');
+          g.width = c.width; g.height = c.height;
+          const ctx2 = g.getContext('2d');
+          ctx2.drawImage(c, 0, 0);
+          const d = ctx2.getImageData(0, 0, c.width, c.height).data;
+          let n = 0, sum = 0, sum2 = 0;
+          for (let i = 0; i < d.length; i += 16) { const v = d[i]; n++; sum += v; sum2 += v * v; }
+          entry.mean = sum / n; entry.std = Math.sqrt(Math.max(0, sum2 / n - (sum / n) ** 2));
+          entry.voi = csvp.getProperties?.().voiRange;
+          if (!(entry.std > 1)) return false;
+        }
+        if (ds?.Modality === 'DOC') {
+          const obj = document.querySelector(`[data-viewport-id="${vp.viewportId}"] object[type="application/pdf"]`);
+          entry.pdfElement = Boolean(obj);
+          entry.pdfUrl = obj?.getAttribute('data') || null;
+          if (!entry.pdfUrl) return false;
+        }
+        out.viewports[vp.viewportId] = entry;
+      }
+      return Object.keys(out.viewports).length >= 2 && out.viewports['cervical-orig'] && out.viewports['cervical-dl'] ? out : false;
+    } catch (e) { return false; } }, null, { timeout: 90000, polling: 500 });
+    const state = await info.jsonValue();
+    lap(`viewer-${stage}`, t);
+    const qc = state.viewports['cervical-qc'];
+    if (qc && qc.pdfUrl) {  // the very document the viewer loaded (blob URL), for the test to read
+      qc.pdfBase64 = await page.evaluate(async u => {
+        const b = new Uint8Array(await (await fetch(u)).arrayBuffer());
+        let s = ''; for (let i = 0; i < b.length; i += 0x8000) s += String.fromCharCode(...b.subarray(i, i + 0x8000));
+        return btoa(s);
+      }, qc.pdfUrl);
+    }
+    await page.waitForTimeout(300);
+    await page.screenshot({ path: path.join(cfg.outDir, `viewer-${stage}.png`) });
+
+    // 4. scroll the original (mouse wheel over it): the DL viewport follows, and VOI is shared
+    const box = await page.locator('[data-viewportid="cervical-orig"]').boundingBox();
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    const before = state.viewports;
+    await page.mouse.wheel(0, 120);
+    await page.waitForTimeout(800);
+    await page.mouse.wheel(0, 120);
+    await page.waitForTimeout(1200);
+    state.afterScroll = await page.evaluate(() => {
+      const s = window.services, r = {};
+      for (const id of ['cervical-orig', 'cervical-dl']) {
+        const v = s.cornerstoneViewportService.getCornerstoneViewport(id);
+        r[id] = { index: v.getCurrentImageIdIndex(), voi: v.getProperties().voiRange };
+      }
+      return r;
+    });
+    // window/level changed on the original (as the W/L tool does, through the viewport API): DL follows
+    state.afterVoi = await page.evaluate(async () => {
+      const s = window.services;
+      const o = s.cornerstoneViewportService.getCornerstoneViewport('cervical-orig');
+      o.setProperties({ voiRange: { lower: 200, upper: 900 } });
+      o.render();
+      await new Promise(r => setTimeout(r, 800));
+      const d = s.cornerstoneViewportService.getCornerstoneViewport('cervical-dl');
+      return { orig: o.getProperties().voiRange, dl: d.getProperties().voiRange };
+    });
+    state.before = Object.fromEntries(Object.entries(before).map(([k, v]) => [k, v.index]));
+    await page.screenshot({ path: path.join(cfg.outDir, `viewer-${stage}-scrolled.png`) });
+    results.stages[stage] = state;
+  }
+} catch (e) {
+  results.error = String(e && e.stack || e);
+  try { const pages = browser.contexts().flatMap(c => c.pages()); if (pages.length) await pages[pages.length - 1].screenshot({ path: path.join(cfg.outDir, 'error.png') }); } catch (_) { /* */ }
+} finally {
+  results.timings.total = (Date.now() - t0) / 1000;
+  await browser.close();
+}
+process.stdout.write(JSON.stringify(results));
