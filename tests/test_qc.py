@@ -23,7 +23,6 @@ CALIBRATION = QCCalibration.load()
 def ce_t1_planes():
     patient = PhantomPatient.from_seed(9100, protocol="myelopathy")
     planes = sagittal_geometry(n_slices=2)
-    planes = planes[:2]
     return patient, planes, [render_plane(patient, p) for p in planes]
 
 
