@@ -113,32 +113,17 @@ def rician_noise_sd(background_values: np.ndarray) -> float | None:
     return sigma * RAYLEIGH_SD_PER_SIGMA
 
 
-def ghost_ratio(image: np.ndarray, masks: SliceMasks, phase_encode_axis: int,
-                min_pixels: int = 16) -> float | None:
+def ghost_ratio(profile: "GhostProfile") -> float | None:
     """Slope of background level against body signal over phase-encode lines (>= 0).
 
-    A phase-encode line is a line along ``phase_encode_axis`` (fixed readout position).
-    ``None`` when fewer than 8 lines have both enough body and enough background.
+    ``None`` when fewer than 8 lines have enough background, or the body drive is flat.
     """
-    img = np.asarray(image, dtype=np.float64)
-    if phase_encode_axis == 0:  # lines run down the columns: make them rows
-        img, body, bg = img.T, masks.body.T, masks.background.T
-    else:
-        body, bg = masks.body, masks.background
-    n_body = body.sum(axis=1)
-    n_bg = bg.sum(axis=1)
-    ok_bg = n_bg >= min_pixels
-    if ok_bg.sum() < 8:
+    if profile.valid.sum() < 8:
         return None
-    bg_level = np.where(ok_bg, (img * bg).sum(axis=1) / np.maximum(n_bg, 1), np.nan)
-    signal = np.where(n_body >= min_pixels, (img * body).sum(axis=1) / np.maximum(n_body, 1), 0.0)
-    # The body's signal integrated along the line drives the ghosts, not only its mean.
-    drive = signal * n_body / img.shape[1]
-    x, y = drive[ok_bg], bg_level[ok_bg]
+    x, y = profile.drive[profile.valid], profile.background[profile.valid]
     if np.ptp(x) <= 0:
         return None
-    slope = _theil_sen_slope(x, y)
-    return max(0.0, slope)
+    return max(0.0, _theil_sen_slope(x, y))
 
 
 def _theil_sen_slope(x: np.ndarray, y: np.ndarray, max_pairs: int = 20000) -> float:
@@ -174,14 +159,18 @@ class GhostProfile:
 
 
 def ghost_profile(image: np.ndarray, masks: SliceMasks, phase_encode_axis: int, min_pixels: int = 16) -> GhostProfile:
+    """Per phase-encode line (a line along ``phase_encode_axis``, fixed readout position):
+    mean background level and body drive; lines with fewer than ``min_pixels`` background
+    pixels are not valid, lines with fewer body pixels have no drive."""
     img = np.asarray(image, dtype=np.float64)
     body, bg = masks.body, masks.background
-    if phase_encode_axis == 0:
+    if phase_encode_axis == 0:  # lines run down the columns: make them rows
         img, body, bg = img.T, body.T, bg.T
     n_bg = bg.sum(axis=1)
     valid = n_bg >= min_pixels
     bg_level = np.where(valid, (img * bg).sum(axis=1) / np.maximum(n_bg, 1), np.nan)
-    drive = (img * body).sum(axis=1) / img.shape[1]
+    # The body's signal integrated along the line drives the ghosts, not only its mean.
+    drive = np.where(body.sum(axis=1) >= min_pixels, (img * body).sum(axis=1) / img.shape[1], 0.0)
     body_mean = float(img[body].mean()) if body.any() else 0.0
     return GhostProfile(bg_level, drive, valid, body_mean)
 

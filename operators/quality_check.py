@@ -97,7 +97,7 @@ def measure_series(volume: np.ndarray, pe_axis: int, calibration: QCCalibration,
     ghosts, background, body_means = [], [], []
     for image, masks in zip(vol, masks_per_slice):
         profile = qm.ghost_profile(image, masks, pe_axis)
-        slope = qm.ghost_ratio(image, masks, pe_axis)
+        slope = qm.ghost_ratio(profile)
         local = qm.local_ghost_excess(profile)
         parts = [v for v in (slope, None if local is None else calibration.local_weight * local) if v is not None]
         ghosts.append(max(parts) if parts else None)
