@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +33,17 @@ class ModelDescription:
 class EnhancedSeries:
     """A source series (datasets sorted along the slice normal) and its enhanced pixels.
 
-    ``pixels`` is ``(slices, rows, columns)`` in the source's stored-value dtype.
+    ``source_pixels`` (decoded once, for the quality check) and ``pixels`` are
+    ``(slices, rows, columns)`` in the source's stored-value dtype.
     """
 
     role: str
     datasets: list
+    source_pixels: np.ndarray
     pixels: np.ndarray
     seconds: float
     model: ModelDescription
     device: str = "cpu"
-    notes: list[str] = field(default_factory=list)
 
 
 def describe_model(model_dir: Path) -> ModelDescription:
@@ -129,6 +130,6 @@ class DLEnhancementOperator(Operator):
                 seconds = time.perf_counter() - start
                 self._logger.info("%s: %d slices %dx%d enhanced in %.1f s", selected.selection_name,
                                   *volume.shape, seconds)
-                out.append(EnhancedSeries(selected.selection_name, datasets, pixels, seconds, self.model_description,
-                                          str(self._device)))
+                out.append(EnhancedSeries(selected.selection_name, datasets, volume, pixels, seconds,
+                                          self.model_description, str(self._device)))
         return out

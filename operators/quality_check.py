@@ -10,7 +10,7 @@ import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from operators import qc_metrics as qm
-from operators.dl_enhancement import EnhancedSeries, stored_value_volume
+from operators.dl_enhancement import EnhancedSeries
 
 DEFAULT_CALIBRATION = Path(__file__).with_name("qc_calibration.json")
 
@@ -129,7 +129,7 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     (the in-phase partner of a water-only Dixon series, where fat is as dark as air).
     """
     axis, direction, note = phase_encode_axis(item.datasets)
-    source = stored_value_volume(item.datasets)
+    source = item.source_pixels
     masks = series_masks(source if mask_source is None else mask_source)
     original = measure_series(source, axis, calibration, masks)
     dl = measure_series(item.pixels, axis, calibration, masks)
@@ -196,8 +196,7 @@ class QualityCheckOperator(Operator):
         results = []
         for item in items:
             partner = dixon_in_phase_partner(item, items)
-            qc = check_series(item, self.calibration,
-                              None if partner is None else stored_value_volume(partner.datasets))
+            qc = check_series(item, self.calibration, None if partner is None else partner.source_pixels)
             self._logger.info("QC %s: motion %s -> %s%s%s", qc.role, qc.original.motion_score, qc.dl.motion_score,
                               " FLAGGED" if qc.motion_flag else "", " DL-ACCENTUATED" if qc.dl_accentuated else "")
             results.append(qc)

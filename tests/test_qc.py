@@ -79,7 +79,8 @@ def test_flags_and_dl_accentuation_guard(ce_t1_planes):
     model = ModelDescription("m", "0", "0" * 64)
     datasets = _enhanced(clean.images)
     # DL output that only denoises a little: no flag, no accentuation.
-    calm = EnhancedSeries("SAG_CE_T1", datasets, (clean.images * 0.98).astype(np.uint16), 0.0, model)
+    source = clean.images.astype(np.uint16)
+    calm = EnhancedSeries("SAG_CE_T1", datasets, source, (clean.images * 0.98).astype(np.uint16), 0.0, model)
     qc = check_series(calm, CALIBRATION)
     assert not qc.motion_flag and not qc.dl_accentuated
     assert qc.original.snr is not None and qc.original.snr > 5
@@ -87,7 +88,7 @@ def test_flags_and_dl_accentuation_guard(ce_t1_planes):
     ghosted = clean.images.astype(np.float64)
     for shift in (60, -60, 120, -120):
         ghosted += 0.12 * np.roll(clean.images, shift, axis=2)
-    loud = EnhancedSeries("SAG_CE_T1", datasets, np.clip(ghosted, 0, 65535).astype(np.uint16), 0.0, model)
+    loud = EnhancedSeries("SAG_CE_T1", datasets, source, np.clip(ghosted, 0, 65535).astype(np.uint16), 0.0, model)
     qc = check_series(loud, CALIBRATION)
     assert qc.dl_accentuated and not qc.motion_flag
     assert any("read the original" in n for n in qc.notes)
@@ -98,7 +99,8 @@ def test_missing_phase_encode_direction_is_noted(ce_t1_planes):
     datasets = _enhanced(clean.images)
     for ds in datasets:
         del ds.InPlanePhaseEncodingDirection
-    item = EnhancedSeries("SAG_CE_T1", datasets, clean.images.astype(np.uint16), 0.0, ModelDescription("m", "0", "0"))
+    pixels = clean.images.astype(np.uint16)
+    item = EnhancedSeries("SAG_CE_T1", datasets, pixels, pixels, 0.0, ModelDescription("m", "0", "0"))
     qc = check_series(item, CALIBRATION)
     assert any("InPlanePhaseEncodingDirection missing" in n for n in qc.notes)
 
