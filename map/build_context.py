@@ -51,10 +51,10 @@ APP_PACKAGES = {
                   "qc_calibration.json"],
     "models": ["__init__.py", "inference.py", "normalization.py", "network.py"],
 }
-MODEL_FILES = ["cervical_dl_recon.ts", "cervical_dl_recon.sha256", "model_info.json"]
+MODEL_FILES = ["cervical_dl_recon.pt", "cervical_dl_recon.onnx", "cervical_dl_recon.sha256", "model_info.json"]
 # Not needed inside the MAP: test runners, the Orthanc worker's client, the Kubernetes client
 # used by deploy/ (outside the container).
-EXCLUDED_REQUIREMENTS = {"pytest", "pytest-timeout", "orthanc-api-client", "kubernetes"}
+EXCLUDED_REQUIREMENTS = {"pytest", "pytest-timeout", "orthanc-api-client", "kubernetes", "onnx", "onnxscript", "bm3d"}
 
 MAIN_SHIM = '''"""MAP entry point: ``python3 /opt/holoscan/app`` runs ``python -m app`` (same exit codes)."""
 import os
@@ -108,10 +108,16 @@ def load_app_yaml(path: Path = ROOT / "app.yaml") -> dict:
 
 def model_info(models: Path = ROOT / "models") -> dict:
     info = json.loads((models / "model_info.json").read_text())
-    expected = (models / "cervical_dl_recon.sha256").read_text().split()[0]
-    actual = hashlib.sha256((models / info["file"]).read_bytes()).hexdigest()
-    if not (actual == expected == info["sha256"]):
-        raise ValueError("model weights do not match cervical_dl_recon.sha256 / model_info.json")
+    listed = {}
+    for line in (models / "cervical_dl_recon.sha256").read_text().splitlines():
+        digest, name = line.split()
+        listed[name] = digest
+    for name in MODEL_FILES[:2]:
+        actual = hashlib.sha256((models / name).read_bytes()).hexdigest()
+        if not (actual == listed.get(name) == info["files"][name]["sha256"]):
+            raise ValueError(f"model file {name} does not match cervical_dl_recon.sha256 / model_info.json")
+    if info["sha256"] != listed[info["file"]]:
+        raise ValueError("model_info.json sha256 does not match its weights file")
     return info
 
 

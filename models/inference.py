@@ -1,41 +1,70 @@
-"""Run the shipped TorchScript model on a whole series.
+"""Run the shipped model on a whole series.
 
-    model = load_model(Path("models/cervical_dl_recon.ts"), expected_sha256)
-    device = select_device()
-    enhanced = enhance_volume(model, volume, device)          # float32 (S, H, W)
+    model = load_model(Path("models"))                 # checksums verified; CUDA when present
+    enhanced = enhance_volume(model, volume)           # float32 (S, H, W), input units
+
+The shipped model is one set of weights in two files: ``cervical_dl_recon.pt`` (a
+weights-only ``state_dict`` for :class:`models.network.CascadedUNet`, loaded with
+``torch.load(weights_only=True)``: no code is unpickled) and ``cervical_dl_recon.onnx``
+(the same network exported to ONNX; protobuf, no code). Both are verified against
+``cervical_dl_recon.sha256`` before loading. On the CPU the ONNX file runs on ONNX Runtime,
+the fastest CPU path measured (``python -m models.benchmark --paths``); on CUDA, or when
+ONNX Runtime is missing, the PyTorch network runs (bf16/fp16 autocast on the GPU).
+``CERVICAL_DL_RUNTIME=torch|onnxruntime`` forces one.
 
 Intensities stay in the source's stored-value units: one robust scale per *series*
 (:func:`models.normalization.robust_scale` of the whole input series, the rule used in
 training), never per slice; the output is multiplied back and only negative values are
 clipped (to 0). The caller casts / clips to the source dtype and recomputes windowing.
+Slices larger than ``tile`` (512) along either axis are processed in overlapping tiles
+blended with linear ramps, so memory stays flat for 1024x1024 matrices.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from models.network import CascadedUNet
 from models.normalization import robust_scale
 
 __all__ = [
-    "DEFAULT_MODEL_PATH",
-    "DEFAULT_SHA256_PATH",
+    "MODEL_DIR",
+    "WEIGHTS_FILE",
+    "ONNX_FILE",
+    "SHA256_FILE",
+    "INFO_FILE",
     "ModelChecksumError",
-    "expected_sha256_from_file",
+    "SliceModel",
+    "TorchSliceModel",
+    "OnnxSliceModel",
+    "read_checksums",
     "file_sha256",
     "load_model",
     "select_device",
     "enhance_volume",
+    "tile_starts",
+    "TILE_SIZE",
+    "TILE_OVERLAP",
 ]
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "cervical_dl_recon.ts"
-DEFAULT_SHA256_PATH = Path(__file__).resolve().parent / "cervical_dl_recon.sha256"
+MODEL_DIR = Path(__file__).resolve().parent
+WEIGHTS_FILE = "cervical_dl_recon.pt"
+ONNX_FILE = "cervical_dl_recon.onnx"
+SHA256_FILE = "cervical_dl_recon.sha256"
+INFO_FILE = "model_info.json"
+#: Largest slice side run in one piece; larger slices are tiled (flat memory).
+TILE_SIZE = 512
+#: Overlap between neighbouring tiles (pixels), blended with linear ramps.
+TILE_OVERLAP = 64
 
 
 class ModelChecksumError(RuntimeError):
-    """The model file's sha256 differs from the expected one (corrupt or substituted)."""
+    """A model file's sha256 differs from the expected one (corrupt or substituted)."""
 
 
 def file_sha256(path: Path) -> str:
@@ -46,9 +75,30 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def expected_sha256_from_file(path: Path = DEFAULT_SHA256_PATH) -> str:
-    """The hex digest stored in a ``sha256sum``-style file (``<hex>  <name>``)."""
-    return Path(path).read_text().split()[0].strip().lower()
+def read_checksums(path: Path = MODEL_DIR / SHA256_FILE) -> dict[str, str]:
+    """``{file name: hex digest}`` from a ``sha256sum``-style file (``<hex>  <name>`` lines)."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and len(parts[0]) == 64:
+            out[parts[1].lstrip("*")] = parts[0].lower()
+    if not out:
+        raise ValueError(f"no sha256 entries in {path}")
+    return out
+
+
+def _verified(path: Path, checksums: dict[str, str]) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    expected = checksums.get(path.name)
+    if expected is None:
+        raise ModelChecksumError(f"no checksum listed for {path.name}; refusing to load it")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ModelChecksumError(
+            f"checksum mismatch for {path}: expected sha256 {expected}, got {actual}; "
+            "refusing to load (corrupt or substituted model file)")
+    return path
 
 
 def select_device() -> torch.device:
@@ -56,37 +106,114 @@ def select_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_model(path: Path, expected_sha256: str | None = None,
-               device: torch.device | None = None) -> torch.jit.ScriptModule:
-    """Load the TorchScript model after verifying its sha256 (when ``expected_sha256`` is
-    given). Raises ``FileNotFoundError`` if missing, :class:`ModelChecksumError` on a
-    mismatch. The module is returned in eval mode on ``device`` (default
-    :func:`select_device`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    if expected_sha256 is not None:
-        actual = file_sha256(path)
-        if actual.lower() != expected_sha256.strip().lower():
-            raise ModelChecksumError(
-                f"checksum mismatch for {path}: expected sha256 {expected_sha256.strip().lower()}, "
-                f"got {actual}; refusing to load (corrupt or substituted model file)")
+class SliceModel:
+    """Callable ``(B, 1, H, W)`` float32 normalised slices -> same shape, on ``device``.
+    ``runtime`` names the engine ("torch" or "onnxruntime")."""
+
+    device: torch.device = torch.device("cpu")
+    runtime: str = ""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class TorchSliceModel(SliceModel):
+    """The PyTorch network; bf16 (else fp16) autocast on CUDA."""
+
+    runtime = "torch"
+
+    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
+        self.network = network.to(device).eval()
+        self.device = device
+        self._amp_dtype = None
+        if device.type == "cuda":
+            self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            if self._amp_dtype is not None:
+                with torch.autocast(device_type="cuda", dtype=self._amp_dtype):
+                    y = self.network(t)
+            else:
+                y = self.network(t)
+            return y.float().cpu().numpy()
+
+
+class OnnxSliceModel(SliceModel):
+    """The ONNX export on ONNX Runtime's CPU provider. The export holds the network's
+    padding for sizes that are multiples of 16 only, so inputs are padded here with
+    the network's own rule (reflect; replicate when the image is too small)."""
+
+    runtime = "onnxruntime"
+    multiple = 16
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.device = torch.device("cpu")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        if ph or pw:
+            mode = "reflect" if (ph < h and pw < w) else "edge"
+            x = np.pad(x, [(0, 0), (0, 0), (0, ph), (0, pw)], mode=mode)
+        y = self.session.run(None, {"x": x})[0]
+        return y[..., :h, :w]
+
+
+def load_model(model_dir: Path = MODEL_DIR, device: torch.device | None = None,
+               runtime: str | None = None) -> SliceModel:
+    """Verify and load the shipped model from ``model_dir``.
+
+    ``runtime``: "torch", "onnxruntime" or "auto" (default, or ``CERVICAL_DL_RUNTIME``):
+    ONNX Runtime on the CPU when it is installed, PyTorch otherwise and on CUDA.
+    Raises ``FileNotFoundError`` when a file is missing, :class:`ModelChecksumError` when
+    a checksum differs, ``ValueError`` for an unusable description.
+    """
+    model_dir = Path(model_dir)
     device = select_device() if device is None else device
-    model = torch.jit.load(str(path), map_location=device)
-    model.eval()
-    return model
+    runtime = (runtime or os.environ.get("CERVICAL_DL_RUNTIME") or "auto").lower()
+    if runtime not in ("auto", "torch", "onnxruntime"):
+        raise ValueError(f"unknown runtime {runtime!r} (auto, torch or onnxruntime)")
+    checksums = read_checksums(model_dir / SHA256_FILE)
+    if runtime == "auto":
+        runtime = "torch"
+        if device.type == "cpu" and (model_dir / ONNX_FILE).is_file():
+            try:
+                import onnxruntime  # noqa: F401
+
+                runtime = "onnxruntime"
+            except ImportError:
+                pass
+    if runtime == "onnxruntime":
+        if device.type != "cpu":
+            raise ValueError("the onnxruntime runtime runs on the CPU only")
+        return OnnxSliceModel(_verified(model_dir / ONNX_FILE, checksums))
+    info = json.loads((model_dir / INFO_FILE).read_text())
+    arch = {k: v for k, v in info["architecture"].items() if k != "class"}
+    state = torch.load(_verified(model_dir / WEIGHTS_FILE, checksums), map_location="cpu", weights_only=True)
+    network = CascadedUNet(**arch)
+    network.load_state_dict(state)
+    return TorchSliceModel(network, device)
 
 
-def _model_device(model: torch.nn.Module, fallback: torch.device) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return fallback
+def enhance_volume(model: SliceModel, volume: np.ndarray, batch_size: int = 4,
+                   tile: int = TILE_SIZE, overlap: int = TILE_OVERLAP) -> np.ndarray:
+    """Enhance a series ``(S, H, W)`` (any integer or float dtype) with a loaded model;
+    returns float32 ``(S, H, W)`` in the input's units, negatives clipped to 0.
 
-
-def enhance_volume(model: torch.jit.ScriptModule, volume: np.ndarray, device: torch.device,
-                   batch_size: int = 4) -> np.ndarray:
-    """Enhance a series ``(S, H, W)`` (any integer or float dtype) slice batch by slice
-    batch; returns float32 ``(S, H, W)`` in the input's units, negatives clipped to 0."""
+    On the CPU slices run one at a time (as fast per slice as batches for these cache-bound
+    convolutions, and the result cannot depend on ``batch_size``); on CUDA in batches.
+    Slices with a side above ``tile`` pixels run as overlapping tiles (``overlap`` px).
+    """
     vol = np.asarray(volume)
     if vol.ndim == 2:
         vol = vol[None]
@@ -98,25 +225,55 @@ def enhance_volume(model: torch.jit.ScriptModule, volume: np.ndarray, device: to
     out = np.empty(vol.shape, dtype=np.float32)
     if n == 0:
         return out
-    if _model_device(model, device) != device:
-        model = model.to(device)
-    scale = robust_scale(vol)  # one scale for the whole series (never per slice)
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    # On the CPU one slice at a time is faster (cache-bound convolutions: about 0.16 s vs
-    # 0.25 s per 512x512 slice in batches of 4) and makes the result independent of
-    # batch_size; batches are used on the GPU.
-    batch_size = max(1, int(batch_size)) if device.type == "cuda" else 1
-    with torch.inference_mode():
-        for i in range(0, n, batch_size):
-            chunk = np.ascontiguousarray(vol[i : i + batch_size], dtype=np.float32)
-            chunk = np.nan_to_num(chunk, nan=0.0, posinf=0.0, neginf=0.0) / np.float32(scale)
-            x = torch.from_numpy(chunk)[:, None].to(device)
-            if use_amp:
-                with torch.autocast(device_type="cuda", dtype=amp_dtype):
-                    y = model(x)
-            else:
-                y = model(x)
-            y = y[:, 0].float().clamp_(min=0.0).mul_(float(scale))
-            out[i : i + y.shape[0]] = y.cpu().numpy()
+    scale = np.float32(robust_scale(vol))  # one scale for the whole series (never per slice)
+    batch_size = max(1, int(batch_size)) if model.device.type == "cuda" else 1
+
+    def run(chunk: np.ndarray) -> np.ndarray:
+        return model(chunk[:, None])[:, 0]
+
+    tiled = max(vol.shape[1:]) > tile
+    for i in range(0, n, batch_size):
+        chunk = np.asarray(vol[i : i + batch_size], dtype=np.float32)
+        chunk = np.nan_to_num(chunk, nan=0.0, posinf=0.0, neginf=0.0) / scale
+        y = _run_tiled(run, chunk, tile, overlap) if tiled else run(chunk)
+        out[i : i + y.shape[0]] = np.clip(y, 0.0, None) * scale
     return out
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``[0, length)`` with at least
+    ``overlap`` pixels shared by neighbours (one tile when ``length <= tile``)."""
+    if length <= tile:
+        return [0]
+    if not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be in [0, tile), got {overlap}")
+    n = int(np.ceil((length - overlap) / (tile - overlap)))
+    return [int(round(s)) for s in np.linspace(0, length - tile, n)]
+
+
+def _ramp(size: int, start: int, length: int, overlap: int) -> np.ndarray:
+    """1-D blending weight of a tile: ramps up/down over ``overlap`` pixels, except at
+    the image border."""
+    w = np.ones(size, dtype=np.float32)
+    if overlap > 0:
+        ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        if start > 0:
+            w[:overlap] = ramp
+        if start + size < length:
+            w[-overlap:] = np.minimum(w[-overlap:], ramp[::-1])
+    return w
+
+
+def _run_tiled(run, chunk: np.ndarray, tile: int, overlap: int) -> np.ndarray:
+    """Apply ``run`` ((B, h, w) -> (B, h, w)) on overlapping tiles of ``chunk`` (B, H, W)."""
+    _, rows, cols = chunk.shape
+    acc = np.zeros(chunk.shape, dtype=np.float32)
+    weight = np.zeros(chunk.shape[1:], dtype=np.float32)
+    th, tw = min(tile, rows), min(tile, cols)
+    for r0 in tile_starts(rows, tile, overlap):
+        wr = _ramp(th, r0, rows, overlap)
+        for c0 in tile_starts(cols, tile, overlap):
+            w = wr[:, None] * _ramp(tw, c0, cols, overlap)[None, :]
+            acc[:, r0 : r0 + th, c0 : c0 + tw] += run(chunk[:, r0 : r0 + th, c0 : c0 + tw]) * w
+            weight[r0 : r0 + th, c0 : c0 + tw] += w
+    return acc / weight

@@ -61,6 +61,15 @@ class UpLevel(nn.Module):
         return self.convs(torch.cat([x, skip], dim=1))
 
 
+def _fft_frequencies(n: int, onesided: bool, device: torch.device) -> torch.Tensor:
+    """``torch.fft.fftfreq(n)`` (or ``rfftfreq`` when ``onesided``) in cycles/sample,
+    written with ``arange`` so that the model also exports to ONNX (which has no fftfreq)."""
+    i = torch.arange(n // 2 + 1 if onesided else n, device=device, dtype=torch.float32)
+    if not onesided:
+        i = torch.where(i < (n + 1) // 2, i, i - n)
+    return i / n
+
+
 class DataConsistency(nn.Module):
     """Image-domain soft data consistency in a low-frequency band.
 
@@ -93,8 +102,8 @@ class DataConsistency(nn.Module):
         w = x.shape[-1]
         xf = x.float()
         rf = ref.float()
-        fy = torch.fft.fftfreq(h, device=x.device, dtype=torch.float32)
-        fx = torch.fft.rfftfreq(w, device=x.device, dtype=torch.float32)
+        fy = _fft_frequencies(h, onesided=False, device=x.device)
+        fx = _fft_frequencies(w, onesided=True, device=x.device)
         win = self._window_1d(fy)[:, None] * self._window_1d(fx)[None, :]
         lam = torch.sigmoid(self.param)
         kx = torch.fft.rfft2(xf, norm="ortho")

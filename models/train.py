@@ -1,10 +1,15 @@
 """Train the cascaded U-Net on simulated (accelerated, conventional-reference) pairs.
 
     python -m models.train --config models/configs/default.json [--resume]
+    python -m models.train --config models/configs/stage2.json    # continues from default's weights
 
 Stops at ``steps`` or at the wall-clock ``time_budget_s`` (whichever comes first; the
-budget counts training time across resumes), then runs a held-out validation, exports
-TorchScript to ``export_path`` with its sha256 beside it, and writes ``model_info.json``.
+budget counts training time across resumes), then runs a held-out validation, writes the
+weights (``cervical_dl_recon.pt``, a weights-only state_dict) and their ONNX export
+(``cervical_dl_recon.onnx``) to ``model_dir`` with ``cervical_dl_recon.sha256`` beside
+them, and ``model_info.json``. ``--export-only`` does the last part from a checkpoint.
+A config with ``init_from`` (a checkpoint path) starts from that checkpoint's weights with
+a fresh optimiser and its own learning-rate schedule (a second training stage).
 """
 from __future__ import annotations
 
@@ -52,11 +57,11 @@ DEFAULTS: dict = {
               "dc_band": 0.25, "dc_edge": 0.1},
     "data": {},
     "checkpoint_dir": "models/checkpoints",
-    "export_path": "models/cervical_dl_recon.ts",
-    "sha256_path": "models/cervical_dl_recon.sha256",
+    "model_dir": "models",
     "info_path": "models/model_info.json",
     "loss_plot": "models/loss_curve.png",
     "validation_path": "models/validation.json",
+    "init_from": None,
 }
 
 
@@ -198,26 +203,59 @@ def print_eval(tag: str, ev: dict) -> None:
               f"(conv {v['ssim_conventional']:.4f})", flush=True)
 
 
+def export_onnx(model: CascadedUNet, path: Path) -> None:
+    """ONNX export (dynamo exporter, opset 20) with dynamic batch and matrix. The traced
+    graph holds the padding for multiples of 16; :class:`models.inference.OnnxSliceModel`
+    pads other sizes itself. Shape annotations of intermediate values are dropped: the
+    exporter labels the real-FFT output with the input's width, which misleads ONNX
+    Runtime's buffer planning; ONNX Runtime infers the shapes itself."""
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=64)
+    rows = torch.export.Dim("rows", min=32, max=4096)
+    cols = torch.export.Dim("cols", min=32, max=4096)
+    x = torch.rand(1, 1, 512, 512, generator=torch.Generator().manual_seed(0))
+    tmp = path.with_suffix(".tmp.onnx")
+    torch.onnx.export(model, (x,), str(tmp), input_names=["x"], output_names=["y"], dynamo=True,
+                      dynamic_shapes={"x": {0: batch, 2: rows, 3: cols}}, external_data=False, verbose=False)
+    proto = onnx.load(str(tmp))
+    del proto.graph.value_info[:]
+    proto.producer_name = f"{MODEL_NAME} (torch {torch.__version__})"
+    onnx.save(proto, str(path))
+    tmp.unlink(missing_ok=True)
+
+
 def export(model: CascadedUNet, cfg: dict, step: int, elapsed: float, ev: dict, sources: list[str]) -> dict:
+    """Write the weights (``state_dict``, weights only), the ONNX export, their sha256
+    file and ``model_info.json``; check that both files reproduce the eager model."""
+    from models.inference import ONNX_FILE, SHA256_FILE, WEIGHTS_FILE, OnnxSliceModel, TorchSliceModel
+
     model = model.cpu().eval()
-    scripted = torch.jit.script(model)
-    path = _abs(cfg["export_path"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scripted.save(str(path))
-    # the exported file must reproduce the eager model
-    loaded = torch.jit.load(str(path), map_location="cpu")
-    x = torch.rand(1, 1, 200, 168, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        diff = float((loaded(x) - model(x)).abs().max())
-    if diff > 1e-4:
-        raise RuntimeError(f"exported TorchScript differs from the eager model by {diff}")
-    digest = file_sha256(path)
-    _abs(cfg["sha256_path"]).write_text(f"{digest}  {path.name}\n")
+    out_dir = _abs(cfg["model_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path, onnx_path = out_dir / WEIGHTS_FILE, out_dir / ONNX_FILE
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, weights_path)
+    export_onnx(model, onnx_path)
+    reloaded = CascadedUNet(**cfg["model"])
+    reloaded.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    runners = {"weights": TorchSliceModel(reloaded, torch.device("cpu")), "onnx": OnnxSliceModel(onnx_path)}
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((1, 1, 512, 512), (2, 1, 320, 320), (1, 1, 200, 168)):
+        x = torch.rand(*shape, generator=gen)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        for name, run in runners.items():
+            diff = float(np.abs(run(x.numpy()) - ref).max())
+            if diff > 1e-3:
+                raise RuntimeError(f"exported {name} differs from the eager model by {diff} at {shape}")
+    digests = {p.name: file_sha256(p) for p in (weights_path, onnx_path)}
+    (out_dir / SHA256_FILE).write_text("".join(f"{d}  {n}\n" for n, d in digests.items()))
     info = {
         "name": MODEL_NAME,
         "version": cfg["version"],
-        "file": path.name,
-        "sha256": digest,
+        "file": WEIGHTS_FILE,
+        "sha256": digests[WEIGHTS_FILE],
+        "files": {n: {"sha256": d, "bytes": (out_dir / n).stat().st_size} for n, d in digests.items()},
         "training_config": cfg["config_name"],
         "steps": step,
         "training_time_s": round(elapsed, 1),
@@ -240,6 +278,31 @@ def export(model: CascadedUNet, cfg: dict, step: int, elapsed: float, ev: dict, 
     }
     _abs(cfg["info_path"]).write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def finalize(model: CascadedUNet, cfg: dict, step: int, elapsed: float, sources: list[str],
+             device: torch.device) -> None:
+    """Held-out validation, ``validation.json``, export."""
+    val = validation_set(cfg["val_seed"], int(cfg["n_val"]), DataConfig.from_dict(cfg["data"]))
+    ev = evaluate(model, val, device)
+    print_eval("held-out, DEFAULT_ACCELERATED", ev)
+    _abs(cfg["validation_path"]).write_text(json.dumps(ev, indent=2) + "\n")
+    info = export(model, cfg, step, elapsed, ev, sources)
+    print(f"exported {cfg['model_dir']}/{{{', '.join(info['files'])}}} sha256 {info['sha256']}", flush=True)
+
+
+def export_checkpoint(cfg: dict) -> None:
+    """Validate and export the config's last checkpoint (no training)."""
+    ckpt_path = _abs(cfg["checkpoint_dir"]) / f"{cfg['config_name']}_last.pt"
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    model = CascadedUNet(**cfg["model"])
+    model.load_state_dict(ck["model"])
+    step, elapsed = int(ck["step"]), float(ck["elapsed"])
+    if cfg["init_from"]:  # count the earlier stage too, as train() does
+        prev = torch.load(_abs(cfg["init_from"]), map_location="cpu", weights_only=False)
+        step, elapsed = step + int(prev["step"]), elapsed + float(prev["elapsed"])
+    sources = [s for s, w in DataConfig.from_dict(cfg["data"]).source_weights.items() if w > 0]
+    finalize(model, cfg, step, elapsed, sources, torch.device("cpu"))
 
 
 def train(cfg: dict, resume: bool) -> None:
@@ -265,6 +328,7 @@ def train(cfg: dict, resume: bool) -> None:
 
     ckpt_path = _abs(cfg["checkpoint_dir"]) / f"{cfg['config_name']}_last.pt"
     step, elapsed, history = 0, 0.0, []
+    step_base, elapsed_base = 0, 0.0  # steps/time of earlier stages (init_from), for the record
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
@@ -273,6 +337,15 @@ def train(cfg: dict, resume: bool) -> None:
         stream.set_state(json.loads(ck["stream_rng"]))
         torch.set_rng_state(ck["torch_rng"])
         print(f"resumed from {ckpt_path} at step {step}, {elapsed:.0f}s", flush=True)
+    elif cfg["init_from"]:
+        init_path = _abs(cfg["init_from"])
+        if not init_path.exists():
+            raise SystemExit(f"init_from checkpoint {init_path} not found: run its training stage first")
+        ck = torch.load(init_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        history = [dict(h, stage="previous") for h in ck["history"]]
+        step_base, elapsed_base = int(ck["step"]), float(ck["elapsed"])
+        print(f"stage start from the weights of {init_path} (step {ck['step']})", flush=True)
     elif resume:
         print(f"--resume: no checkpoint at {ckpt_path}, starting fresh", flush=True)
 
@@ -311,7 +384,7 @@ def train(cfg: dict, resume: bool) -> None:
         n_run += 1
         pbar.update(1)
         if step % cfg["log_every"] == 0:
-            rec = {"step": step, "loss": run_loss / n_run, "l1": run_l1 / n_run, "lr": lr,
+            rec = {"step": step_base + step, "loss": run_loss / n_run, "l1": run_l1 / n_run, "lr": lr,
                    "elapsed": round(time.perf_counter() - t0, 1)}
             history.append(rec)
             pbar.set_postfix(loss=f"{rec['loss']:.4f}", l1=f"{rec['l1']:.4f}", lr=f"{lr:.1e}")
@@ -335,20 +408,22 @@ def train(cfg: dict, resume: bool) -> None:
     plot_losses(history, _abs(cfg["loss_plot"]))
     print(f"training stopped at step {step} after {elapsed:.0f}s; sources used {stream.source_counts}", flush=True)
 
-    val = validation_set(cfg["val_seed"], int(cfg["n_val"]), data_cfg)
-    ev = evaluate(model, val, device)
-    print_eval("held-out, DEFAULT_ACCELERATED", ev)
-    _abs(cfg["validation_path"]).write_text(json.dumps(ev, indent=2) + "\n")
-    info = export(model, cfg, step, elapsed, ev, stream.sampler.sources)
-    print(f"exported {cfg['export_path']} sha256 {info['sha256']}", flush=True)
+    finalize(model, cfg, step_base + step, elapsed_base + elapsed, stream.sampler.sources, device)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--resume", action="store_true", help="continue from the config's last checkpoint")
+    ap.add_argument("--export-only", action="store_true",
+                    help="validate and export the config's last checkpoint without training")
     args = ap.parse_args(argv)
-    train(load_config(args.config), args.resume)
+    cfg = load_config(args.config)
+    if args.export_only:
+        torch.set_num_threads(int(cfg["threads"]))
+        export_checkpoint(cfg)
+    else:
+        train(cfg, args.resume)
 
 
 if __name__ == "__main__":

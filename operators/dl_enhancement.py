@@ -13,7 +13,6 @@ from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 
 from operators.cervical_series_selector import sorted_instances
 
-MODEL_FILE = "cervical_dl_recon.ts"
 CHECKSUM_FILE = "cervical_dl_recon.sha256"
 INFO_FILE = "model_info.json"
 
@@ -47,12 +46,13 @@ class EnhancedSeries:
 
 
 def describe_model(model_dir: Path) -> ModelDescription:
-    """Name, version and expected sha256 of the shipped model in ``model_dir``."""
+    """Name, version and expected sha256 of the weights of the shipped model in ``model_dir``."""
     model_dir = Path(model_dir)
     try:
         info = json.loads((model_dir / INFO_FILE).read_text())
-        sha = (model_dir / CHECKSUM_FILE).read_text().split()[0].strip()
-    except (OSError, ValueError, IndexError) as exc:
+        listed = dict(reversed(line.split()) for line in (model_dir / CHECKSUM_FILE).read_text().splitlines() if line.strip())
+        sha = listed[info["file"]]
+    except (OSError, ValueError, IndexError, KeyError) as exc:
         raise ModelError(f"model description missing or unreadable in {model_dir}: {exc}") from exc
     return ModelDescription(str(info["name"]), str(info["version"]), sha)
 
@@ -104,10 +104,11 @@ class DLEnhancementOperator(Operator):
         self.model_description = describe_model(self.model_dir)
         self._device = select_device()
         try:
-            self._model = load_model(self.model_dir / MODEL_FILE, self.model_description.sha256, device=self._device)
-        except (OSError, ValueError, RuntimeError) as exc:
+            self._model = load_model(self.model_dir, device=self._device)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ModelError(f"cannot load model: {exc}") from exc
-        self._logger.info("model %s %s loaded on %s", self.model_description.name, self.model_description.version, self._device)
+        self._logger.info("model %s %s loaded on %s (%s)", self.model_description.name, self.model_description.version,
+                          self._device, self._model.runtime)
 
     def compute(self, op_input, op_output, context) -> None:
         selections: list[StudySelectedSeries] = op_input.receive("study_selected_series_list") or []
@@ -125,7 +126,7 @@ class DLEnhancementOperator(Operator):
                 start = time.perf_counter()
                 datasets = sorted_instances(selected.series)
                 volume = stored_value_volume(datasets)
-                enhanced = enhance_volume(self._model, volume, self._device, batch_size=self.batch_size)
+                enhanced = enhance_volume(self._model, volume, batch_size=self.batch_size)
                 pixels = to_source_dtype(enhanced, volume.dtype)
                 seconds = time.perf_counter() - start
                 self._logger.info("%s: %d slices %dx%d enhanced in %.1f s", selected.selection_name,

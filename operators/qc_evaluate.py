@@ -42,13 +42,11 @@ class Case:
 
 
 def simulate_cases(seeds, with_dl: bool, calibration: QCCalibration) -> list[Case]:
-    model = device = None
+    model = None
     if with_dl:
-        from models.inference import enhance_volume, load_model, select_device
-        from operators.dl_enhancement import CHECKSUM_FILE, MODEL_FILE
+        from models.inference import enhance_volume, load_model
 
-        device = select_device()
-        model = load_model(ROOT / "models" / MODEL_FILE, (ROOT / "models" / CHECKSUM_FILE).read_text().split()[0], device)
+        model = load_model(ROOT / "models")
     cases = []
     total = len(seeds) * len(ROLES) * len(CONDITIONS)
     with tqdm(total=total, desc="QC cases") as bar:
@@ -71,7 +69,7 @@ def simulate_cases(seeds, with_dl: bool, calibration: QCCalibration) -> list[Cas
                     original = measure_series(series.images, pe_axis, calibration, masks)
                     ghost_dl = None
                     if model is not None:
-                        enhanced = enhance_volume(model, series.images.astype(np.uint16), device)
+                        enhanced = enhance_volume(model, series.images.astype(np.uint16))
                         ghost_dl = measure_series(enhanced, pe_axis, calibration, masks).ghost
                     cases.append(Case(seed, role, severity, kind, original.ghost, ghost_dl))
                     bar.update()

@@ -52,7 +52,8 @@ def test_context_files_present(context):
     assert not (context / "app" / "simulation").exists()
     assert not (context / "app" / "operators" / "qc_evaluate.py").exists()
     assert not (context / "app" / "models" / "train.py").exists()
-    assert (context / "models" / "cervical_dl_recon.ts").read_bytes() == (ROOT / "models" / "cervical_dl_recon.ts").read_bytes()
+    for name in ("cervical_dl_recon.pt", "cervical_dl_recon.onnx"):
+        assert (context / "models" / name).read_bytes() == (ROOT / "models" / name).read_bytes()
 
 
 def test_every_runtime_import_of_our_packages_is_inside(context):

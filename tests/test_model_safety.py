@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.inference import enhance_volume, expected_sha256_from_file, load_model, select_device
+from models.inference import enhance_volume, load_model
 from simulation.dicom_study import simulate_series
 from simulation.phantom import PhantomPatient, Tissue, render_plane, sagittal_geometry
 
@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def model():
-    device = select_device()
-    return load_model(ROOT / "models" / "cervical_dl_recon.ts", expected_sha256_from_file(), device), device
+    return load_model(ROOT / "models")
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +29,20 @@ def t2_with_lesion():
 
 
 def test_blank_plus_noise_stays_blank(model):
-    net, device = model
+    net = model
     rng = np.random.default_rng(0)
     noise = np.abs(rng.normal(0, 20, (2, 256, 256)) + 1j * rng.normal(0, 20, (2, 256, 256)))
-    out = enhance_volume(net, noise.astype(np.uint16), device)
+    out = enhance_volume(net, noise.astype(np.uint16))
     assert out.mean() <= noise.mean()
     assert out.std() < 0.6 * noise.std()  # measured 5.2 vs 13.1: smoother, no structure added
     assert out.max() < np.percentile(noise, 99.99)
 
 
 def test_low_frequencies_agree_with_the_input(model, t2_with_lesion):
-    net, device = model
+    net = model
     series, _ = t2_with_lesion
     image = series.images[0].astype(np.float64)
-    out = enhance_volume(net, series.images.astype(np.uint16), device)[0].astype(np.float64)
+    out = enhance_volume(net, series.images.astype(np.uint16))[0].astype(np.float64)
 
     def central_band(x, fraction=0.1):
         k = np.fft.fftshift(np.fft.fft2(x))
@@ -57,11 +56,11 @@ def test_low_frequencies_agree_with_the_input(model, t2_with_lesion):
 
 
 def test_cord_lesion_is_kept(model, t2_with_lesion):
-    net, device = model
+    net = model
     series, label = t2_with_lesion
     lesion, cord = label == Tissue.CORD_LESION, label == Tissue.CORD
     assert lesion.sum() > 50
-    out = enhance_volume(net, series.images.astype(np.uint16), device)[0]
+    out = enhance_volume(net, series.images.astype(np.uint16))[0]
     truth = series.references[0]
     contrast_truth = truth[lesion].mean() - truth[cord].mean()
     contrast_dl = out[lesion].mean() - out[cord].mean()

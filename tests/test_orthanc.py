@@ -55,9 +55,9 @@ def _model_path() -> Path:
     """The shipped weights; while they are being trained, the stand-in in /tmp/tmpmodels."""
     if os.environ.get("CPACS_TEST_MODEL_PATH"):
         return Path(os.environ["CPACS_TEST_MODEL_PATH"])
-    if (ROOT / "models" / "cervical_dl_recon.ts").is_file():
+    if (ROOT / "models" / "cervical_dl_recon.pt").is_file():
         return ROOT / "models"
-    return Path("/tmp/tmpmodels") if Path("/tmp/tmpmodels/cervical_dl_recon.ts").is_file() else ROOT / "models"
+    return Path("/tmp/tmpmodels") if Path("/tmp/tmpmodels/cervical_dl_recon.pt").is_file() else ROOT / "models"
 
 
 def _processes_matching(text: str) -> list[int]:

@@ -52,7 +52,7 @@ pytestmark = pytest.mark.skipif(bool(_missing), reason=f"viewer stack not instal
 
 
 def _model_path() -> Path:
-    if (ROOT / "models" / "cervical_dl_recon.ts").is_file():
+    if (ROOT / "models" / "cervical_dl_recon.pt").is_file():
         return ROOT / "models"
     return Path("/tmp/tmpmodels")
 

@@ -99,7 +99,7 @@ def cmd_start(settings: Settings) -> int:
             return 1
     users = ensure_credentials(Path(settings.credentials_file))
     logs = settings.local_dir / "logs"
-    model = Path(settings.model_path) / "cervical_dl_recon.ts"
+    model = Path(settings.model_path) / "cervical_dl_recon.pt"
     if settings.run_mode == "python" and not model.is_file():
         print(f"warning: {model} is missing: jobs will fail until it exists (or set CPACS_MODEL_PATH)")
     orthanc = start_orthanc(settings, logs / "orthanc.log")

@@ -1,0 +1,193 @@
+"""Speed and memory of the DL model against BM3D and non-local means, per matrix size.
+
+    python -m models.benchmark                      # 256, 320, 512, 1024; table + docs/model_benchmark.json
+    python -m models.benchmark --paths              # also eager / TorchScript / torch.compile / ONNX Runtime at 512
+    python -m models.benchmark --sizes 512 --slices 4 --bm3d-slices 1
+
+Every measurement runs in its own child process (fresh interpreter, same thread count),
+so its peak resident memory (``ru_maxrss``) belongs to that method and matrix alone; the
+table shows the peak and the increase over the child's RSS after imports and set-up.
+Inputs are phantom-like 12-bit magnitude slices (noise plus a bright object), timed
+after one warm-up slice; seconds are the median per slice. DL runs through the product
+path (``models.inference.enhance_volume``, tiles above 512). Ratios compare methods
+measured in the same run on the same machine. On a machine with CUDA the DL is also
+timed on the GPU (autocast bf16/fp16, batches of 8).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("dl", "bm3d", "nlm")
+PATHS = ("onnxruntime", "torch", "compile", "torchscript")
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def test_slices(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """``(n, size, size)`` uint16 slices: an ellipse of tissue with texture in Rayleigh air."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size - 0.5
+    body = ((xx / 0.35) ** 2 + (yy / 0.42) ** 2) < 1
+    out = np.empty((n, size, size), dtype=np.uint16)
+    for i in range(n):
+        tex = 1200 + 600 * np.sin(40 * xx + i) * np.cos(25 * yy)
+        img = np.where(body, tex, 0.0) + rng.rayleigh(60.0, (size, size))
+        out[i] = np.clip(img, 0, 4095).astype(np.uint16)
+    return out
+
+
+def _load_dl(path_kind: str, device):
+    """The shipped model through one inference path (all verified against the checksums)."""
+    import torch
+
+    from models.inference import TorchSliceModel, load_model
+
+    if path_kind in ("onnxruntime", "torch"):
+        return load_model(ROOT / "models", device, runtime=path_kind)
+    eager = load_model(ROOT / "models", device, runtime="torch")
+    if path_kind == "compile":
+        return TorchSliceModel(torch.compile(eager.network, dynamic=False), device)
+    if path_kind == "torchscript":  # deprecated in torch 2.13; measured for the record
+        return TorchSliceModel(torch.jit.script(eager.network), device)
+    raise ValueError(f"unknown path {path_kind!r}")
+
+
+def worker(method: str, size: int, slices: int, path_kind: str, device_name: str) -> dict:
+    """Run in a child: time ``method`` on ``slices`` slices of ``size`` x ``size``."""
+    import torch
+
+    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    torch.set_num_threads(threads)
+    data = test_slices(slices + 1, size)
+    if method == "dl":
+        from models.inference import enhance_volume
+
+        device = torch.device(device_name)
+        model = _load_dl(path_kind if device.type == "cpu" else "torch", device)
+        fn = lambda vol: enhance_volume(model, vol, batch_size=8)  # noqa: E731
+    else:
+        from models.baselines import bm3d_denoise, nlm_denoise
+
+        den = bm3d_denoise if method == "bm3d" else nlm_denoise
+        fn = lambda vol: np.stack([den(s, 60.0) for s in vol])  # noqa: E731
+    rss_ready = _rss_mib()
+    fn(data[:1])  # warm-up (and torch.compile's compilation)
+    times = []
+    if method == "dl" and device_name == "cuda":
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn(data[1:])
+        torch.cuda.synchronize()
+        times = [(time.perf_counter() - t) / slices] * slices
+    else:
+        for k in range(1, slices + 1):
+            t = time.perf_counter()
+            fn(data[k : k + 1])
+            times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    path_kind = path_kind if method == "dl" else "-"
+    return {"method": method, "size": size, "path": path_kind, "device": device_name, "slices": slices,
+            "s_per_slice": statistics.median(times), "peak_rss_mib": peak, "rss_ready_mib": rss_ready}
+
+
+def run_child(method: str, size: int, slices: int, path_kind: str = "onnxruntime", device: str = "cpu",
+              threads: int = 2) -> dict:
+    cmd = [sys.executable, "-m", "models.benchmark", "--_worker", method, str(size), str(slices), path_kind, device]
+    env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"method": method, "size": size, "path": path_kind, "device": device, "error": reason[:200]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _row(r: dict, ref: dict | None) -> str:
+    if "error" in r:
+        return f"{r['method']:<6} {r['path']:<12} {r['device']:<5} {r['size']:>5}  failed: {r['error']}"
+    sps = 1.0 / r["s_per_slice"]
+    ratio = f"{ref['s_per_slice'] / r['s_per_slice']:8.2f}x" if ref and "error" not in ref else f"{'':>9}"
+    return (f"{r['method']:<6} {r['path']:<12} {r['device']:<5} {r['size']:>5}  {r['s_per_slice']:9.3f} {sps:9.2f}"
+            f" {r['peak_rss_mib']:9.0f} {r['peak_rss_mib'] - r['rss_ready_mib']:9.0f} {ratio}")
+
+
+HEADER = (f"{'method':<6} {'path':<12} {'dev':<5} {'size':>5}  {'s/slice':>9} {'slices/s':>9} {'peakMiB':>9} "
+          f"{'+MiB':>9} {'DL speed-up':>9}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 320, 512, 1024])
+    ap.add_argument("--slices", type=int, default=8, help="timed DL and NLM slices per size")
+    ap.add_argument("--bm3d-slices", type=int, default=2, help="timed BM3D slices per size (slow)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--paths", action="store_true", help="compare inference paths at 512x512")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "model_benchmark.json")
+    ap.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._worker:
+        m, size, n, path_kind, dev = args._worker
+        print(json.dumps(worker(m, int(size), int(n), path_kind, dev)))
+        return 0
+    import torch
+
+    cuda = torch.cuda.is_available()
+    rows: list[dict] = []
+    print(HEADER)
+    for size in args.sizes:
+        dl = run_child("dl", size, args.slices, threads=args.threads)
+        others = [run_child("bm3d", size, args.bm3d_slices, threads=args.threads),
+                  run_child("nlm", size, args.slices, threads=args.threads)]
+        dl["speedup_vs"] = {o["method"]: (o["s_per_slice"] / dl["s_per_slice"]) for o in others
+                            if "error" not in o and "error" not in dl}
+        print(_row(dl, None))
+        for o in others:
+            print(_row(o, None) + (f"   DL is {dl['speedup_vs'][o['method']]:.1f}x faster"
+                                   if o["method"] in dl.get("speedup_vs", {}) else ""))
+        rows += [dl] + others
+        if cuda:
+            g = run_child("dl", size, max(args.slices, 16), path_kind="torch", device="cuda", threads=args.threads)
+            print(_row(g, None))
+            rows.append(g)
+    path_rows: list[dict] = []
+    if args.paths:
+        print("\nInference paths, 512x512 (ratio: speed relative to the shipped CPU path, ONNX Runtime)")
+        print(HEADER)
+        ref = None
+        for p in PATHS:
+            r = run_child("dl", 512, args.slices, path_kind=p, threads=args.threads)
+            ref = ref or (r if "error" not in r else None)
+            print(_row(r, ref))
+            path_rows.append(r)
+    record = {"date": _dt.date.today().isoformat(),
+              "machine": f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads"
+                         + (f", GPU {torch.cuda.get_device_name(0)}" if cuda else ", no GPU"),
+              "torch": torch.__version__, "command": "python -m models.benchmark " + " ".join(argv or sys.argv[1:]),
+              "rows": rows, "paths": path_rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
