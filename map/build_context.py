@@ -54,7 +54,7 @@ APP_PACKAGES = {
 MODEL_FILES = ["cervical_dl_recon.pt", "cervical_dl_recon.onnx", "cervical_dl_recon.sha256", "model_info.json"]
 # Not needed inside the MAP: test runners, the Orthanc worker's client, the Kubernetes client
 # used by deploy/ (outside the container).
-EXCLUDED_REQUIREMENTS = {"pytest", "pytest-timeout", "orthanc-api-client", "kubernetes", "onnx", "onnxscript", "bm3d"}
+EXCLUDED_REQUIREMENTS = {"pytest", "pytest-timeout", "orthanc-api-client", "kubernetes", "onnx", "onnxscript", "bm3d", "torchio"}
 
 MAIN_SHIM = '''"""MAP entry point: ``python3 /opt/holoscan/app`` runs ``python -m app`` (same exit codes)."""
 import os
