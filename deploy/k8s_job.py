@@ -29,6 +29,15 @@ from typing import Any, Callable
 
 from kubernetes import client
 
+
+def default_image(variant: str = "gpu", registry: str = "") -> str:
+    """``[registry/]cervical-dl-enhance:<app.yaml version>-<variant>``: the MAP built from this checkout."""
+    import yaml
+
+    version = yaml.safe_load((Path(__file__).resolve().parents[1] / "app.yaml").read_text())["application"]["version"]
+    return f"{registry}cervical-dl-enhance:{version}-{variant}"
+
+
 ROOT = Path(__file__).resolve().parents[1]
 MAP_INPUT, MAP_OUTPUT, MAP_MODELS = "/var/holoscan/input", "/var/holoscan/output", "/opt/holoscan/models"
 APP_COMMAND = ["python3", "/opt/holoscan/app"]      # map/app.json "command"
@@ -185,7 +194,7 @@ def run_job(batch, core, job: client.V1Job, *, poll_s: float = 2.0, timeout_s: f
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Print an example MAP Job (and the deny-all NetworkPolicy) as JSON.")
-    ap.add_argument("--image", default="registry.example.org/cervical-dl-enhance:0.1.0-gpu")
+    ap.add_argument("--image", default=default_image("gpu", "registry.example.org/"))
     ap.add_argument("--variant", choices=("gpu", "cpu"), default="gpu")
     ap.add_argument("--job-id", default="example")
     ap.add_argument("--namespace", default="cervical-dl")

@@ -30,6 +30,15 @@ import re
 import sys
 from pathlib import Path
 
+
+def default_image(variant: str = "gpu", registry: str = "") -> str:
+    """``[registry/]cervical-dl-enhance:<app.yaml version>-<variant>``: the MAP built from this checkout."""
+    import yaml
+
+    version = yaml.safe_load((Path(__file__).resolve().parents[1] / "app.yaml").read_text())["application"]["version"]
+    return f"{registry}cervical-dl-enhance:{version}-{variant}"
+
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILE = ROOT / "deploy" / "cervical-dl-workflow.json"
 MAP_INPUT, MAP_OUTPUT, MAP_MODELS = "/var/holoscan/input", "/var/holoscan/output", "/opt/holoscan/models"
@@ -47,12 +56,13 @@ CSPINE = ("{{context.dicom.series.any('0018','0015')}} == 'CSPINE' OR "
           "{{context.dicom.series.any('0008','103E')}} CONTAINS 'CERVICAL'")
 
 
-def build_workflow(image: str = "cervical-dl-enhance:0.1.0-gpu", *, ae_title: str = "CERVICALDL",
+def build_workflow(image: str | None = None, *, ae_title: str = "CERVICALDL",
                    export_destination: str = "ORTHANC", docker_url: str = "unix:///var/run/docker.sock",
                    temp_storage: str = "/var/lib/mwm/tmp", version: str | None = None,
                    timeout_minutes: int = 30) -> dict:
     if version is None:
         version = json.loads((ROOT / "models" / "model_info.json").read_text())["version"]
+    image = image or default_image("gpu")
     return {
         "name": "cervical-dl-enhance",
         "version": str(version),
@@ -174,7 +184,7 @@ def validate_workflow(wf: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Write the WM workflow definition for the MAP.")
-    ap.add_argument("--image", default="cervical-dl-enhance:0.1.0-gpu")
+    ap.add_argument("--image", default=default_image("gpu"))
     ap.add_argument("--export-destination", default="ORTHANC")
     ap.add_argument("--out", type=Path, default=WORKFLOW_FILE)
     args = ap.parse_args(argv)

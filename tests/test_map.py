@@ -38,7 +38,7 @@ def cpu_context(tmp_path_factory) -> Path:
 def test_app_yaml_keys_and_version_tied_to_model():
     cfg = yaml.safe_load((ROOT / "app.yaml").read_text())
     app = cfg["application"]
-    assert app["title"] and str(app["version"]) == MODEL_INFO["version"] == "0.1.0"
+    assert app["title"] and str(app["version"]) == MODEL_INFO["version"]
     assert app["input-formats"] == ["file"] and app["output-formats"] == ["file"]
     assert set(cfg["resources"]) == {"cpu", "gpu", "memory", "gpuMemory", "sharedMemory"}
 
