@@ -189,6 +189,23 @@ class MotionTrajectory:
         amp = np.linalg.norm(self.swallow_px, axis=1)
         return amp / amp.max() if amp.max() > 0 else amp
 
+    def frozen_at_centre(self, n_lines: int) -> "MotionTrajectory":
+        """The patient held still, for every shot, in the state that acquired most of the
+        central 10 % of k-space (``n_lines`` phase-encode lines): the image free of motion
+        artifacts in the position the corrupted image shows. For evaluating detectors:
+        the difference between the two acquisitions (same noise) is the artifact."""
+        shot = self.shot_of_line(n_lines)
+        half = max(2, int(round(0.05 * n_lines)))
+        centre = shot[max(0, n_lines // 2 - half) : n_lines // 2 + half + 1]
+        keys = [(tuple(np.round(self.translations_px[k], 4)), round(float(self.rotations_deg[k]), 4),
+                 tuple(np.round(self.swallow_px[k], 4))) for k in centre]
+        c = int(centre[max(range(len(keys)), key=lambda i: (keys.count(keys[i]), -i))])
+        n = self.n_shots
+        fill = None if self.swallow_fill is None else self.swallow_fill * float(self.swallow_closure()[c])
+        return replace(self, translations_px=np.repeat(self.translations_px[c : c + 1], n, axis=0),
+                       rotations_deg=np.repeat(self.rotations_deg[c : c + 1], n),
+                       swallow_px=np.repeat(self.swallow_px[c : c + 1], n, axis=0), swallow_fill=fill)
+
     @property
     def n_shots(self) -> int:
         return int(self.translations_px.shape[0])

@@ -338,17 +338,21 @@ def write_study(out: Path, *, protocol: str, acquisition: str, seed: int, vendor
 class SimulatedSeries:
     """One acquired series in stored units: ``images`` ``(slices, rows, cols)`` rounded
     and clipped to 12 bits, ``references`` the noiseless conventional images (float32),
-    ``noise_sigma`` the k-space noise SD in stored units."""
+    ``noise_sigma`` the k-space noise SD in stored units. ``motion_free`` (only when asked
+    for): the same acquisition, same noise, with the patient still in the position of the
+    k-space centre; ``images - motion_free`` is the motion artifact."""
 
     images: np.ndarray
     references: np.ndarray
     protocol: acq.AcquisitionProtocol
     noise_sigma: float
+    motion_free: np.ndarray | None = None
 
 
 def simulate_series(patient: PhantomPatient, role: str, planes: list[PlaneGeometry], rendered: list,
                     *, acquisition: str, seed: int, motion: str = "none", motion_kind: str = "both",
-                    protocol: acq.AcquisitionProtocol | None = None) -> SimulatedSeries:
+                    protocol: acq.AcquisitionProtocol | None = None,
+                    with_motion_free: bool = False) -> SimulatedSeries:
     """Acquire one series of a role over rendered planes (conventional or accelerated).
 
     Noise is seeded by ``(seed, role, slice, acquisition)``; Dixon in-phase and water
@@ -373,9 +377,10 @@ def simulate_series(patient: PhantomPatient, role: str, planes: list[PlaneGeomet
         trajectory = acq.random_motion_trajectory(
             np.random.default_rng([seed, hash_role(acq_key), 99]), motion, planes[0].spacing[0],
             kind=motion_kind, swallow_weight=np.zeros(planes[0].shape))
-    refs, acquired = [], []
+    refs, acquired, still = [], [], []
     for i, (obj, plane, rend) in enumerate(zip(objects, planes, rendered)):
-        rng = np.random.default_rng([seed, hash_role(acq_key), i, 0 if acquisition == "conventional" else 1])
+        rng_key = [seed, hash_role(acq_key), i, 0 if acquisition == "conventional" else 1]
+        rng = np.random.default_rng(rng_key)
         phase = acq.smooth_background_phase(obj.shape, np.random.default_rng([seed, i, 7]))
         slice_motion = None
         if trajectory is not None:
@@ -386,10 +391,15 @@ def simulate_series(patient: PhantomPatient, role: str, planes: list[PlaneGeomet
                 swallow_fill=swallowing_fill(patient, rend, contrast, plane) if swallowing else None)
         refs.append(acq.band_limited_truth(obj * np.exp(1j * phase), conv))
         acquired.append(acq.simulate_acquisition(obj, proto, sigma, rng, phase=phase, motion=slice_motion))
+        if with_motion_free:
+            frozen = None if slice_motion is None else slice_motion.frozen_at_centre(obj.shape[pe_axis])
+            still.append(acq.simulate_acquisition(obj, proto, sigma, np.random.default_rng(rng_key), phase=phase,
+                                                  motion=frozen))
     # One scale per contrast from the noiseless reference, shared by both acquisitions.
     scale = 2800.0 / max(float(np.percentile(np.stack(refs), 99.9)), 1e-9)
     images = np.clip(np.round(np.stack(acquired) * scale), 0, 4095)
-    return SimulatedSeries(images, (np.stack(refs) * scale).astype(np.float32), proto, sigma * scale)
+    motion_free = np.clip(np.round(np.stack(still) * scale), 0, 4095) if with_motion_free else None
+    return SimulatedSeries(images, (np.stack(refs) * scale).astype(np.float32), proto, sigma * scale, motion_free)
 
 
 def hash_role(role: str) -> int:
