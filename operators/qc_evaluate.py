@@ -67,7 +67,7 @@ def simulate_cases(seeds, with_dl: bool, calibration: QCCalibration) -> list[Cas
                                              motion_kind=kind if kind != "none" else "both",
                                              with_motion_free=severity != "none")
                     pe_axis = series.protocol.phase_encode_axis
-                    masks = series_masks(series.images)
+                    masks = series_masks(series.images, pe_axis)
                     original = measure_series(series.images, pe_axis, calibration, masks)
                     ghost_dl = None
                     if model is not None:

@@ -111,7 +111,7 @@ def run(repeats: int, calibration: QCCalibration) -> list[dict]:
         mid = vol.shape[0] // 2 + int(np.random.default_rng(seed).integers(-8, 9))
         moved = apply_artifact(vol, kind, severity, seed)
         series = slices_with_noise(moved, [mid - 4, mid, mid + 4], seed + 7)
-        q = measure_series(series, 1, calibration, series_masks(series))
+        q = measure_series(series, 1, calibration, series_masks(series, 1))
         cases.append({"volume": name, "repeat": r, "kind": kind, "severity": severity, "seed": seed,
                       "ghost": q.ghost, "motion_score": q.motion_score})
     return cases

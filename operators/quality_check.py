@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
+from skimage.filters import threshold_otsu
 
 from operators import qc_metrics as qm
 from operators.dl_enhancement import EnhancedSeries
@@ -79,11 +80,22 @@ def phase_encode_axis(datasets: list) -> tuple[int, str, str | None]:
     return 1, "ROW", "InPlanePhaseEncodingDirection missing: ghosting measured along rows"
 
 
-def series_masks(volume: np.ndarray) -> list[qm.SliceMasks]:
-    """Body and background masks of every slice, from one threshold for the series."""
+def series_masks(volume: np.ndarray, pe_axis: int | None = None) -> list[qm.SliceMasks]:
+    """Body and background masks of every slice, from one threshold for the series.
+
+    With ``pe_axis``: where strong ghosts rise above that threshold they join the body,
+    and no phase-encode line keeps both air and body (the ghost slope is unmeasurable);
+    such a slice is masked again with its own Otsu threshold, which leaves ghosts, being
+    fainter than tissue, in the background where they are measured.
+    """
     vol = np.asarray(volume, dtype=np.float32)
     threshold = qm.body_threshold(vol)
-    return [qm.slice_masks(image, threshold) for image in vol]
+    masks = [qm.slice_masks(image, threshold) for image in vol]
+    if pe_axis is not None:
+        for i, image in enumerate(vol):
+            if qm.ghost_ratio(qm.ghost_profile(image, masks[i], pe_axis)) is None and image.max() > image.min():
+                masks[i] = qm.slice_masks(image, max(threshold, float(threshold_otsu(image))))
+    return masks
 
 
 def measure_series(volume: np.ndarray, pe_axis: int, calibration: QCCalibration,
@@ -130,7 +142,7 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     """
     axis, direction, note = phase_encode_axis(item.datasets)
     source = item.source_pixels
-    masks = series_masks(source if mask_source is None else mask_source)
+    masks = series_masks(source if mask_source is None else mask_source, axis)
     original = measure_series(source, axis, calibration, masks)
     dl = measure_series(item.pixels, axis, calibration, masks)
     notes = [note] if note else []
