@@ -121,7 +121,7 @@ def calibrate(cases: list[Case], false_flag_rate: float = 0.025) -> QCCalibratio
     else:
         margin = threshold
     return QCCalibration(round(threshold, 5), round(margin, 5), 2.0,
-                         f"operators.qc_evaluate --calibrate, seeds {CALIBRATION_SEEDS.start}-{CALIBRATION_SEEDS.stop - 1}, "
+                         f"operators.qc_evaluate --calibrate, seeds {min(c.seed for c in cases)}-{max(c.seed for c in cases)}, "
                          f"{len(cases)} series, {time.strftime('%Y-%m-%d')}")
 
 
