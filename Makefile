@@ -5,7 +5,7 @@ PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 DEMO_DIR ?= demo-output
 
-.PHONY: setup demo test train clean
+.PHONY: setup demo test train evaluate benchmark clean
 
 setup:
 	@scripts/setup.sh
@@ -23,8 +23,20 @@ demo: viewer
 test: setup viewer
 	ulimit -s 32768; $(PY) -m pytest -q tests
 
+# Two stages (commands, seeds and data in models/MODEL_CARD.md); the second starts from the
+# first's checkpoint and exports models/cervical_dl_recon.{pt,onnx} + sha256 + model_info.json.
 train: setup
 	$(PY) -m models.train --config models/configs/default.json
+	$(PY) -m models.train --config models/configs/stage2.json
+
+# Long evaluations and benchmarks (outside CI; results committed under docs/).
+evaluate: setup
+	$(PY) -m models.evaluate
+	$(PY) -m operators.qc_evaluate
+	$(PY) -m operators.qc_independent
+
+benchmark: setup
+	$(PY) -m models.benchmark --paths
 
 clean:
 	rm -rf $(DEMO_DIR) test-artifacts .pytest_cache

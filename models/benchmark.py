@@ -1,4 +1,5 @@
-"""Speed and memory of the DL model against BM3D and non-local means, per matrix size.
+"""Speed and memory of the DL model against BM3D and non-local means, per matrix size
+(and of the quality check).
 
     python -m models.benchmark                      # 256, 320, 512, 1024; table + docs/model_benchmark.json
     python -m models.benchmark --paths              # also eager / TorchScript / torch.compile / ONNX Runtime at 512
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("dl", "bm3d", "nlm")
+METHODS = ("dl", "bm3d", "nlm", "qc")
 PATHS = ("onnxruntime", "torch", "compile", "torchscript")
 
 
@@ -84,6 +85,15 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
         device = torch.device(device_name)
         model = _load_dl(path_kind if device.type == "cpu" else "torch", device)
         fn = lambda vol: enhance_volume(model, vol, batch_size=8)  # noqa: E731
+    elif method == "qc":  # the quality check of one series: masks + measures on original and DL
+        from operators.quality_check import QCCalibration, measure_series, series_masks
+
+        cal = QCCalibration.load()
+
+        def fn(vol):
+            masks = series_masks(vol, 1)
+            measure_series(vol, 1, cal, masks)
+            measure_series(vol, 1, cal, masks)
     else:
         from models.baselines import bm3d_denoise, nlm_denoise
 
@@ -157,13 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         dl = run_child("dl", size, args.slices, threads=args.threads)
         others = [run_child("bm3d", size, args.bm3d_slices, threads=args.threads),
                   run_child("nlm", size, args.slices, threads=args.threads)]
+        qc = run_child("qc", size, args.slices, threads=args.threads)
         dl["speedup_vs"] = {o["method"]: (o["s_per_slice"] / dl["s_per_slice"]) for o in others
                             if "error" not in o and "error" not in dl}
         print(_row(dl, None))
         for o in others:
             print(_row(o, None) + (f"   DL is {dl['speedup_vs'][o['method']]:.1f}x faster"
                                    if o["method"] in dl.get("speedup_vs", {}) else ""))
-        rows += [dl] + others
+        print(_row(qc, None) + "   (quality check, original + DL, per slice)")
+        rows += [dl] + others + [qc]
         if cuda:
             g = run_child("dl", size, max(args.slices, 16), path_kind="torch", device="cuda", threads=args.threads)
             print(_row(g, None))
