@@ -132,5 +132,5 @@ class DLEnhancementOperator(Operator):
                 self._logger.info("%s: %d slices %dx%d enhanced in %.1f s", selected.selection_name,
                                   *volume.shape, seconds)
                 out.append(EnhancedSeries(selected.selection_name, datasets, volume, pixels, seconds,
-                                          self.model_description, str(self._device)))
+                                          self.model_description, f"{self._device} ({self._model.runtime})"))
         return out
