@@ -28,7 +28,7 @@ from operators.cervical_series_selector import SeriesReport
 from operators.dl_enhancement import EnhancedSeries
 from operators.series_roles import SOFTWARE_NAME
 
-SOFTWARE_VERSION = "0.1.0"
+SOFTWARE_VERSION = "0.2.0"
 MANUFACTURER = "Cervical DL Enhance project"
 DERIVED_FOLDER = "derived"
 SUMMARY_FILE = "run_summary.json"
