@@ -284,7 +284,7 @@ def test_k8s_run_job_with_fake_api():
 
 def test_example_job_file_in_sync():
     shipped = json.loads((ROOT / "deploy" / "cervical-dl-job.example.json").read_text())
-    job = k8s_job.build_job(image="registry.example.org/cervical-dl-enhance:0.1.0-gpu", job_id="example")
+    job = k8s_job.build_job(image=k8s_job.default_image("gpu", "registry.example.org/"), job_id="example")
     assert shipped["items"][1] == k8s_job.to_dict(job)
 
 
