@@ -144,6 +144,22 @@ HEADER = (f"{'method':<6} {'path':<12} {'dev':<5} {'size':>5}  {'s/slice':>9} {'
           f"{'+MiB':>9} {'DL speed-up':>9}")
 
 
+def markdown(record: dict) -> str:
+    """README table from a ``model_benchmark.json`` record."""
+    lines = ["| matrix | method | s / slice | slices / s | peak RSS MiB (+ over set-up) | DL faster by |",
+             "|---|---|---|---|---|---|"]
+    for r in record["rows"] + record.get("paths", []):
+        if "error" in r:
+            lines.append(f"| {r['size']} | {r['method']} {r['path']} | failed: {r['error']} | | | |")
+            continue
+        name = {"dl": f"DL ({r['path']}, {r['device']})", "bm3d": "BM3D", "nlm": "non-local means",
+                "qc": "quality check (original + DL)"}[r["method"]]
+        ratio = ", ".join(f"{v:.1f}x vs {k.upper() if k == 'bm3d' else 'NLM'}" for k, v in r.get("speedup_vs", {}).items())
+        lines.append(f"| {r['size']} | {name} | {r['s_per_slice']:.3f} | {1 / r['s_per_slice']:.2f} | "
+                     f"{r['peak_rss_mib']:.0f} (+{r['peak_rss_mib'] - r['rss_ready_mib']:.0f}) | {ratio} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 320, 512, 1024])
@@ -152,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--paths", action="store_true", help="compare inference paths at 512x512")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "model_benchmark.json")
+    ap.add_argument("--markdown", type=Path, help="print the README table from a model_benchmark.json and exit")
     ap.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     if args._worker:
         m, size, n, path_kind, dev = args._worker
         print(json.dumps(worker(m, int(size), int(n), path_kind, dev)))

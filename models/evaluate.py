@@ -264,8 +264,25 @@ def snr_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def markdown(record: dict) -> str:
+    """README tables from a ``model_evaluation.json`` record."""
+    names = {"accelerated": "accelerated", "conventional": "conventional", "nlm": "NLM", "bm3d": "BM3D", "dl": "**DL**"}
+    lines = ["| group | slices | " + " | ".join(names[m] for m in METHODS) + " |",
+             "|---|---|" + "---|" * len(METHODS)]
+    for g, s in record["groups"].items():
+        cells = [f"{s[m]['psnr']:.1f} / {s[m]['ssim']:.3f} / {s[m]['ssim_body']:.3f}" if m in s else "-" for m in METHODS]
+        lines.append(f"| {g} | {s['n']} | " + " | ".join(cells) + " |")
+    lines += ["", "| role | scan time | " + " | ".join(names[m] for m in METHODS) + " |",
+              "|---|---|" + "---|" * len(METHODS)]
+    for e in record["snr_cnr"]:
+        cells = [f"{e[f'snr_{m}']:.0f} / {e[f'cnr_{m}']:.0f}" if e.get(f"snr_{m}") is not None else "-" for m in METHODS]
+        lines.append(f"| {e['role']} | {e['acceleration'].split(' ')[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--markdown", type=Path, help="print README tables from a model_evaluation.json and exit")
     ap.add_argument("--patients", type=int, default=3, help="held-out phantom patients at the default acceleration")
     ap.add_argument("--extra-patients", type=int, default=2, help="patients at the other accelerations")
     ap.add_argument("--val", type=int, default=18, help="validation images from the allowed sources")
@@ -273,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for model_evaluation.json and plots")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return 0
     import torch
 
     torch.set_num_threads(args.threads)
