@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("dl", "bm3d", "nlm", "qc")
-PATHS = ("onnxruntime", "torch", "compile", "torchscript")
+PATHS = ("torch", "onnxruntime", "compile", "torchscript")
 
 
 def _rss_mib() -> float:
@@ -119,7 +119,7 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
             "s_per_slice": statistics.median(times), "peak_rss_mib": peak, "rss_ready_mib": rss_ready}
 
 
-def run_child(method: str, size: int, slices: int, path_kind: str = "onnxruntime", device: str = "cpu",
+def run_child(method: str, size: int, slices: int, path_kind: str = "torch", device: str = "cpu",
               threads: int = 2) -> dict:
     cmd = [sys.executable, "-m", "models.benchmark", "--_worker", method, str(size), str(slices), path_kind, device]
     env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=8, help="timed DL and NLM slices per size")
     ap.add_argument("--bm3d-slices", type=int, default=2, help="timed BM3D slices per size (slow)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--paths", action="store_true", help="compare inference paths at 512x512")
+    ap.add_argument("--paths", action="store_true", help="compare inference paths (at --paths-size)")
+    ap.add_argument("--paths-size", type=int, nargs="+", default=[512, 320])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "model_benchmark.json")
     ap.add_argument("--markdown", type=Path, help="print the README table from a model_benchmark.json and exit")
     ap.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
@@ -202,14 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(g)
     path_rows: list[dict] = []
     if args.paths:
-        print("\nInference paths, 512x512 (ratio: speed relative to the shipped CPU path, ONNX Runtime)")
-        print(HEADER)
-        ref = None
-        for p in PATHS:
-            r = run_child("dl", 512, args.slices, path_kind=p, threads=args.threads)
-            ref = ref or (r if "error" not in r else None)
-            print(_row(r, ref))
-            path_rows.append(r)
+        for size in args.paths_size:
+            print(f"\nInference paths, {size}x{size} (ratio: speed relative to the product's path, PyTorch eager)")
+            print(HEADER)
+            ref = None
+            for p in PATHS:
+                r = run_child("dl", size, args.slices, path_kind=p, threads=args.threads)
+                ref = ref or (r if "error" not in r else None)
+                print(_row(r, ref))
+                path_rows.append(r)
     record = {"date": _dt.date.today().isoformat(),
               "machine": f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads"
                          + (f", GPU {torch.cuda.get_device_name(0)}" if cuda else ", no GPU"),

@@ -7,10 +7,11 @@ The shipped model is one set of weights in two files: ``cervical_dl_recon.pt`` (
 weights-only ``state_dict`` for :class:`models.network.CascadedUNet`, loaded with
 ``torch.load(weights_only=True)``: no code is unpickled) and ``cervical_dl_recon.onnx``
 (the same network exported to ONNX; protobuf, no code). Both are verified against
-``cervical_dl_recon.sha256`` before loading. On the CPU the ONNX file runs on ONNX Runtime,
-the fastest CPU path measured (``python -m models.benchmark --paths``); on CUDA, or when
-ONNX Runtime is missing, the PyTorch network runs (bf16/fp16 autocast on the GPU).
-``CERVICAL_DL_RUNTIME=torch|onnxruntime`` forces one.
+``cervical_dl_recon.sha256`` before loading. PyTorch runs the network by default, on CUDA
+with bf16/fp16 autocast when present, else on the CPU: on idle cores it is as fast as
+ONNX Runtime at 512x512 and 5x faster at 320x320, where ONNX Runtime's DFT is not a
+fast FFT (``python -m models.benchmark --paths``; README). The ONNX file is shipped for
+portability; ``CERVICAL_DL_RUNTIME=onnxruntime`` runs it on the CPU.
 
 Intensities stay in the source's stored-value units: one robust scale per *series*
 (:func:`models.normalization.robust_scale` of the whole input series, the rule used in
@@ -173,8 +174,8 @@ def load_model(model_dir: Path = MODEL_DIR, device: torch.device | None = None,
                runtime: str | None = None) -> SliceModel:
     """Verify and load the shipped model from ``model_dir``.
 
-    ``runtime``: "torch", "onnxruntime" or "auto" (default, or ``CERVICAL_DL_RUNTIME``):
-    ONNX Runtime on the CPU when it is installed, PyTorch otherwise and on CUDA.
+    ``runtime``: "torch", "onnxruntime" or "auto" (default, or ``CERVICAL_DL_RUNTIME``;
+    "auto" is PyTorch, the fastest path measured on the CPU and the one for CUDA).
     Raises ``FileNotFoundError`` when a file is missing, :class:`ModelChecksumError` when
     a checksum differs, ``ValueError`` for an unusable description.
     """
@@ -186,13 +187,6 @@ def load_model(model_dir: Path = MODEL_DIR, device: torch.device | None = None,
     checksums = read_checksums(model_dir / SHA256_FILE)
     if runtime == "auto":
         runtime = "torch"
-        if device.type == "cpu" and (model_dir / ONNX_FILE).is_file():
-            try:
-                import onnxruntime  # noqa: F401
-
-                runtime = "onnxruntime"
-            except ImportError:
-                pass
     if runtime == "onnxruntime":
         if device.type != "cpu":
             raise ValueError("the onnxruntime runtime runs on the CPU only")

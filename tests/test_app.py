@@ -197,7 +197,7 @@ def test_truncated_slice_skips_its_series_only(tmp_path, accelerated_study):
 def test_corrupt_model_is_refused(tmp_path, accelerated_study):
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("*.py", "__pycache__", "checkpoints", "*.log", "*.png"))
-    weights = models / "cervical_dl_recon.onnx"  # the file the CPU runtime loads
+    weights = models / "cervical_dl_recon.pt"  # the file the default runtime loads
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0xFF
     weights.write_bytes(bytes(data))
