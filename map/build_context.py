@@ -108,10 +108,9 @@ def load_app_yaml(path: Path = ROOT / "app.yaml") -> dict:
 
 def model_info(models: Path = ROOT / "models") -> dict:
     info = json.loads((models / "model_info.json").read_text())
-    listed = {}
-    for line in (models / "cervical_dl_recon.sha256").read_text().splitlines():
-        digest, name = line.split()
-        listed[name] = digest
+    from models.inference import read_checksums
+
+    listed = read_checksums(models / "cervical_dl_recon.sha256")
     for name in MODEL_FILES[:2]:
         actual = hashlib.sha256((models / name).read_bytes()).hexdigest()
         if not (actual == listed.get(name) == info["files"][name]["sha256"]):

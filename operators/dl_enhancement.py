@@ -47,11 +47,12 @@ class EnhancedSeries:
 
 def describe_model(model_dir: Path) -> ModelDescription:
     """Name, version and expected sha256 of the weights of the shipped model in ``model_dir``."""
+    from models.inference import read_checksums  # torch import kept out of start-up
+
     model_dir = Path(model_dir)
     try:
         info = json.loads((model_dir / INFO_FILE).read_text())
-        listed = dict(reversed(line.split()) for line in (model_dir / CHECKSUM_FILE).read_text().splitlines() if line.strip())
-        sha = listed[info["file"]]
+        sha = read_checksums(model_dir / CHECKSUM_FILE)[info["file"]]
     except (OSError, ValueError, IndexError, KeyError) as exc:
         raise ModelError(f"model description missing or unreadable in {model_dir}: {exc}") from exc
     return ModelDescription(str(info["name"]), str(info["version"]), sha)
