@@ -29,14 +29,7 @@ from typing import Any, Callable
 
 from kubernetes import client
 
-
-def default_image(variant: str = "gpu", registry: str = "") -> str:
-    """``[registry/]cervical-dl-enhance:<app.yaml version>-<variant>``: the MAP built from this checkout."""
-    import yaml
-
-    version = yaml.safe_load((Path(__file__).resolve().parents[1] / "app.yaml").read_text())["application"]["version"]
-    return f"{registry}cervical-dl-enhance:{version}-{variant}"
-
+from deploy.workflow import default_image
 
 ROOT = Path(__file__).resolve().parents[1]
 MAP_INPUT, MAP_OUTPUT, MAP_MODELS = "/var/holoscan/input", "/var/holoscan/output", "/opt/holoscan/models"

@@ -30,15 +30,6 @@ import re
 import sys
 from pathlib import Path
 
-
-def default_image(variant: str = "gpu", registry: str = "") -> str:
-    """``[registry/]cervical-dl-enhance:<app.yaml version>-<variant>``: the MAP built from this checkout."""
-    import yaml
-
-    version = yaml.safe_load((Path(__file__).resolve().parents[1] / "app.yaml").read_text())["application"]["version"]
-    return f"{registry}cervical-dl-enhance:{version}-{variant}"
-
-
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILE = ROOT / "deploy" / "cervical-dl-workflow.json"
 MAP_INPUT, MAP_OUTPUT, MAP_MODELS = "/var/holoscan/input", "/var/holoscan/output", "/opt/holoscan/models"
@@ -54,6 +45,14 @@ CSPINE = ("{{context.dicom.series.any('0018','0015')}} == 'CSPINE' OR "
           "{{context.dicom.series.any('0008','103E')}} CONTAINS 'CSPINE' OR "
           "{{context.dicom.series.any('0008','103E')}} CONTAINS 'C-SPINE' OR "
           "{{context.dicom.series.any('0008','103E')}} CONTAINS 'CERVICAL'")
+
+
+def default_image(variant: str = "gpu", registry: str = "") -> str:
+    """``[registry/]cervical-dl-enhance:<app.yaml version>-<variant>``: the MAP built from this checkout."""
+    import yaml
+
+    version = yaml.safe_load((ROOT / "app.yaml").read_text())["application"]["version"]
+    return f"{registry}cervical-dl-enhance:{version}-{variant}"
 
 
 def build_workflow(image: str | None = None, *, ae_title: str = "CERVICALDL",
