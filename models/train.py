@@ -291,15 +291,26 @@ def finalize(model: CascadedUNet, cfg: dict, step: int, elapsed: float, sources:
     print(f"exported {cfg['model_dir']}/{{{', '.join(info['files'])}}} sha256 {info['sha256']}", flush=True)
 
 
+def load_earlier_stage(cfg: dict) -> dict | None:
+    """The checkpoint of the stage ``init_from`` continues (None without one): its weights
+    start this stage, its steps and seconds count in the record."""
+    if not cfg["init_from"]:
+        return None
+    init_path = _abs(cfg["init_from"])
+    if not init_path.exists():
+        raise SystemExit(f"init_from checkpoint {init_path} not found: run its training stage first")
+    return torch.load(init_path, map_location="cpu", weights_only=False)
+
+
 def export_checkpoint(cfg: dict) -> None:
     """Validate and export the config's last checkpoint (no training)."""
     ckpt_path = _abs(cfg["checkpoint_dir"]) / f"{cfg['config_name']}_last.pt"
     ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     model = CascadedUNet(**cfg["model"])
     model.load_state_dict(ck["model"])
+    prev = load_earlier_stage(cfg)  # count the earlier stage too, as train() does
     step, elapsed = int(ck["step"]), float(ck["elapsed"])
-    if cfg["init_from"]:  # count the earlier stage too, as train() does
-        prev = torch.load(_abs(cfg["init_from"]), map_location="cpu", weights_only=False)
+    if prev is not None:
         step, elapsed = step + int(prev["step"]), elapsed + float(prev["elapsed"])
     sources = [s for s, w in DataConfig.from_dict(cfg["data"]).source_weights.items() if w > 0]
     finalize(model, cfg, step, elapsed, sources, torch.device("cpu"))
@@ -328,7 +339,9 @@ def train(cfg: dict, resume: bool) -> None:
 
     ckpt_path = _abs(cfg["checkpoint_dir"]) / f"{cfg['config_name']}_last.pt"
     step, elapsed, history = 0, 0.0, []
-    step_base, elapsed_base = 0, 0.0  # steps/time of earlier stages (init_from), for the record
+    prev = load_earlier_stage(cfg)
+    # steps/time of the earlier stage, for the record (also when this stage is resumed)
+    step_base, elapsed_base = (int(prev["step"]), float(prev["elapsed"])) if prev is not None else (0, 0.0)
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
@@ -337,15 +350,10 @@ def train(cfg: dict, resume: bool) -> None:
         stream.set_state(json.loads(ck["stream_rng"]))
         torch.set_rng_state(ck["torch_rng"])
         print(f"resumed from {ckpt_path} at step {step}, {elapsed:.0f}s", flush=True)
-    elif cfg["init_from"]:
-        init_path = _abs(cfg["init_from"])
-        if not init_path.exists():
-            raise SystemExit(f"init_from checkpoint {init_path} not found: run its training stage first")
-        ck = torch.load(init_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        history = [dict(h, stage="previous") for h in ck["history"]]
-        step_base, elapsed_base = int(ck["step"]), float(ck["elapsed"])
-        print(f"stage start from the weights of {init_path} (step {ck['step']})", flush=True)
+    elif prev is not None:
+        model.load_state_dict(prev["model"])
+        history = [dict(h, stage="previous") for h in prev["history"]]
+        print(f"stage start from the weights of {cfg['init_from']} (step {prev['step']})", flush=True)
     elif resume:
         print(f"--resume: no checkpoint at {ckpt_path}, starting fresh", flush=True)
 
