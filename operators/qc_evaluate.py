@@ -20,9 +20,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from operators.quality_check import DEFAULT_CALIBRATION, QCCalibration, measure_series, series_masks
+from operators.qc_metrics import RAYLEIGH_MEDIAN_PER_SIGMA
+from operators.quality_check import (
+    DEFAULT_CALIBRATION,
+    QCCalibration,
+    measure_series,
+    series_masks,
+)
 from simulation.dicom_study import simulate_series
-from simulation.phantom import PhantomPatient, axial_geometry, render_plane, sagittal_geometry
+from simulation.phantom import (
+    PhantomPatient,
+    axial_geometry,
+    render_plane,
+    sagittal_geometry,
+)
 
 ROLES = ("SAG_T1", "SAG_T2", "AX_T2", "SAG_CE_T1")
 CONDITIONS = [("none", "none")] + [(s, k) for s in ("mild", "severe") for k in ("rigid", "swallow", "both")]
@@ -87,7 +98,7 @@ def artifact_anr(series) -> float:
         return 0.0
     diff = series.images.astype(np.float64) - series.motion_free
     air = series.motion_free[series.motion_free < np.percentile(series.motion_free, 20)]
-    sigma = max(float(np.median(air)) / np.sqrt(2 * np.log(2)), 1e-6)
+    sigma = max(float(np.median(air)) / RAYLEIGH_MEDIAN_PER_SIGMA, 1e-6)
     return float(np.sqrt(np.mean(diff**2)) / sigma)
 
 
