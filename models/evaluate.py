@@ -98,7 +98,7 @@ def paper_snr_cnr(image: np.ndarray, label: np.ndarray, level: np.ndarray) -> di
     return {"snr": si_disc / sd, "cnr": abs(si_disc - si_marrow) / sd, "sd_background": sd}
 
 
-def _run_methods(series_acc: np.ndarray, series_conv: np.ndarray, truth: np.ndarray, sigma: float,
+def _run_methods(series_acc: np.ndarray, series_conv: np.ndarray, sigma: float,
                  model, use_bm3d: bool) -> dict[str, np.ndarray]:
     out = {"accelerated": series_acc.astype(np.float32), "conventional": series_conv.astype(np.float32),
            "dl": enhance_volume(model, series_acc)}
@@ -130,7 +130,7 @@ def evaluate_phantom(model, patients: list[int], accelerations: list[str], use_b
         truth = acc_series.references
         pe_axis = 1 if ROLE_PHASE_ENCODE[role] == "ROW" else 0
         sigma = oracle_noise_sd(protocol.with_phase_encode_axis(pe_axis), acc_series.noise_sigma, truth.shape[1:])
-        images = _run_methods(acc_series.images.astype(np.uint16), conv_series.images, truth, sigma,
+        images = _run_methods(acc_series.images.astype(np.uint16), conv_series.images, sigma,
                               model, use_bm3d)
         peak = float(np.percentile(truth, 99.9))
         for i in range(truth.shape[0]):
@@ -154,15 +154,15 @@ def evaluate_phantom(model, patients: list[int], accelerations: list[str], use_b
 
 def evaluate_sources(model, n: int, use_bm3d: bool) -> list[SliceResult]:
     from models.data import DataConfig, validation_set
-    from models.train import DEFAULTS, load_config
+    from models.train import load_config
 
     cfg = load_config(ROOT / "models" / "configs" / "default.json")
-    val = validation_set(int(cfg.get("val_seed", DEFAULTS["val_seed"])), n, DataConfig.from_dict(cfg["data"]))
+    val = validation_set(int(cfg["val_seed"]), n, DataConfig.from_dict(cfg["data"]))
     results = []
     for k, pair in enumerate(tqdm(val, desc="validation images", mininterval=5)):
         protocol = pair["protocol"]
         sigma = oracle_noise_sd(protocol, pair["sigma"] / pair["scale"], pair["input"].shape)
-        images = _run_methods(pair["input"][None], pair["conventional"][None], pair["target"][None], sigma,
+        images = _run_methods(pair["input"][None], pair["conventional"][None], sigma,
                               model, use_bm3d)
         peak = float(np.percentile(pair["target"], 99.9))
         r = SliceResult(pair["source"], f"validation image {k}", "-", DEFAULT_ACCELERATION)
