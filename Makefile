@@ -5,7 +5,7 @@ PY := .venv/bin/python
 export PYTHONPATH := $(CURDIR)
 DEMO_DIR ?= demo-output
 
-.PHONY: setup demo test train evaluate benchmark clean
+.PHONY: train-motion setup demo test train evaluate benchmark clean
 
 setup:
 	@scripts/setup.sh
@@ -28,6 +28,12 @@ test: setup viewer
 train: setup
 	$(PY) -m models.train --config models/configs/default.json
 	$(PY) -m models.train --config models/configs/stage2.json
+
+# The QC motion detector (models/motion_detector.*): simulate slices, train 20 min, recalibrate.
+train-motion: setup
+	$(PY) -m models.train_motion_detector simulate --phantoms 120 --generic 2000 --workers 2
+	$(PY) -m models.train_motion_detector train --minutes 20
+	$(PY) -m operators.qc_evaluate --calibrate
 
 # Long evaluations and benchmarks (outside CI; results committed under docs/).
 evaluate: setup

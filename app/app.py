@@ -38,7 +38,7 @@ class CervicalDLEnhanceApp(Application):
         selector = CervicalSeriesSelectorOperator(self, name="cervical_series_selector")
         enhancer = DLEnhancementOperator(self, model_dir=model_path, name="dl_enhancement")
         writer = DerivedSeriesWriterOperator(self, output_folder=output_path, name="derived_series_writer")
-        quality = QualityCheckOperator(self, name="quality_check")
+        quality = QualityCheckOperator(self, model_dir=model_path, name="quality_check")
         qc_writer = QCReportWriterOperator(self, output_folder=output_path, name="qc_report_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})

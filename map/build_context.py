@@ -9,8 +9,9 @@ folder before it calls Docker (holoscan_cli/packager/container_builder.py, packa
     map/pkg.json          package manifest (resources from app.yaml, models)
     app.config            the app.yaml it was made from (-> /var/holoscan/app.yaml)
     app/                  -> /opt/holoscan/app: __main__.py + packages app, operators, models (code)
-    models/               -> /opt/holoscan/models: weights, sha256, model_info.json (flat: the app's
-                             model folder layout, the one the Orthanc worker mounts too)
+    models/               -> /opt/holoscan/models: weights, sha256, model_info.json and the QC motion
+                             detector (flat: the app's model folder layout, the one the Orthanc
+                             worker mounts too)
     pip/requirements.txt  the project's pins minus dev/worker/deploy-only packages
     docs/                 MODEL_CARD.md -> /opt/holoscan/docs
 
@@ -51,7 +52,8 @@ APP_PACKAGES = {
                   "qc_calibration.json"],
     "models": ["__init__.py", "inference.py", "normalization.py", "network.py"],
 }
-MODEL_FILES = ["cervical_dl_recon.pt", "cervical_dl_recon.onnx", "cervical_dl_recon.sha256", "model_info.json"]
+MODEL_FILES = ["cervical_dl_recon.pt", "cervical_dl_recon.onnx", "cervical_dl_recon.sha256", "model_info.json",
+               "motion_detector.pt", "motion_detector.sha256", "motion_detector.json"]
 # Not needed inside the MAP: test runners, the Orthanc worker's client, the Kubernetes client
 # used by deploy/ (outside the container).
 EXCLUDED_REQUIREMENTS = {"pytest", "pytest-timeout", "orthanc-api-client", "kubernetes", "onnx", "onnxscript", "bm3d", "torchio"}
@@ -117,6 +119,9 @@ def model_info(models: Path = ROOT / "models") -> dict:
             raise ValueError(f"model file {name} does not match cervical_dl_recon.sha256 / model_info.json")
     if info["sha256"] != listed[info["file"]]:
         raise ValueError("model_info.json sha256 does not match its weights file")
+    motion = read_checksums(models / "motion_detector.sha256")
+    if hashlib.sha256((models / "motion_detector.pt").read_bytes()).hexdigest() != motion.get("motion_detector.pt"):
+        raise ValueError("motion_detector.pt does not match motion_detector.sha256")
     return info
 
 

@@ -85,15 +85,21 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
         device = torch.device(device_name)
         model = _load_dl(path_kind if device.type == "cpu" else "torch", device)
         fn = lambda vol: enhance_volume(model, vol, batch_size=8)  # noqa: E731
-    elif method == "qc":  # the quality check of one series: masks + measures on original and DL
-        from operators.quality_check import QCCalibration, measure_series, series_masks
+    elif method == "qc":  # the quality check of one series: masks, C3 ROIs, measures + detector on original and DL
+        from models.motion_detector import load_motion_detector
+        from operators.quality_check import (QCCalibration, locate_rois_in_volume, measure_series, series_masks,
+                                             with_vertebral_rois)
 
         cal = QCCalibration.load()
+        detector = load_motion_detector(ROOT / "models", torch.device(device_name))
 
         def fn(vol):
             masks = series_masks(vol, 1)
-            measure_series(vol, 1, cal, masks)
-            measure_series(vol, 1, cal, masks)
+            rois = locate_rois_in_volume(vol, masks, (240.0 / vol.shape[1], 240.0 / vol.shape[2]))
+            original = measure_series(vol, 1, cal, masks, detector)
+            dl = measure_series(vol, 1, cal, masks)  # the DL output is scored by the ghost measure only
+            if rois is not None:
+                with_vertebral_rois(original, vol, rois), with_vertebral_rois(dl, vol, rois)
     else:
         from models.baselines import bm3d_denoise, nlm_denoise
 

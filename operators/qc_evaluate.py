@@ -24,6 +24,7 @@ from operators.qc_metrics import RAYLEIGH_MEDIAN_PER_SIGMA
 from operators.quality_check import (
     DEFAULT_CALIBRATION,
     QCCalibration,
+    locate_rois_in_volume,
     measure_series,
     series_masks,
 )
@@ -51,9 +52,18 @@ class Case:
     ghost: float | None
     ghost_dl: float | None
     artifact_anr: float | None = None  # RMS(image - motion-free image) / noise SD; 0 when clean
+    detector: float | None = None  # motion detector's series probability, original
+    detector_dl: float | None = None  # the same on the DL output
+    roi_confidence: float | None = None  # C3 / C3-C4 localisation (sagittal; None: not located)
+    roi_correct: bool | None = None  # located ROIs lie >= 80 % in the true C3 marrow and C3-C4 disc
+    cnr: float | None = None  # CNR with the located ROIs (original)
+    cnr_true_rois: float | None = None  # CNR with the phantom's true ROIs, same slice
 
 
 def simulate_cases(seeds, with_dl: bool, calibration: QCCalibration) -> list[Case]:
+    from models.motion_detector import load_motion_detector
+
+    detector = load_motion_detector(ROOT / "models")
     model = None
     if with_dl:
         from models.inference import enhance_volume, load_model
@@ -79,14 +89,41 @@ def simulate_cases(seeds, with_dl: bool, calibration: QCCalibration) -> list[Cas
                                              with_motion_free=severity != "none")
                     pe_axis = series.protocol.phase_encode_axis
                     masks = series_masks(series.images, pe_axis)
-                    original = measure_series(series.images, pe_axis, calibration, masks)
-                    ghost_dl = None
+                    original = measure_series(series.images, pe_axis, calibration, masks, detector)
+                    dl = None
                     if model is not None:
                         enhanced = enhance_volume(model, series.images.astype(np.uint16))
-                        ghost_dl = measure_series(enhanced, pe_axis, calibration, masks).ghost
-                    cases.append(Case(seed, role, severity, kind, original.ghost, ghost_dl, artifact_anr(series)))
+                        dl = measure_series(enhanced, pe_axis, calibration, masks)  # ghost measure only (as the operator)
+                    case = Case(seed, role, severity, kind, original.ghost, None if dl is None else dl.ghost,
+                                artifact_anr(series), original.detector, None if dl is None else dl.detector)
+                    if plane == "sagittal":
+                        landmark_check(case, series.images, masks, geometry[plane][0].spacing, rendered[plane],
+                                       original.noise_sd)
+                    cases.append(case)
                     bar.update()
     return cases
+
+
+def landmark_check(case: Case, images: np.ndarray, masks, spacing, rendered, noise_sd: float | None) -> None:
+    """Locate C3 / C3-C4 as the operator does and compare with the phantom's labels."""
+    from scipy import ndimage
+
+    from simulation.phantom import Tissue
+
+    found = locate_rois_in_volume(images, masks, spacing)
+    if found is None or not noise_sd:
+        return
+    index, rois = found
+    label, level = rendered[index].label, rendered[index].level
+    true_marrow = (label == Tissue.MARROW) & (level == 2)  # phantom levels: C2 0, C3 2, C3-C4 disc 3
+    true_disc = np.isin(label, [Tissue.DISC_NUCLEUS, Tissue.DISC_ANNULUS, Tissue.DEGENERATED_NUCLEUS]) & (level == 3)
+    case.roi_confidence = rois.confidence
+    case.roi_correct = bool(true_marrow[rois.c3_marrow].mean() >= 0.8 and true_disc[rois.c3_c4_disc].mean() >= 0.8)
+    img = images[index].astype(np.float64)
+    case.cnr = float(abs(img[rois.c3_c4_disc].mean() - img[rois.c3_marrow].mean()) / noise_sd)
+    m, d = ndimage.binary_erosion(true_marrow), ndimage.binary_erosion(true_disc)
+    if m.sum() >= 10 and d.sum() >= 10:
+        case.cnr_true_rois = float(abs(img[d].mean() - img[m].mean()) / noise_sd)
 
 
 def artifact_anr(series) -> float:
@@ -115,55 +152,91 @@ def roc_auc(negatives: np.ndarray, positives: np.ndarray) -> float:
     return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
 
 
-def _values(cases: list[Case], attr: str = "ghost") -> np.ndarray:
-    return np.array([getattr(c, attr) if getattr(c, attr) is not None else 0.0 for c in cases])
+def scores(cases: list[Case], calibration: QCCalibration) -> np.ndarray:
+    """Motion scores (0-1, flag at >= 0.5) of the original series; not measurable counts as 0."""
+    out = [calibration.motion_score(c.ghost, c.detector) for c in cases]
+    return np.array([0.0 if v is None else v for v in out])
 
 
-def calibrate(cases: list[Case], false_flag_rate: float = 0.025) -> QCCalibration:
-    """Threshold at the (1 - rate) quantile of clean series; accentuation margin at the
-    same quantile of (DL - original) on clean series, where there is nothing to accentuate
-    (at least half the threshold)."""
-    clean = _values([c for c in cases if c.severity == "none"])
-    threshold = float(np.quantile(clean, 1 - false_flag_rate))
-    with_dl = [c for c in cases if c.ghost is not None and c.ghost_dl is not None and c.severity == "none"]
+def _quantile(values: list[float | None], q: float) -> float | None:
+    valid = [v for v in values if v is not None]
+    return float(np.quantile(valid, q)) if valid else None
+
+
+def calibrate(cases: list[Case], margin_rate: float = 0.025) -> QCCalibration:
+    """Ghost and detector thresholds just above the highest value of any clean series (on
+    the calibration phantoms the goal of <= 5 % false flags costs no sensitivity at 0 %:
+    clean and moving series are separated by a gap); accentuation margin at the
+    (1 - ``margin_rate``) quantile of the DL - original raw ghost measure on clean
+    series, where there is nothing to accentuate, and at least half the ghost threshold."""
+    clean = [c for c in cases if c.severity == "none"]
+    ghost_threshold = 1.001 * max(c.ghost or 0.0 for c in clean)
+    detectors = [c.detector for c in clean if c.detector is not None]
+    detector_threshold = min(1.001 * max(detectors), 0.999) if detectors else None
+    with_dl = [c for c in clean if c.ghost_dl is not None and c.ghost is not None]
+    margin = ghost_threshold
     if with_dl:
         diffs = np.array([c.ghost_dl - c.ghost for c in with_dl])
-        margin = max(float(np.quantile(diffs, 1 - false_flag_rate)), 0.5 * threshold)
-    else:
-        margin = threshold
-    return QCCalibration(round(threshold, 5), round(margin, 5), 2.0,
-                         f"operators.qc_evaluate --calibrate, seeds {min(c.seed for c in cases)}-{max(c.seed for c in cases)}, "
-                         f"{len(cases)} series, {time.strftime('%Y-%m-%d')}")
+        margin = max(float(np.quantile(diffs, 1 - margin_rate)), 0.5 * ghost_threshold)
+    return QCCalibration(round(ghost_threshold, 5), round(margin, 5), 2.0,
+                         None if detector_threshold is None else round(detector_threshold, 4), source=(
+        f"operators.qc_evaluate --calibrate, seeds {min(c.seed for c in cases)}-{max(c.seed for c in cases)}, "
+        f"{len(cases)} series, {time.strftime('%Y-%m-%d')}"))
 
 
 def evaluate(cases: list[Case], calibration: QCCalibration) -> dict:
-    thr = calibration.ghost_threshold
+    thr = 0.5  # motion score at the calibrated thresholds
+    value = lambda cs: scores(cs, calibration)  # noqa: E731
     clean = [c for c in cases if c.severity == "none"]
-    neg = _values(clean)
-    result = {"n_series": len(cases), "threshold": thr, "false_flag_rate_clean": float(np.mean(neg >= thr)),
-              "auc_mild_or_worse": roc_auc(neg, _values([c for c in cases if c.severity != "none"])),
+    neg = value(clean)
+    result = {"n_series": len(cases), "threshold": thr, "ghost_threshold": calibration.ghost_threshold,
+              "detector_threshold": calibration.detector_threshold, "false_flag_rate_clean": float(np.mean(neg >= thr)),
+              "auc_mild_or_worse": roc_auc(neg, value([c for c in cases if c.severity != "none"])),
               "by_condition": [], "by_role": []}
+    moving_all = [c for c in cases if c.severity != "none"]
+    for name, attr in (("ghost", "ghost"), ("detector", "detector")):  # each measure alone
+        raw = lambda cs: np.array([getattr(c, attr) or 0.0 for c in cs])  # noqa: E731
+        result[f"auc_mild_or_worse_{name}_only"] = roc_auc(raw(clean), raw(moving_all))
     for severity, kind in CONDITIONS[1:]:
-        pos = _values([c for c in cases if (c.severity, c.kind) == (severity, kind)])
+        pos = value([c for c in cases if (c.severity, c.kind) == (severity, kind)])
         result["by_condition"].append({"severity": severity, "kind": kind, "n": int(pos.size),
                                        "flag_rate": float(np.mean(pos >= thr)), "auc": roc_auc(neg, pos)})
     for severity in ("mild", "severe"):
-        pos = _values([c for c in cases if c.severity == severity])
+        pos = value([c for c in cases if c.severity == severity])
         result[f"flag_rate_{severity}"] = float(np.mean(pos >= thr))
         result[f"auc_{severity}"] = roc_auc(neg, pos)
     for role in ROLES:
-        n = _values([c for c in clean if c.role == role])
-        p = _values([c for c in cases if c.role == role and c.severity != "none"])
+        n = value([c for c in clean if c.role == role])
+        p = value([c for c in cases if c.role == role and c.severity != "none"])
         result["by_role"].append({"role": role, "false_flag_rate": float(np.mean(n >= thr)),
                                   "flag_rate_motion": float(np.mean(p >= thr)), "auc": roc_auc(n, p)})
     moving = [c for c in cases if c.severity != "none" and c.artifact_anr is not None]
     result["by_artifact"] = []
     for lo, hi, label in ARTIFACT_BINS:
         sel = [c for c in moving if lo <= c.artifact_anr < hi]
-        pos = _values(sel)
+        pos = value(sel)
         result["by_artifact"].append({"artifact": label, "n": len(sel),
                                       "flag_rate": float(np.mean(pos >= thr)) if sel else None,
                                       "auc": roc_auc(neg, pos)})
+    sagittal = [c for c in cases if c.role.startswith("SAG")]
+    located = [c for c in sagittal if c.roi_confidence is not None]
+    # The operator reports CNR only where the series is not flagged for motion.
+    flagged = dict(zip(map(id, sagittal), scores(sagittal, calibration) >= 0.5))
+    reported = [c for c in located if not flagged[id(c)]]
+    if sagittal:
+        result["landmarks"] = {
+            "n_sagittal_series": len(sagittal),
+            "located_rate": len(located) / len(sagittal),
+            "correct_rate_of_located": float(np.mean([c.roi_correct for c in located])) if located else None,
+            "located_rate_clean": float(np.mean([c.roi_confidence is not None for c in sagittal if c.severity == "none"])),
+            "median_confidence": float(np.median([c.roi_confidence for c in located])) if located else None,
+            "median_abs_cnr_error_pct": float(np.median([abs(c.cnr - c.cnr_true_rois) / c.cnr_true_rois * 100
+                                                         for c in located if c.cnr_true_rois])) if located else None,
+            "reported_rate": len(reported) / len(sagittal),
+            "correct_rate_of_reported": float(np.mean([c.roi_correct for c in reported])) if reported else None,
+            "correct_rate_of_reported_clean": float(np.mean([c.roi_correct for c in reported if c.severity == "none"]))
+            if any(c.severity == "none" for c in reported) else None,
+        }
     with_dl = [c for c in cases if c.ghost_dl is not None and c.ghost is not None]
     if with_dl:
         acc = np.array([c.ghost_dl - c.ghost > calibration.accentuation_margin for c in with_dl])
@@ -174,16 +247,16 @@ def evaluate(cases: list[Case], calibration: QCCalibration) -> dict:
     return result
 
 
-def plot_roc(cases: list[Case], path: Path) -> None:
+def plot_roc(cases: list[Case], calibration: QCCalibration, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    neg = _values([c for c in cases if c.severity == "none"])
+    neg = scores([c for c in cases if c.severity == "none"], calibration)
     fig, ax = plt.subplots(figsize=(5, 5))
     for severity, kind in CONDITIONS[1:]:
-        pos = _values([c for c in cases if (c.severity, c.kind) == (severity, kind)])
+        pos = scores([c for c in cases if (c.severity, c.kind) == (severity, kind)], calibration)
         thresholds = np.unique(np.concatenate([neg, pos, [np.inf]]))[::-1]
         tpr = [np.mean(pos >= t) for t in thresholds]
         fpr = [np.mean(neg >= t) for t in thresholds]
@@ -201,8 +274,10 @@ def plot_roc(cases: list[Case], path: Path) -> None:
 
 
 def print_table(result: dict) -> None:
-    print(f"threshold {result['threshold']:.4f}; false flags on clean series {100 * result['false_flag_rate_clean']:.1f} %; "
-          f"AUC mild-or-worse {result['auc_mild_or_worse']:.3f}")
+    print(f"thresholds: ghost {result['ghost_threshold']}, detector {result['detector_threshold']}; "
+          f"false flags on clean series {100 * result['false_flag_rate_clean']:.1f} %; "
+          f"AUC mild-or-worse {result['auc_mild_or_worse']:.3f} (ghost alone {result['auc_mild_or_worse_ghost_only']:.3f}, "
+          f"detector alone {result['auc_mild_or_worse_detector_only']:.3f})")
     print(f"{'severity':8s} {'kind':8s} {'n':>4s} {'flagged':>8s} {'AUC':>6s}")
     for row in result["by_condition"]:
         print(f"{row['severity']:8s} {row['kind']:8s} {row['n']:4d} {100 * row['flag_rate']:7.1f}% {row['auc']:6.3f}")
@@ -213,9 +288,18 @@ def print_table(result: dict) -> None:
     for row in result["by_role"]:
         print(f"{row['role']:10s} false flags {100 * row['false_flag_rate']:5.1f} %  flagged with motion "
               f"{100 * row['flag_rate_motion']:5.1f} %  AUC {row['auc']:.3f}")
+    if "landmarks" in result:
+        lm = result["landmarks"]
+        print(f"C3 / C3-C4 located on {100 * lm['located_rate']:.1f} % of {lm['n_sagittal_series']} sagittal series "
+              f"({100 * lm['located_rate_clean']:.1f} % without motion); correct level and tissue on "
+              f"{100 * (lm['correct_rate_of_located'] or 0):.1f} % of those; median confidence {lm['median_confidence']}; "
+              f"median |CNR - CNR with true ROIs| {lm['median_abs_cnr_error_pct']:.1f} %")
+        print(f"  reported (located and not flagged for motion) on {100 * lm['reported_rate']:.1f} %, correct on "
+              f"{100 * (lm['correct_rate_of_reported'] or 0):.1f} % of those "
+              f"({100 * (lm['correct_rate_of_reported_clean'] or 0):.1f} % without motion)")
     if "dl_accentuated_rate_clean" in result:
         print(f"DL accentuation flag: clean {100 * result['dl_accentuated_rate_clean']:.1f} %, with motion "
-              f"{100 * result['dl_accentuated_rate_motion']:.1f} %; mean ghost original {result['mean_ghost_original_motion']:.4f}"
+              f"{100 * result['dl_accentuated_rate_motion']:.1f} %; mean raw ghost measure original {result['mean_ghost_original_motion']:.4f}"
               f" -> DL {result['mean_ghost_dl_motion']:.4f}")
 
 
@@ -224,13 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", action="store_true", help="derive thresholds on the calibration seeds")
     parser.add_argument("--no-dl", action="store_true", help="skip the DL model (no accentuation guard)")
     parser.add_argument("--seeds", type=int, default=None, help="number of patients (default: all)")
+    parser.add_argument("--cases", type=Path, default=None,
+                        help="with --calibrate: reuse the raw measures of a stored qc_calibration_cases.json "
+                             "(they do not depend on the thresholds) instead of simulating again")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
     start = time.time()
     if args.calibrate:
         seeds = list(CALIBRATION_SEEDS)[: args.seeds]
-        provisional = QCCalibration(1.0, 1.0)  # thresholds do not affect the raw measures
-        cases = simulate_cases(seeds, not args.no_dl, provisional)
+        provisional = QCCalibration(1.0, 1.0, detector_threshold=0.5)  # raw measures do not depend on it
+        if args.cases is not None:
+            cases = [Case(**c) for c in json.loads(args.cases.read_text())]
+        else:
+            cases = simulate_cases(seeds, not args.no_dl, provisional)
         calibration = calibrate(cases)
         DEFAULT_CALIBRATION.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
         args.out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "qc_evaluation.json").write_text(json.dumps(
             {"result": result, "cases": [asdict(c) for c in cases]}, indent=1))
-        plot_roc(cases, args.out / "qc_roc.png")
+        plot_roc(cases, calibration, args.out / "qc_roc.png")
         print_table(result)
         print(f"wrote {args.out / 'qc_evaluation.json'} and {args.out / 'qc_roc.png'} in {time.time() - start:.0f} s")
     return 0

@@ -56,8 +56,11 @@ def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[di
             "snr_original": qc.original.snr, "snr_dl": qc.dl.snr,
             "snr_foreground_original": qc.original.snr_foreground, "snr_foreground_dl": qc.dl.snr_foreground,
             "cnr_original": qc.original.cnr, "cnr_dl": qc.dl.cnr,
+            "roi_confidence": qc.roi_confidence,
             "noise_sd_original": qc.original.noise_sd, "noise_sd_dl": qc.dl.noise_sd,
             "motion_score_original": qc.original.motion_score, "motion_score_dl": qc.dl.motion_score,
+            "ghost_score_original": qc.original.ghost_score, "ghost_score_dl": qc.dl.ghost_score,
+            "motion_detector_original": qc.original.detector,
             "slice_motion_scores_original": qc.original.slice_motion_scores,
             "slice_motion_scores_dl": qc.dl.slice_motion_scores,
             "motion_flag": qc.motion_flag,
@@ -207,8 +210,10 @@ def render_pdf(results: list[SeriesQC], written: list[WrittenSeries], model: str
             if qc.motion_flag or qc.dl_accentuated:
                 for j in range(len(columns)):
                     table[i, j].set_facecolor("#ffd6d6")
-        fig.text(0.05, 0.06, "SNR: mean signal / SD of background air (robust, Rician-corrected). Motion score 0-1: "
-                 "ghosting along the phase-encode direction; flag at >= 0.5.", fontsize=7)
+        fig.text(0.05, 0.06, "SNR: C3-C4 disc (else whole body) / SD of background air (robust, Rician-corrected); "
+                 "CNR: |disc - C3 marrow| / SD, ROIs located automatically (see notes).\nMotion score 0-1: the larger "
+                 "of the ghosting in the air along the phase-encode direction and the motion detector (CNN), "
+                 "each calibrated to 0.5 at its flag threshold; flag at >= 0.5.", fontsize=7)
         pdf.savefig(fig)
         plt.close(fig)
         for start in range(0, len(results), 3):

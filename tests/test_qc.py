@@ -21,7 +21,7 @@ CALIBRATION = QCCalibration.load()
 
 @pytest.fixture(scope="module")
 def ce_t1_planes():
-    patient = PhantomPatient.from_seed(9100, protocol="myelopathy")
+    patient = PhantomPatient.from_seed(8601, protocol="myelopathy")
     planes = sagittal_geometry(n_slices=2)
     return patient, planes, [render_plane(patient, p) for p in planes]
 
@@ -122,6 +122,17 @@ def test_app_writes_qc_json_sr_and_pdf(app_run):
         assert 0.0 <= e["motion_score_original"] <= 1.0 and 0.0 <= e["motion_score_dl"] <= 1.0
         assert e["snr_original"] > 1
         assert isinstance(e["motion_flag"], bool) and isinstance(e["dl_accentuated"], bool)
+    # Mild motion was simulated on CE T1 only: only CE T1 is flagged (Dixon water scored
+    # through its in-phase partner).
+    assert {e["role"] for e in entries if e["motion_flag"]} <= {"SAG_CE_T1"}, [(e["role"], e["notes"]) for e in entries]
+    # The paper's CNR on the sagittal series not flagged for motion: C3 / C3-C4 located automatically.
+    sagittal = [e for e in entries if e["role"].startswith("SAG") and not e["motion_flag"]]
+    located = [e for e in sagittal if e["cnr_original"] is not None]
+    assert len(located) >= len(sagittal) - 1, [(e["role"], e["notes"]) for e in sagittal]
+    for e in [e for e in entries if e["motion_flag"]]:
+        assert e["cnr_original"] is None and any("localisation unreliable" in n for n in e["notes"])
+    for e in located:
+        assert e["roi_confidence"] >= 0.2 and e["cnr_dl"] is not None and e["snr_original"] != e["snr_foreground_original"]
 
     sr = hd.sr.srread(out / "qc" / "sr" / "QC_SR.dcm")
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
@@ -132,6 +143,8 @@ def test_app_writes_qc_json_sr_and_pdf(app_run):
         values = {m.name.meaning: m.value for m in original.get_measurements()}
         assert values["Signal to noise"] == pytest.approx(e["snr_original"])
         assert values["Motion artifact score"] == pytest.approx(e["motion_score_original"])
+        if e["cnr_original"] is not None:
+            assert values["Contrast to noise ratio"] == pytest.approx(e["cnr_original"])
         blur = {q.name.meaning: q.value.meaning for q in original.get_qualitative_evaluations()}["Motion blur"]
         assert blur == ("Present" if e["motion_flag"] else "Absent")
         referenced = {s.referenced_sop_instance_uid for s in original.source_images}
@@ -149,3 +162,38 @@ def test_qc_objects_pass_dciodvfy(app_run):
         result = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True)
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
         assert not errors, (f.name, errors)
+
+
+def _true_c3_rois(rendered):
+    from simulation.phantom import Tissue
+
+    label, level = rendered.label, rendered.level
+    marrow = (label == Tissue.MARROW) & (level == 2)  # phantom levels: C2 0, C3 2, C3-C4 disc 3
+    disc = np.isin(label, [Tissue.DISC_NUCLEUS, Tissue.DISC_ANNULUS, Tissue.DEGENERATED_NUCLEUS]) & (level == 3)
+    return marrow, disc
+
+
+@pytest.mark.parametrize("role", ["SAG_T1", "SAG_T2"])
+def test_c3_and_c3_c4_disc_located_on_the_phantom(ce_t1_planes, role):
+    from operators.qc_landmarks import MIN_CONFIDENCE, locate_c3_rois
+
+    patient, planes, rendered = ce_t1_planes
+    series = simulate_series(patient, role, planes, rendered, acquisition="accelerated", seed=3)
+    masks = series_masks(series.images)
+    found = locate_c3_rois(series.images[0], planes[0].spacing, masks[0].body)
+    assert found is not None and found.confidence >= MIN_CONFIDENCE
+    marrow, disc = _true_c3_rois(rendered[0])
+    assert marrow[found.c3_marrow].mean() >= 0.8 and disc[found.c3_c4_disc].mean() >= 0.8
+    # Rows running feet to head (orientation from the header): same ROIs, flipped.
+    flipped = locate_c3_rois(series.images[0][::-1], planes[0].spacing, masks[0].body[::-1], rows_head_to_feet=False)
+    assert flipped is not None and np.array_equal(flipped.c3_marrow[::-1], found.c3_marrow)
+
+
+def test_no_vertebrae_no_rois():
+    import skimage.data
+
+    from operators.qc_landmarks import locate_c3_rois
+
+    for image in (skimage.data.camera(), skimage.data.coins(), np.zeros((256, 256))):
+        found = locate_c3_rois(image.astype(np.float64), (0.5, 0.5))
+        assert found is None or found.confidence == 0.0

@@ -1,0 +1,287 @@
+"""Simulate motion-corrupted slices and train the motion detector (models.motion_detector).
+
+    python -m models.train_motion_detector simulate --phantoms 120 --generic 2400 --workers 2
+    python -m models.train_motion_detector train --minutes 20
+    python -m models.train_motion_detector simulate ... && ... train ...   (``make train-motion``)
+
+Sources (DESIGN.md section 4), chosen so that the detector's acceptance tests stay on
+anatomy it has never seen:
+  * the synthetic cervical-spine phantom, patient seeds from ``PHANTOM_SEEDS`` (disjoint
+    from the QC calibration seeds 7000-7011 and evaluation seeds 8000-8015), all roles,
+    rigid motion and swallowing as ``simulation.dicom_study.simulate_series`` makes them;
+  * ITK's ``KmeansTest_T1UCharRaw`` and scikit-image's bundled natural images, acquired
+    with the same k-space simulator, rigid motion and local motion of a random blob (a
+    stand-in for swallowing), a wider range of shot counts (8-64), amplitudes, protocols
+    and SNR than the product's simulation;
+  * NOT the ch2 / MNI152 heads: ``operators.qc_independent`` tests the detector on them
+    with TorchIO's motion and ghosting, an independent simulator.
+Label: 1 when the motion really produced an artifact, RMS(image - motion-free image) >
+``ARTIFACT_LABEL_ANR`` noise SDs (the motion-free image has the same noise and the
+patient still in the k-space-centre position), 0 for still patients and motion that left
+no trace. Binary cross-entropy, AdamW, horizontal/vertical flips.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from models.motion_detector import (
+    INPUT_SIZE,
+    MOTION_INFO_FILE,
+    MOTION_SHA256_FILE,
+    MOTION_WEIGHTS_FILE,
+    MotionNet,
+    prepare_slice,
+    prepare_volume,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path("/tmp/cervical_motion_data")
+PHANTOM_SEEDS = range(9000, 10000)
+GENERIC_SEEDS = range(20000, 100000)
+ARTIFACT_LABEL_ANR = 0.15
+PHANTOM_ROLES = ("SAG_T1", "SAG_T2", "AX_T2", "SAG_CE_T1", "SAG_DIXON_IP")
+SEVERITY_P = {"none": 0.35, "mild": 0.30, "severe": 0.35}
+VERSION = "1.0.0"
+SEED = 20261124
+
+
+def _severity(rng: np.random.Generator) -> tuple[str, str]:
+    severity = str(rng.choice(list(SEVERITY_P), p=list(SEVERITY_P.values())))
+    kind = str(rng.choice(["rigid", "swallow", "both"], p=[0.4, 0.3, 0.3]))
+    return severity, kind
+
+
+def _anr(image: np.ndarray, still: np.ndarray | None, sigma: float) -> float:
+    if still is None:
+        return 0.0
+    return float(np.sqrt(np.mean((image.astype(np.float64) - still) ** 2)) / max(sigma, 1e-9))
+
+
+def phantom_examples(seed: int) -> list[dict]:
+    """Slices of one phantom patient: several series, random roles, motion and protocol."""
+    from simulation import acquisition as acq
+    from simulation.dicom_study import simulate_series
+    from simulation.phantom import PhantomPatient, axial_geometry, render_plane, sagittal_geometry
+
+    rng = np.random.default_rng([SEED, seed])
+    patient = PhantomPatient.from_seed(seed, protocol="myelopathy" if rng.random() < 0.5 else "hivd")
+    geometry = {"sagittal": sagittal_geometry(n_slices=3, x_centre=float(rng.uniform(-4, 4))),
+                "axial": axial_geometry(n_slices=3, z_centre=float(rng.uniform(-50, 10)))}
+    rendered = {k: [render_plane(patient, p) for p in v] for k, v in geometry.items()}
+    out = []
+    for _ in range(10):
+        role = str(rng.choice(PHANTOM_ROLES))
+        plane = "axial" if role.startswith("AX") else "sagittal"
+        severity, kind = _severity(rng)
+        protocol = acq.CONVENTIONAL.accelerated(phase_encode_factor=float(rng.uniform(0.6, 1.0)),
+                                                averages_ratio=float(rng.uniform(0.5, 1.0)))
+        series = simulate_series(patient, role, geometry[plane], rendered[plane], acquisition="accelerated",
+                                 seed=int(rng.integers(2**31)), motion=severity, motion_kind=kind,
+                                 protocol=protocol, with_motion_free=severity != "none")
+        sigma = series.noise_sigma / np.sqrt(series.protocol.averages_ratio)
+        x = prepare_volume(series.images, series.protocol.phase_encode_axis).astype(np.float16)
+        for i in range(series.images.shape[0]):
+            still = None if series.motion_free is None else series.motion_free[i]
+            out.append({"x": x[i], "anr": _anr(series.images[i], still, sigma), "source": "phantom",
+                        "seed": seed, "severity": severity, "kind": kind})
+    return out
+
+
+_SAMPLER = None
+
+
+def _sampler():
+    """Object sampler restricted to ITK Kmeans T1 and natural images (no ch2/MNI152)."""
+    global _SAMPLER  # one per worker process: loading the sources takes seconds
+    if _SAMPLER is None:
+        from models.data import ITK_KMEANS, DataConfig, ObjectSampler, _load_volume
+
+        cfg = DataConfig(source_weights={"volume": 0.5, "natural": 0.5})
+        sampler = ObjectSampler(cfg, use_phantom=False, seed=SEED)
+        sampler.volumes = [_load_volume(ITK_KMEANS)] if ITK_KMEANS.exists() else []
+        if not sampler.volumes:
+            sampler.sources, sampler.source_p = ["natural"], np.array([1.0])
+        _SAMPLER = sampler
+    return _SAMPLER
+
+
+def generic_example(seed: int) -> list[dict]:
+    """One slice of a non-phantom object with rigid and/or local blob motion."""
+    from models.data import foreground_reference
+    from simulation import acquisition as acq
+
+    rng = np.random.default_rng([SEED, seed])
+    obj, source = _sampler().sample(rng)
+    pe_axis = int(rng.integers(2))
+    protocol = acq.CONVENTIONAL.accelerated(phase_encode_factor=float(rng.uniform(0.5, 1.0)),
+                                            averages_ratio=float(rng.uniform(0.5, 1.0))).with_phase_encode_axis(pe_axis)
+    sigma = foreground_reference(obj) / float(np.exp(rng.uniform(np.log(8), np.log(60))))
+    phase = acq.smooth_background_phase(obj.shape, rng)
+    severity, kind = _severity(rng)
+    blob = None
+    if kind != "rigid":  # local motion of a random region, as swallowing moves the larynx
+        rows, cols = np.indices(obj.shape, dtype=np.float64)
+        body = np.argwhere(obj > 0.1 * obj.max())
+        centre = body[int(rng.integers(len(body)))] if len(body) else np.array(obj.shape) / 2
+        radius = rng.uniform(0.08, 0.25) * min(obj.shape)
+        blob = np.exp(-(((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2) / (2 * radius**2)))
+    trajectory = acq.random_motion_trajectory(rng, severity, float(rng.uniform(0.35, 1.2)), kind=kind,
+                                              swallow_weight=blob, n_shots=int(rng.integers(8, 65)))
+    noise_seed = int(rng.integers(2**31))
+    image = acq.simulate_acquisition(obj, protocol, sigma, np.random.default_rng(noise_seed), phase=phase,
+                                     motion=trajectory)
+    still = None
+    if severity != "none":
+        frozen = trajectory.frozen_at_centre(obj.shape[pe_axis])
+        still = acq.simulate_acquisition(obj, protocol, sigma, np.random.default_rng(noise_seed), phase=phase,
+                                         motion=frozen)
+    scale = 2800.0 / max(float(np.percentile(image, 99.9)), 1e-9)  # 12-bit stored values, as scanners write
+    image = np.clip(np.round(image * scale), 0, 4095)
+    anr = _anr(image, None if still is None else np.clip(np.round(still * scale), 0, 4095),
+               sigma * scale / np.sqrt(protocol.averages_ratio))
+    return [{"x": prepare_slice(image, pe_axis).astype(np.float16), "anr": anr, "source": source,
+             "seed": seed, "severity": severity, "kind": kind}]
+
+
+def _task(task: tuple[str, int]) -> list[dict]:
+    torch.set_num_threads(1)
+    kind, seed = task
+    try:
+        return phantom_examples(seed) if kind == "phantom" else generic_example(seed)
+    except Exception as exc:  # a failed draw must not end a long simulation
+        print(f"skipped {kind} {seed}: {exc.__class__.__name__}: {exc}", flush=True)
+        return []
+
+
+def simulate(n_phantoms: int, n_generic: int, workers: int, out_dir: Path) -> Path:
+    tasks = [("phantom", s) for s in list(PHANTOM_SEEDS)[:n_phantoms]]
+    tasks += [("generic", s) for s in list(GENERIC_SEEDS)[:n_generic]]
+    # Interleave so that a stopped run still has both kinds.
+    order = np.random.default_rng(SEED).permutation(len(tasks))
+    tasks = [tasks[i] for i in order]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    examples: list[dict] = []
+    start = time.time()
+    with Pool(workers) as pool:
+        for i, result in enumerate(pool.imap_unordered(_task, tasks, chunksize=1)):
+            examples.extend(result)
+            if (i + 1) % 100 == 0 or i + 1 == len(tasks):
+                print(f"{i + 1}/{len(tasks)} tasks, {len(examples)} slices, {time.time() - start:.0f} s", flush=True)
+    path = out_dir / "motion_examples.npz"
+    np.savez(path, x=np.stack([e["x"] for e in examples]), anr=np.array([e["anr"] for e in examples]),
+             source=np.array([e["source"] for e in examples]), seed=np.array([e["seed"] for e in examples]),
+             severity=np.array([e["severity"] for e in examples]), kind=np.array([e["kind"] for e in examples]))
+    print(f"wrote {path}: {len(examples)} slices in {time.time() - start:.0f} s")
+    return path
+
+
+def _auc(neg: np.ndarray, pos: np.ndarray) -> float:
+    if neg.size == 0 or pos.size == 0:
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def train(data: Path, minutes: float, out_dir: Path, batch_size: int = 32, lr: float = 2e-3) -> dict:
+    torch.manual_seed(SEED)
+    rng = np.random.default_rng(SEED)
+    d = np.load(data)
+    x = torch.from_numpy(d["x"].astype(np.float32))
+    labels = torch.from_numpy((d["anr"] > ARTIFACT_LABEL_ANR).astype(np.float32))
+    # Validation: every tenth phantom patient and every tenth generic object (whole patients).
+    val = (d["seed"] % 10) == 3
+    tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
+    network = MotionNet()
+    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
+    pos_weight = torch.tensor(float((1 - labels[tr_idx]).sum() / labels[tr_idx].sum().clamp_min(1)))
+    deadline = time.time() + 60 * minutes
+    est_steps = None
+    step, losses, history = 0, [], []
+    start = time.time()
+    while time.time() < deadline:
+        for i in range(0, len(tr_idx) - batch_size + 1, batch_size):
+            if time.time() >= deadline:
+                break
+            if est_steps is None and step == 20:  # cosine schedule over the measured pace
+                est_steps = int(20 * (60 * minutes) / max(time.time() - start, 1e-3))
+            frac = min(1.0, step / est_steps) if est_steps else 0.0
+            for g in optimiser.param_groups:
+                g["lr"] = lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * frac)))
+            if i == 0:
+                rng.shuffle(tr_idx)
+            idx = tr_idx[i : i + batch_size]
+            xb = x[idx]
+            if rng.random() < 0.5:
+                xb = xb.flip(-1)
+            if rng.random() < 0.5:
+                xb = xb.flip(-2)
+            loss = F.binary_cross_entropy_with_logits(network(xb), labels[idx], pos_weight=pos_weight)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+            step += 1
+            if step % 100 == 0:
+                history.append({"step": step, "loss": float(np.mean(losses[-100:])), "seconds": round(time.time() - start)})
+                print(f"step {step} loss {history[-1]['loss']:.4f} {time.time() - start:.0f} s", flush=True)
+    network.eval()
+    with torch.inference_mode():
+        p = torch.cat([torch.sigmoid(network(x[va_idx[i : i + 64]])) for i in range(0, len(va_idx), 64)]).numpy()
+    y = labels[va_idx].numpy()
+    sev = d["severity"][va_idx]
+    validation = {"n": int(len(va_idx)), "auc_artifact": _auc(p[y == 0], p[y == 1]),
+                  "auc_mild_or_worse": _auc(p[sev == "none"], p[sev != "none"])}
+    print(f"validation: {validation}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / MOTION_WEIGHTS_FILE
+    torch.save(network.state_dict(), weights)
+    from models.inference import file_sha256
+
+    (out_dir / MOTION_SHA256_FILE).write_text(f"{file_sha256(weights)}  {MOTION_WEIGHTS_FILE}\n")
+    sources, counts = np.unique(d["source"], return_counts=True)
+    info = {"name": "cervical_motion_detector", "version": VERSION, "file": MOTION_WEIGHTS_FILE,
+            "sha256": file_sha256(weights), "widths": list(network.widths),
+            "input_size": INPUT_SIZE, "label": f"RMS artifact > {ARTIFACT_LABEL_ANR} noise SD",
+            "training": {"seed": SEED, "steps": step, "minutes": round((time.time() - start) / 60, 1),
+                         "batch_size": batch_size, "lr": lr, "n_train": int(len(tr_idx)),
+                         "slices_by_source": {str(s): int(c) for s, c in zip(sources, counts)},
+                         "phantom_seeds": [int(d["seed"][d["source"] == "phantom"].min()),
+                                           int(d["seed"][d["source"] == "phantom"].max())]
+                         if (d["source"] == "phantom").any() else None,
+                         "history": history},
+            "validation": validation}
+    (out_dir / MOTION_INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    print(f"wrote {weights}, {MOTION_SHA256_FILE}, {MOTION_INFO_FILE}")
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="simulate training slices")
+    sim.add_argument("--phantoms", type=int, default=120)
+    sim.add_argument("--generic", type=int, default=2400)
+    sim.add_argument("--workers", type=int, default=2)
+    sim.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    tr = sub.add_parser("train", help="train on simulated slices")
+    tr.add_argument("--minutes", type=float, default=20.0)
+    tr.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    tr.add_argument("--out", type=Path, default=ROOT / "models")
+    args = parser.parse_args(argv)
+    if args.command == "simulate":
+        simulate(args.phantoms, args.generic, args.workers, args.data_dir)
+    else:
+        train(args.data_dir / "motion_examples.npz", args.minutes, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
