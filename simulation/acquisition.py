@@ -189,12 +189,13 @@ class MotionTrajectory:
         amp = np.linalg.norm(self.swallow_px, axis=1)
         return amp / amp.max() if amp.max() > 0 else amp
 
-    def frozen_at_centre(self, n_lines: int) -> "MotionTrajectory":
+    def frozen_at_centre(self, n_lines: int, acquired: np.ndarray | None = None) -> "MotionTrajectory":
         """The patient held still, for every shot, in the state that acquired most of the
-        central 10 % of k-space (``n_lines`` phase-encode lines): the image free of motion
-        artifacts in the position the corrupted image shows. For evaluating detectors:
-        the difference between the two acquisitions (same noise) is the artifact."""
-        shot = self.shot_of_line(n_lines)
+        central 10 % of k-space (``n_lines`` phase-encode lines, ``acquired`` as in
+        :meth:`shot_of_line`): the image free of motion artifacts in the position the
+        corrupted image shows. For evaluating detectors: the difference between the two
+        acquisitions (same noise) is the artifact."""
+        shot = self.shot_of_line(n_lines, acquired)
         half = max(2, int(round(0.05 * n_lines)))
         centre = shot[max(0, n_lines // 2 - half) : n_lines // 2 + half + 1]
         keys = [(tuple(np.round(self.translations_px[k], 4)), round(float(self.rotations_deg[k]), 4),
@@ -217,12 +218,26 @@ class MotionTrajectory:
             and (self.swallow_weight is None or not np.any(self.swallow_px))
         )
 
-    def shot_of_line(self, n_lines: int) -> np.ndarray:
-        """Shot index ``(n_lines,)`` of each phase-encode line."""
-        idx = np.arange(n_lines)
+    def shot_of_line(self, n_lines: int, acquired: np.ndarray | None = None) -> np.ndarray:
+        """Shot index ``(n_lines,)`` of each phase-encode line.
+
+        ``acquired``: boolean ``(n_lines,)`` of the lines the protocol samples; the shots
+        (the scan's time) are spread over those lines only, as on a scanner: lines that
+        are never acquired take no time (they get shot 0 and are zero-filled anyway).
+        ``None``: every line is acquired.
+        """
+        if acquired is None:
+            acquired = np.ones(n_lines, dtype=bool)
+        acquired = np.asarray(acquired, dtype=bool)
+        if acquired.shape != (n_lines,) or not acquired.any():
+            raise ValueError("acquired must be a boolean mask of n_lines with at least one line")
+        rank = np.cumsum(acquired) - 1
+        n_acquired = int(acquired.sum())
         if self.ordering == "interleaved":
-            return idx % self.n_shots
-        return np.minimum(idx * self.n_shots // n_lines, self.n_shots - 1)
+            shot = rank % self.n_shots
+        else:
+            shot = np.minimum(rank * self.n_shots // n_acquired, self.n_shots - 1)
+        return np.where(acquired, shot, 0)
 
 
 SEVERITY_AMPLITUDE_MM = {"none": 0.0, "mild": 1.5, "severe": 5.0}
@@ -310,10 +325,12 @@ def _moved(image: np.ndarray, shift: np.ndarray, rot_deg: float, swallow: np.nda
     return out
 
 
-def _motion_corrupted_kspace(image: np.ndarray, motion: MotionTrajectory, pe_axis: int) -> np.ndarray:
-    """k-space of a 2-D complex image assembled shot by shot from moved copies."""
+def _motion_corrupted_kspace(image: np.ndarray, motion: MotionTrajectory, pe_axis: int,
+                             acquired: np.ndarray | None = None) -> np.ndarray:
+    """k-space of a 2-D complex image assembled shot by shot from moved copies
+    (``acquired``: the sampled phase-encode lines, see :meth:`MotionTrajectory.shot_of_line`)."""
     n_lines = image.shape[pe_axis]
-    shot = motion.shot_of_line(n_lines)
+    shot = motion.shot_of_line(n_lines, acquired)
     kspace = np.empty(image.shape, dtype=np.complex128)
     states: dict[tuple, list[int]] = {}
     for s in range(motion.n_shots):
@@ -386,7 +403,8 @@ def simulate_acquisition(
         obj = obj * np.exp(1j * phase)
     pe_axis = protocol.phase_encode_axis
     if motion is not None and not motion.is_static():
-        kspace = _motion_corrupted_kspace(obj, motion, pe_axis)
+        kspace = _motion_corrupted_kspace(obj, motion, pe_axis,
+                                          acquired_phase_encode_mask(truth.shape[pe_axis], protocol))
     else:
         kspace = fft2c(obj)
     sample_mask = protocol.sampling_mask(truth.shape)

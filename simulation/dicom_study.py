@@ -392,7 +392,8 @@ def simulate_series(patient: PhantomPatient, role: str, planes: list[PlaneGeomet
         refs.append(acq.band_limited_truth(obj * np.exp(1j * phase), conv))
         acquired.append(acq.simulate_acquisition(obj, proto, sigma, rng, phase=phase, motion=slice_motion))
         if with_motion_free:
-            frozen = None if slice_motion is None else slice_motion.frozen_at_centre(obj.shape[pe_axis])
+            frozen = None if slice_motion is None else slice_motion.frozen_at_centre(
+                obj.shape[pe_axis], acq.acquired_phase_encode_mask(obj.shape[pe_axis], proto))
             still.append(acq.simulate_acquisition(obj, proto, sigma, np.random.default_rng(rng_key), phase=phase,
                                                   motion=frozen))
     # One scale per contrast from the noiseless reference, shared by both acquisitions.

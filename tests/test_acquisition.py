@@ -154,3 +154,28 @@ def test_motion_free_reference_keeps_the_position_of_the_kspace_centre():
     # the still reference is the object moved 4 px, without ghosts
     assert np.allclose(still, acq.simulate_acquisition(np.roll(obj, 4, axis=1), proto, 0.01,
                                                        np.random.default_rng(3)), atol=0.02)
+
+
+def test_shots_spread_over_acquired_lines_only():
+    """Scan time goes to the lines the protocol samples: with half the lines acquired, a
+    sequential scan's first shot starts at the edge of the acquired band, and a step in
+    the first fifth of the scan ghosts the image (it used to fall on lines never sampled)."""
+    n_lines, n_shots = 128, 10
+    acquired = acq.acquired_phase_encode_mask(n_lines, acq.CONVENTIONAL.accelerated(phase_encode_factor=0.75, averages_ratio=1.0))
+    motion = acq.MotionTrajectory(np.zeros((n_shots, 2)), np.zeros(n_shots), np.zeros((n_shots, 2)),
+                                  ordering="sequential")
+    shot = motion.shot_of_line(n_lines, acquired)
+    assert set(shot[acquired]) == set(range(n_shots))
+    assert shot[np.flatnonzero(acquired)[0]] == 0 and shot[np.flatnonzero(acquired)[-1]] == n_shots - 1
+    np.testing.assert_array_equal(motion.shot_of_line(n_lines), np.arange(n_lines) * n_shots // n_lines)
+    with pytest.raises(ValueError):
+        motion.shot_of_line(n_lines, np.zeros(n_lines, dtype=bool))
+    obj = np.zeros((n_lines, n_lines))
+    obj[40:90, 50:80] = 1.0
+    t = np.zeros((n_shots, 2))
+    t[:2] = [0.0, 4.0]  # shots 0-1 displaced, then back
+    step = acq.MotionTrajectory(t, np.zeros(n_shots), np.zeros((n_shots, 2)), ordering="sequential")
+    proto = acq.CONVENTIONAL.accelerated(phase_encode_factor=0.75, averages_ratio=1.0).with_phase_encode_axis(1)
+    moved = acq.simulate_acquisition(obj, proto, 0.0, np.random.default_rng(0), motion=step)
+    still = acq.simulate_acquisition(obj, proto, 0.0, np.random.default_rng(0))
+    assert np.sqrt(np.mean((moved - still) ** 2)) > 0.005
