@@ -100,6 +100,15 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
             dl = measure_series(vol, 1, cal, masks)  # the DL output is scored by the ghost measure only
             if rois is not None:
                 with_vertebral_rois(original, vol, rois), with_vertebral_rois(dl, vol, rois)
+    elif method == "qc_ghost":  # baseline: the quality check with the ghost measure only (no detector, no ROIs)
+        from operators.quality_check import QCCalibration, measure_series, series_masks
+
+        cal = QCCalibration.load()
+
+        def fn(vol):
+            masks = series_masks(vol, 1)
+            measure_series(vol, 1, cal, masks)
+            measure_series(vol, 1, cal, masks)
     else:
         from models.baselines import bm3d_denoise, nlm_denoise
 
@@ -159,7 +168,8 @@ def markdown(record: dict) -> str:
             lines.append(f"| {r['size']} | {r['method']} {r['path']} | failed: {r['error']} | | | |")
             continue
         name = {"dl": f"DL ({r['path']}, {r['device']})", "bm3d": "BM3D", "nlm": "non-local means",
-                "qc": "quality check (original + DL)"}[r["method"]]
+                "qc": "quality check (original + DL)",
+                "qc_ghost": "quality check, ghost measure only"}[r["method"]]
         ratio = ", ".join(f"{v:.1f}x vs {k.upper() if k == 'bm3d' else 'NLM'}" for k, v in r.get("speedup_vs", {}).items())
         lines.append(f"| {r['size']} | {name} | {r['s_per_slice']:.3f} | {1 / r['s_per_slice']:.2f} | "
                      f"{r['peak_rss_mib']:.0f} (+{r['peak_rss_mib'] - r['rss_ready_mib']:.0f}) | {ratio} |")
@@ -176,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paths-size", type=int, nargs="+", default=[512, 320])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "model_benchmark.json")
     ap.add_argument("--markdown", type=Path, help="print the README table from a model_benchmark.json and exit")
+    ap.add_argument("--qc-only", action="store_true",
+                    help="time only the quality check, against its ghost-measure-only baseline (docs/qc_benchmark.json)")
     ap.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.markdown:
@@ -190,6 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     rows: list[dict] = []
     print(HEADER)
+    if args.qc_only:
+        for size in args.sizes:
+            base = run_child("qc_ghost", size, args.slices, threads=args.threads)
+            full = run_child("qc", size, args.slices, threads=args.threads)
+            print(_row(base, None) + "   (baseline: ghost measure only)")
+            print(_row(full, base if "error" not in base else None) + "   (ROIs + detector + ghost measure)")
+            rows += [base, full]
+        args.sizes = []
+        if args.out == ROOT / "docs" / "model_benchmark.json":
+            args.out = ROOT / "docs" / "qc_benchmark.json"
     for size in args.sizes:
         dl = run_child("dl", size, args.slices, threads=args.threads)
         others = [run_child("bm3d", size, args.bm3d_slices, threads=args.threads),

@@ -140,7 +140,8 @@ def generic_example(seed: int) -> list[dict]:
                                      motion=trajectory)
     still = None
     if severity != "none":
-        frozen = trajectory.frozen_at_centre(obj.shape[pe_axis])
+        frozen = trajectory.frozen_at_centre(obj.shape[pe_axis],
+                                             acq.acquired_phase_encode_mask(obj.shape[pe_axis], protocol))
         still = acq.simulate_acquisition(obj, protocol, sigma, np.random.default_rng(noise_seed), phase=phase,
                                          motion=frozen)
     scale = 2800.0 / max(float(np.percentile(image, 99.9)), 1e-9)  # 12-bit stored values, as scanners write

@@ -309,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-dl", action="store_true", help="skip the DL model (no accentuation guard)")
     parser.add_argument("--seeds", type=int, default=None, help="number of patients (default: all)")
     parser.add_argument("--cases", type=Path, default=None,
-                        help="with --calibrate: reuse the raw measures of a stored qc_calibration_cases.json "
-                             "(they do not depend on the thresholds) instead of simulating again")
+                        help="reuse the raw measures of stored cases (qc_calibration_cases.json with --calibrate, "
+                             "else the 'cases' of a qc_evaluation.json; they do not depend on the thresholds) "
+                             "instead of simulating again")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
     start = time.time()
@@ -330,10 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         calibration = QCCalibration.load()
         seeds = list(EVALUATION_SEEDS)[: args.seeds]
-        cases = simulate_cases(seeds, not args.no_dl, calibration)
+        if args.cases is not None:
+            stored = json.loads(args.cases.read_text())
+            cases = [Case(**c) for c in stored["cases"]]
+        else:
+            cases = simulate_cases(seeds, not args.no_dl, calibration)
         result = evaluate(cases, calibration)
         result["calibration"] = asdict(calibration)
-        result["seconds"] = round(time.time() - start)
+        result["seconds"] = stored["result"].get("seconds") if args.cases is not None else round(time.time() - start)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "qc_evaluation.json").write_text(json.dumps(
             {"result": result, "cases": [asdict(c) for c in cases]}, indent=1))

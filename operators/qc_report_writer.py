@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import textwrap
 from datetime import datetime
 from pathlib import Path
 
@@ -25,7 +26,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import EncapsulatedPDFStorage
 
 from operators.derived_series_writer import (
-    MANUFACTURER, SOFTWARE_VERSION, WrittenSeries, derived_uid, new_file_meta,
+    MANUFACTURER,
+    SOFTWARE_VERSION,
+    WrittenSeries,
+    derived_uid,
+    new_file_meta,
 )
 from operators.quality_check import SeriesQC
 from operators.series_roles import SOFTWARE_NAME
@@ -210,22 +215,29 @@ def render_pdf(results: list[SeriesQC], written: list[WrittenSeries], model: str
             if qc.motion_flag or qc.dl_accentuated:
                 for j in range(len(columns)):
                     table[i, j].set_facecolor("#ffd6d6")
-        fig.text(0.05, 0.06, "SNR: C3-C4 disc (else whole body) / SD of background air (robust, Rician-corrected); "
-                 "CNR: |disc - C3 marrow| / SD, ROIs located automatically (see notes).\nMotion score 0-1: the larger "
-                 "of the ghosting in the air along the phase-encode direction and the motion detector (CNN), "
-                 "each calibrated to 0.5 at its flag threshold; flag at >= 0.5.", fontsize=7)
+        footnote = ("SNR: C3-C4 disc (else whole body) / SD of background air (robust, Rician-corrected); CNR: "
+                    "|disc - C3 marrow| / SD, ROIs located automatically (see notes and the outlines on the next "
+                    "pages). Motion score 0-1: the larger of the ghosting in the air along the phase-encode direction "
+                    "and the motion detector (CNN), each calibrated to 0.5 at its flag threshold; flag at >= 0.5. "
+                    "Motion DL: ghosting score of the DL output.")
+        fig.text(0.05, 0.04, "\n".join(textwrap.wrap(footnote, 150)), fontsize=6.5)
         pdf.savefig(fig)
         plt.close(fig)
         for start in range(0, len(results), 3):
             fig, axes = plt.subplots(3, 2, figsize=(8.27, 11.69), squeeze=False)
             for row, qc in zip(axes, results[start:start + 3]):
                 w = by_source[qc.source_series_instance_uid]
-                k = len(w.sources) // 2
+                # The slice the CNR ROIs were placed on (outlined), else the middle one.
+                k = qc.rois[0] if qc.rois is not None else len(w.sources) // 2
                 for axis, (title, image) in zip(row, (("original", w.sources[k].pixel_array),
                                                        ("DL", w.derived_pixels[k]))):
                     lo, hi = np.percentile(w.derived_pixels, [1, 99.5])
                     axis.imshow(image, cmap="gray", vmin=lo, vmax=hi)
-                    axis.set_title(f"{qc.role} {title}", fontsize=9,
+                    if qc.rois is not None:
+                        axis.contour(qc.rois[1].c3_marrow, [0.5], colors="yellow", linewidths=0.6)
+                        axis.contour(qc.rois[1].c3_c4_disc, [0.5], colors="cyan", linewidths=0.6)
+                    axis.set_title(f"{qc.role} {title}, slice {k + 1}" + ("\nC3 marrow yellow, C3-C4 disc cyan"
+                                                                         if qc.rois is not None else ""), fontsize=8,
                                    color="red" if qc.motion_flag or qc.dl_accentuated else "black")
                     axis.axis("off")
             for row in axes[len(results[start:start + 3]):]:

@@ -95,6 +95,7 @@ class SeriesQC:
     dl_accentuated: bool
     notes: list[str] = field(default_factory=list)
     roi_confidence: float | None = None  # C3 / C3-C4 localisation confidence (0-1), None when not located
+    rois: tuple[int, VertebralROIs] | None = None  # (slice index, masks) behind snr/cnr, for the report
 
 
 def phase_encode_axis(datasets: list) -> tuple[int, str, str | None]:
@@ -273,7 +274,7 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     number = item.datasets[0].get("SeriesNumber")
     return SeriesQC(item.role, str(item.datasets[0].SeriesInstanceUID),
                     int(number) if number not in (None, "") else None, direction,
-                    original, dl, flag, accentuated, notes, None if rois is None else rois[1].confidence)
+                    original, dl, flag, accentuated, notes, None if rois is None else rois[1].confidence, rois)
 
 
 def _positions(item: EnhancedSeries) -> list[tuple[float, ...]]:
