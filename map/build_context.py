@@ -48,9 +48,9 @@ COMMAND = json.dumps(["python3", APP_DIR])  # CLI: a JSON array *as a string* fo
 APP_PACKAGES = {
     "app": ["__init__.py", "__main__.py", "app.py"],
     "operators": ["__init__.py", "cervical_series_selector.py", "derived_series_writer.py", "dl_enhancement.py",
-                  "qc_metrics.py", "qc_report_writer.py", "quality_check.py", "series_roles.py",
+                  "qc_landmarks.py", "qc_metrics.py", "qc_report_writer.py", "quality_check.py", "series_roles.py",
                   "qc_calibration.json"],
-    "models": ["__init__.py", "inference.py", "normalization.py", "network.py"],
+    "models": ["__init__.py", "inference.py", "motion_detector.py", "normalization.py", "network.py"],
 }
 MODEL_FILES = ["cervical_dl_recon.pt", "cervical_dl_recon.onnx", "cervical_dl_recon.sha256", "model_info.json",
                "motion_detector.pt", "motion_detector.sha256", "motion_detector.json"]
