@@ -8,9 +8,9 @@ marrow. This module finds them without labels, from the image alone:
    size and shape (60-700 mm^2, height/width 0.4-1.6, solid) are collected; the longest
    sequence of regions stacked head to feet with body-like spacing (11-32 mm between
    centres), little sideways jump and similar widths is the spine.
-2. The top member is C2 when it is the tallest of the chain's upper part (C2 carries the
-   dens and is taller than C3-C7); then C3 is the second and the C3-C4 disc lies in the
-   gap between the second and third.
+2. C2 carries the dens and is taller than C3-C7: a taller region right above the chain
+   (at body spacing, of body width) is put on top as C2; otherwise the chain's own top is
+   taken as C2. C3 is the next member, the C3-C4 disc lies between C3 and C4.
 3. ROIs: the C3 region eroded to its central part; the disc ROI is a box centred between
    the C3 and C4 centroids, a fifth of their spacing high and half the bodies' width.
 
@@ -180,7 +180,7 @@ def locate_c3_rois(image: np.ndarray, spacing_mm: tuple[float, float], body: np.
     if c2 is not None:
         chain = [c2] + chain
     confidence = _confidence(chain)
-    c2, c3, c4 = chain[0], chain[1], chain[2]
+    c3, c4 = chain[1], chain[2]  # chain[0] is taken as C2
     labels = maps[c3.mask_index[0]]
     c3_region = labels == c3.mask_index[1]
     erode = max(1, int(round(0.2 * min(c3.height, c3.width))))

@@ -12,10 +12,11 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from skimage.filters import threshold_otsu
 
 from operators import qc_metrics as qm
-if TYPE_CHECKING:  # torch is imported when the detector loads, not at start-up
-    from models.motion_detector import MotionDetector
 from operators.dl_enhancement import EnhancedSeries, ModelError
 from operators.qc_landmarks import MIN_CONFIDENCE, VertebralROIs, locate_c3_rois
+
+if TYPE_CHECKING:  # type hints only: the detector's module is imported when the operator loads it
+    from models.motion_detector import MotionDetector
 
 DEFAULT_CALIBRATION = Path(__file__).with_name("qc_calibration.json")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models"
