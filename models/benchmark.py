@@ -87,8 +87,13 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
         fn = lambda vol: enhance_volume(model, vol, batch_size=8)  # noqa: E731
     elif method == "qc":  # the quality check of one series: masks, C3 ROIs, measures + detector on original and DL
         from models.motion_detector import load_motion_detector
-        from operators.quality_check import (QCCalibration, locate_rois_in_volume, measure_series, series_masks,
-                                             with_vertebral_rois)
+        from operators.quality_check import (
+            QCCalibration,
+            locate_rois_in_volume,
+            measure_series,
+            series_masks,
+            with_vertebral_rois,
+        )
 
         cal = QCCalibration.load()
         detector = load_motion_detector(ROOT / "models", torch.device(device_name))
@@ -99,7 +104,8 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
             original = measure_series(vol, 1, cal, masks, detector)
             dl = measure_series(vol, 1, cal, masks)  # the DL output is scored by the ghost measure only
             if rois is not None:
-                with_vertebral_rois(original, vol, rois), with_vertebral_rois(dl, vol, rois)
+                with_vertebral_rois(original, vol, rois)
+                with_vertebral_rois(dl, vol, rois)
     elif method == "qc_ghost":  # baseline: the quality check with the ghost measure only (no detector, no ROIs)
         from operators.quality_check import QCCalibration, measure_series, series_masks
 

@@ -40,7 +40,14 @@ from models.baselines import bm3d_denoise, nlm_denoise, oracle_noise_sd
 from models.inference import enhance_volume, load_model
 from simulation import acquisition as acq
 from simulation.dicom_study import ROLE_PHASE_ENCODE, simulate_series
-from simulation.phantom import PhantomPatient, Tissue, axial_geometry, render_plane, sagittal_geometry
+from simulation.phantom import (
+    PhantomPatient,
+    Tissue,
+    axial_geometry,
+    c3_rois,
+    render_plane,
+    sagittal_geometry,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ("SAG_T1", "SAG_T2", "SAG_DIXON_W", "AX_T2", "SAG_CE_T1")
@@ -53,8 +60,6 @@ ACCELERATIONS: dict[str, acq.AcquisitionProtocol] = {
 }
 DEFAULT_ACCELERATION = next(iter(ACCELERATIONS))
 PATIENT_SEEDS = (9101, 9102, 9103, 9104)  # < 10,000: never drawn by training
-C3_LEVEL, C3_C4_DISC_LEVEL = 2, 3  # phantom level index: vertebra i -> 2i, disc below it -> 2i+1
-DISC_TISSUES = (Tissue.DISC_NUCLEUS, Tissue.DISC_ANNULUS, Tissue.DEGENERATED_NUCLEUS)
 
 
 @dataclass
@@ -84,8 +89,7 @@ def slice_metrics(image: np.ndarray, truth: np.ndarray, peak: float) -> dict[str
 def paper_snr_cnr(image: np.ndarray, label: np.ndarray, level: np.ndarray) -> dict[str, float | None]:
     """The study's SNR and CNR on one sagittal slice with known labels; ``None`` where an
     ROI is empty or the background SD is 0."""
-    disc = ndimage.binary_erosion(np.isin(label, DISC_TISSUES) & (level == C3_C4_DISC_LEVEL))
-    marrow = ndimage.binary_erosion((label == Tissue.MARROW) & (level == C3_LEVEL))
+    marrow, disc = (ndimage.binary_erosion(m) for m in c3_rois(label, level))
     air = label == Tissue.AIR
     background = ndimage.distance_transform_edt(air) > 15
     img = np.asarray(image, dtype=np.float64)

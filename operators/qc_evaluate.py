@@ -108,15 +108,13 @@ def landmark_check(case: Case, images: np.ndarray, masks, spacing, rendered, noi
     """Locate C3 / C3-C4 as the operator does and compare with the phantom's labels."""
     from scipy import ndimage
 
-    from simulation.phantom import Tissue
+    from simulation.phantom import c3_rois
 
     found = locate_rois_in_volume(images, masks, spacing)
     if found is None or not noise_sd:
         return
     index, rois = found
-    label, level = rendered[index].label, rendered[index].level
-    true_marrow = (label == Tissue.MARROW) & (level == 2)  # phantom levels: C2 0, C3 2, C3-C4 disc 3
-    true_disc = np.isin(label, [Tissue.DISC_NUCLEUS, Tissue.DISC_ANNULUS, Tissue.DEGENERATED_NUCLEUS]) & (level == 3)
+    true_marrow, true_disc = c3_rois(rendered[index].label, rendered[index].level)
     case.roi_confidence = rois.confidence
     case.roi_correct = bool(true_marrow[rois.c3_marrow].mean() >= 0.8 and true_disc[rois.c3_c4_disc].mean() >= 0.8)
     img = images[index].astype(np.float64)
@@ -156,11 +154,6 @@ def scores(cases: list[Case], calibration: QCCalibration) -> np.ndarray:
     """Motion scores (0-1, flag at >= 0.5) of the original series; not measurable counts as 0."""
     out = [calibration.motion_score(c.ghost, c.detector) for c in cases]
     return np.array([0.0 if v is None else v for v in out])
-
-
-def _quantile(values: list[float | None], q: float) -> float | None:
-    valid = [v for v in values if v is not None]
-    return float(np.quantile(valid, q)) if valid else None
 
 
 def calibrate(cases: list[Case], margin_rate: float = 0.025) -> QCCalibration:
@@ -221,8 +214,8 @@ def evaluate(cases: list[Case], calibration: QCCalibration) -> dict:
     sagittal = [c for c in cases if c.role.startswith("SAG")]
     located = [c for c in sagittal if c.roi_confidence is not None]
     # The operator reports CNR only where the series is not flagged for motion.
-    flagged = dict(zip(map(id, sagittal), scores(sagittal, calibration) >= 0.5))
-    reported = [c for c in located if not flagged[id(c)]]
+    reported = [c for c, score in zip(sagittal, scores(sagittal, calibration))
+                if c.roi_confidence is not None and score < 0.5]
     if sagittal:
         result["landmarks"] = {
             "n_sagittal_series": len(sagittal),

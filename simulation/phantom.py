@@ -491,6 +491,19 @@ def training_objects(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     return out
 
 
+#: Level index in ``RenderedPlane.level``: vertebra i of LEVELS -> 2 i, the disc below it -> 2 i + 1.
+C3_LEVEL, C3_C4_DISC_LEVEL = 2, 3
+DISC_TISSUES = (Tissue.DISC_NUCLEUS, Tissue.DISC_ANNULUS, Tissue.DEGENERATED_NUCLEUS)
+
+
+def c3_rois(label: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The study's ROIs as the phantom knows them: boolean ``(rows, cols)`` masks of the C3
+    vertebral marrow and the C3-C4 disc, from a rendered plane's ``label`` and ``level``."""
+    marrow = (label == Tissue.MARROW) & (level == C3_LEVEL)
+    disc = np.isin(label, DISC_TISSUES) & (level == C3_C4_DISC_LEVEL)
+    return marrow, disc
+
+
 def plane_points(plane: PlaneGeometry) -> np.ndarray:
     """Patient coordinates ``(3, rows, cols)`` in mm of the pixel centres of a plane."""
     rows, cols = plane.shape

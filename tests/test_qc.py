@@ -12,9 +12,14 @@ import pytest
 
 from operators import qc_metrics as qm
 from operators.dl_enhancement import EnhancedSeries, ModelDescription
-from operators.quality_check import QCCalibration, check_series, measure_series, series_masks
+from operators.quality_check import (
+    QCCalibration,
+    check_series,
+    measure_series,
+    series_masks,
+)
 from simulation.dicom_study import simulate_series
-from simulation.phantom import PhantomPatient, render_plane, sagittal_geometry
+from simulation.phantom import PhantomPatient, c3_rois, render_plane, sagittal_geometry
 
 CALIBRATION = QCCalibration.load()
 
@@ -164,15 +169,6 @@ def test_qc_objects_pass_dciodvfy(app_run):
         assert not errors, (f.name, errors)
 
 
-def _true_c3_rois(rendered):
-    from simulation.phantom import Tissue
-
-    label, level = rendered.label, rendered.level
-    marrow = (label == Tissue.MARROW) & (level == 2)  # phantom levels: C2 0, C3 2, C3-C4 disc 3
-    disc = np.isin(label, [Tissue.DISC_NUCLEUS, Tissue.DISC_ANNULUS, Tissue.DEGENERATED_NUCLEUS]) & (level == 3)
-    return marrow, disc
-
-
 @pytest.mark.parametrize("role", ["SAG_T1", "SAG_T2"])
 def test_c3_and_c3_c4_disc_located_on_the_phantom(ce_t1_planes, role):
     from operators.qc_landmarks import MIN_CONFIDENCE, locate_c3_rois
@@ -182,7 +178,7 @@ def test_c3_and_c3_c4_disc_located_on_the_phantom(ce_t1_planes, role):
     masks = series_masks(series.images)
     found = locate_c3_rois(series.images[0], planes[0].spacing, masks[0].body)
     assert found is not None and found.confidence >= MIN_CONFIDENCE
-    marrow, disc = _true_c3_rois(rendered[0])
+    marrow, disc = c3_rois(rendered[0].label, rendered[0].level)
     assert marrow[found.c3_marrow].mean() >= 0.8 and disc[found.c3_c4_disc].mean() >= 0.8
     # Rows running feet to head (orientation from the header): same ROIs, flipped.
     flipped = locate_c3_rois(series.images[0][::-1], planes[0].spacing, masks[0].body[::-1], rows_head_to_feet=False)
