@@ -48,7 +48,8 @@ COMMAND = json.dumps(["python3", APP_DIR])  # CLI: a JSON array *as a string* fo
 APP_PACKAGES = {
     "app": ["__init__.py", "__main__.py", "app.py"],
     "operators": ["__init__.py", "cervical_series_selector.py", "derived_series_writer.py", "dl_enhancement.py",
-                  "qc_landmarks.py", "qc_metrics.py", "qc_report_writer.py", "quality_check.py", "series_roles.py",
+                  "qc_landmarks.py", "qc_metrics.py", "qc_report_writer.py", "quality_check.py", "series_input.py",
+                  "series_roles.py",
                   "qc_calibration.json"],
     "models": ["__init__.py", "inference.py", "motion_detector.py", "normalization.py", "network.py"],
 }
@@ -56,7 +57,8 @@ MODEL_FILES = ["cervical_dl_recon.pt", "cervical_dl_recon.onnx", "cervical_dl_re
                "motion_detector.pt", "motion_detector.sha256", "motion_detector.json"]
 # Not needed inside the MAP: test runners, the Orthanc worker's client, the Kubernetes client
 # used by deploy/ (outside the container).
-EXCLUDED_REQUIREMENTS = {"pytest", "pytest-timeout", "orthanc-api-client", "kubernetes", "onnx", "onnxscript", "bm3d", "torchio"}
+EXCLUDED_REQUIREMENTS = {"pytest", "pytest-timeout", "orthanc-api-client", "kubernetes", "onnx", "onnxscript", "bm3d", "torchio",
+                         "pydicom-data"}
 
 MAIN_SHIM = '''"""MAP entry point: ``python3 /opt/holoscan/app`` runs ``python -m app`` (same exit codes)."""
 import os

@@ -10,9 +10,8 @@ from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
 from monai.deploy.core.domain.dicom_study import DICOMStudy
 
+from operators.series_input import UnsupportedInput, decoded_pixels, frame_views
 from operators.series_roles import classify_series
-
-_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
 @dataclass(frozen=True)
@@ -28,35 +27,42 @@ class SeriesReport:
     reason: str
 
 
+def series_frames(series: DICOMSeries) -> list:
+    """The frame views (:mod:`operators.series_input`) of every instance of a series, in
+    the loader's order; raises UnsupportedInput with the first instance's reason."""
+    views = []
+    for sop in series.get_sop_instances():
+        views.extend(frame_views(sop.get_native_sop_instance()))
+    return views
+
+
 def check_series_readable(series: DICOMSeries) -> str | None:
     """Why the pixel data of a series cannot be processed, or ``None`` when it can.
 
     The SDK's loader keeps truncated files and files without pixel data, so every
-    instance is checked here before anything is computed.
+    instance (every frame of a multi-frame object) is checked here before anything is
+    computed.
     """
+    try:
+        views = series_frames(series)
+    except UnsupportedInput as exc:
+        return str(exc)
     shapes, orientations = set(), set()
     positions = []
-    for sop in series.get_sop_instances():
-        ds = sop.get_native_sop_instance()
-        if "PixelData" not in ds:
-            return "an instance has no pixel data"
-        if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-            return "multi-frame images are not supported"
-        if int(ds.get("SamplesPerPixel", 1)) != 1 or ds.get("PhotometricInterpretation") != "MONOCHROME2":
-            return f"unsupported photometric interpretation {ds.get('PhotometricInterpretation')}"
-        syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    for ds in views:
         rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
         if rows < 32 or cols < 32:
             return f"matrix {rows}x{cols} too small"
-        if syntax in _UNCOMPRESSED:
+        syntax = ds.file_meta.TransferSyntaxUID
+        if not syntax.is_transfer_syntax or syntax.is_compressed:
+            try:
+                decoded_pixels(ds)  # decoding is the check
+            except UnsupportedInput as exc:
+                return str(exc)
+        else:
             expected = rows * cols * int(ds.BitsAllocated) // 8
             if len(ds.PixelData) < expected:
                 return f"truncated pixel data ({len(ds.PixelData)} of {expected} bytes)"
-        else:
-            try:
-                ds.pixel_array  # noqa: B018 - decoding is the check
-            except Exception as exc:  # pydicom raises several types for codecs
-                return f"compressed pixel data (transfer syntax {syntax}) cannot be decoded: {type(exc).__name__}"
         if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "PixelSpacing" not in ds:
             return "missing ImagePositionPatient, ImageOrientationPatient or PixelSpacing"
         shapes.add((rows, cols, int(ds.BitsAllocated), int(ds.get("PixelRepresentation", 0))))
@@ -130,8 +136,9 @@ class CervicalSeriesSelectorOperator(Operator):
 
 
 def sorted_instances(series: DICOMSeries) -> list:
-    """The series' pydicom datasets sorted along the slice normal (first instance first)."""
-    datasets = [sop.get_native_sop_instance() for sop in series.get_sop_instances()]
+    """The series' frame views (pydicom datasets, one per slice) sorted along the slice
+    normal (first slice first)."""
+    datasets = series_frames(series)
     iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
     normal = np.cross(iop[:3], iop[3:])
     return sorted(datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))

@@ -26,7 +26,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from operators.cervical_series_selector import SeriesReport
 from operators.dl_enhancement import EnhancedSeries
-from operators.series_roles import SOFTWARE_NAME
+from operators.series_input import MR_IMAGE_STORAGE, instance_label, source_frame_number
+from operators.series_roles import SOFTWARE_NAME, lossy_compression_note
 
 SOFTWARE_VERSION = "0.2.0"
 MANUFACTURER = "Cervical DL Enhance project"
@@ -69,7 +70,11 @@ def short_description(source: str) -> str:
 def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: str, sop_uid: str,
                           series_number: int, window: tuple[float, float], model_name: str,
                           model_version: str, model_sha256: str, now: datetime) -> Dataset:
-    """A derived MR Image (same geometry) from one source slice and its enhanced pixels."""
+    """A derived classic MR Image (same geometry) from one source slice (a frame view) and
+    its enhanced pixels ``(rows, columns)``.
+
+    Always MR Image Storage, one instance per slice, also for frames of a multi-frame
+    source (which SourceImageSequence then names with ReferencedFrameNumber)."""
     if pixels.shape != (int(source.Rows), int(source.Columns)):
         raise ValueError(f"pixels {pixels.shape} do not match the source matrix {source.Rows}x{source.Columns}")
     ds = copy.deepcopy(source)
@@ -77,7 +82,8 @@ def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: st
     for keyword in _DROP:
         if keyword in ds:
             del ds[keyword]
-    ds.file_meta = new_file_meta(source.SOPClassUID, sop_uid)
+    ds.file_meta = new_file_meta(MR_IMAGE_STORAGE, sop_uid)
+    ds.SOPClassUID = MR_IMAGE_STORAGE
     ds.SOPInstanceUID = sop_uid
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
@@ -87,12 +93,17 @@ def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: st
         f"{SOFTWARE_NAME}: deep-learning enhancement (cascaded U-Net with image-domain data consistency) "
         f"of an accelerated acquisition; model {model_name} {model_version} sha256:{model_sha256[:16]}"
     )
+    lossy = lossy_compression_note(source)
+    if lossy is not None:  # LossyImageCompression 01 is copied: once lossy, always marked lossy
+        ds.DerivationDescription = f"{ds.DerivationDescription}; source: {lossy}"[:1024]
     date, time_ = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
     ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time_
     source_ref = Dataset()
     source_ref.ReferencedSOPClassUID = source.SOPClassUID
     source_ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if source_frame_number(source) is not None:
+        source_ref.ReferencedFrameNumber = source_frame_number(source)
     source_ref.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)]
     ds.SourceImageSequence = [source_ref]
     equipment = Dataset()
@@ -146,8 +157,11 @@ def write_summary(output_folder: Path, summary: dict) -> None:
     """Write ``run_summary.json`` atomically (readers never see a half-written file)."""
     output_folder.mkdir(parents=True, exist_ok=True)
     tmp = output_folder / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, output_folder / SUMMARY_FILE)
+    try:
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, output_folder / SUMMARY_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def series_window(pixels: np.ndarray) -> tuple[float, float]:
@@ -240,7 +254,7 @@ class DerivedSeriesWriterOperator(Operator):
         headers = []
         for i, (src, pix) in enumerate(zip(item.datasets, item.pixels)):
             ds = build_derived_dataset(src, pix, series_uid=series_uid,
-                                       sop_uid=derived_uid(str(src.SOPInstanceUID), item.model.name, item.model.version),
+                                       sop_uid=derived_uid(instance_label(src), item.model.name, item.model.version),
                                        series_number=number, window=window, model_name=item.model.name,
                                        model_version=item.model.version, model_sha256=item.model.sha256, now=now)
             pydicom.dcmwrite(staging / folder / f"IM{i + 1:04d}.dcm", ds, enforce_file_format=True)

@@ -33,6 +33,7 @@ from operators.derived_series_writer import (
     new_file_meta,
 )
 from operators.quality_check import SeriesQC
+from operators.series_input import source_frame_number
 from operators.series_roles import SOFTWARE_NAME
 
 QC_JSON = "qc.json"
@@ -98,6 +99,24 @@ def _header_only(ds: Dataset) -> Dataset:
     return out
 
 
+def _one_per_instance(datasets: list) -> list:
+    """One dataset per SOP instance (frames of a multi-frame source share one)."""
+    return list({str(ds.SOPInstanceUID): ds for ds in datasets}.values())
+
+
+def source_image_references(datasets: list) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    """One reference per SOP instance; frames of a multi-frame source are listed by number."""
+    frames: dict[str, list[int]] = {}
+    for ds in datasets:
+        frame = source_frame_number(ds)
+        frames.setdefault(str(ds.SOPInstanceUID), [])
+        if frame is not None:
+            frames[str(ds.SOPInstanceUID)].append(frame)
+    return [hd.sr.SourceImageForMeasurementGroup(str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                                 referenced_frame_numbers=frames[str(ds.SOPInstanceUID)] or None)
+            for ds in _one_per_instance(datasets)]
+
+
 def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, now: datetime) -> hd.sr.Comprehensive3DSR:
     """TID 1500 measurement report: per series, one group for the original images and one
     for the DL images, each with SNR, CNR (when measured), motion score and the
@@ -135,10 +154,9 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
                 algorithm_id=algorithm,
                 measurements=measurements or None,
                 qualitative_evaluations=evaluations,
-                source_images=[hd.sr.SourceImageForMeasurementGroup(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
-                               for ds in datasets],
+                source_images=source_image_references(datasets),
             ))
-            evidence.extend(_header_only(ds) for ds in datasets)
+            evidence.extend(_header_only(ds) for ds in _one_per_instance(datasets))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
                                      imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)
     key = sorted(qc.source_series_instance_uid for qc in results)

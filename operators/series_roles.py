@@ -13,12 +13,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from operators.series_input import MR_STORAGE_CLASSES, classic_header
+
 ROLES = ("SAG_T1", "SAG_T2", "SAG_DIXON_IP", "SAG_DIXON_W", "AX_T2", "SAG_CE_T1")
 #: Software name written into ContributingEquipmentSequence / DerivationDescription of
 #: every object we create; series carrying it are never processed again.
 SOFTWARE_NAME = "CervicalDLEnhance"
 
-MR_STORAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1.4"}  # MR Image Storage (classic, one frame)
 _CERVICAL_BODY_PARTS = {"CSPINE", "C-SPINE", "NECK", "SPINE", "HEADNECK", "CERVICAL", "CSPINE "}
 _LOCALIZER_RE = re.compile(r"(survey|locali[sz]er|\bloc\b|scout|3[- ]?pl|tri[- ]?pilot|\bpilot\b|calibration|refscan)", re.I)
 _CE_RE = re.compile(r"(\+\s*c\b|\bpost\b|_post|\bgd\b|_gd\b|gado|\bkm\b|contrast|\bce\b|\+gd|\bc\+)", re.I)
@@ -73,7 +74,17 @@ def is_our_output(ds: Any) -> bool:
 
 def classify_series(ds: Any) -> SeriesDecision:
     """Role of the series whose first instance's header is ``ds`` (pydicom Dataset or a
-    mapping of DICOM keywords, e.g. Orthanc's main tags)."""
+    mapping of DICOM keywords, e.g. Orthanc's simplified tags). Classic MR, Enhanced MR and
+    Legacy Converted Enhanced MR (read from the first frame's functional groups)."""
+    ds = classic_header(ds)
+    decision = _classify_header(ds)
+    note = lossy_compression_note(ds)
+    if decision.role is not None and note is not None:
+        return SeriesDecision(decision.role, f"{decision.reason}; {note}")
+    return decision
+
+
+def _classify_header(ds: Any) -> SeriesDecision:
     modality = str(_get(ds, "Modality", "")).upper()
     if modality != "MR":
         return SeriesDecision(None, f"not MR (Modality {modality or 'missing'})")
@@ -83,8 +94,8 @@ def classify_series(ds: Any) -> SeriesDecision:
     if is_our_output(ds):
         return SeriesDecision(None, "our own output")
     image_type = [v.upper() for v in _as_list(_get(ds, "ImageType"))]
-    if image_type and image_type[0] == "DERIVED":
-        return SeriesDecision(None, "derived series (ImageType DERIVED)")
+    if image_type and image_type[0] == "DERIVED" and lossy_compression_note(ds) is None:
+        return SeriesDecision(None, "derived series (ImageType DERIVED, not only lossy compression)")
     description = " ".join(str(_get(ds, k, "")) for k in ("SeriesDescription", "ProtocolName"))
     if "LOCALIZER" in image_type or _LOCALIZER_RE.search(description):
         return SeriesDecision(None, "localizer")
@@ -136,6 +147,25 @@ def classify_series(ds: Any) -> SeriesDecision:
             return SeriesDecision(None, "Dixon image other than in-phase or water (fat / opposed-phase)")
         return SeriesDecision(f"SAG_DIXON_{kind}", f"sagittal T2 Dixon {'in-phase' if kind == 'IP' else 'water'}")
     return SeriesDecision("SAG_T2", "sagittal T2")
+
+
+def lossy_compression_note(ds: Any) -> str | None:
+    """``"lossy-compressed original (method, ratio r)"`` for an acquired image whose only
+    processing was lossy compression (PACS or archive: ImageType DERIVED\\PRIMARY,
+    LossyImageCompression 01, no derivation other than DCM 113040 "Lossy Compression"),
+    else None. Such series are enhanced, with this note in the run summary and job status:
+    compression has already removed part of the noise the model expects."""
+    if str(_get(ds, "LossyImageCompression", "")).strip() != "01":
+        return None
+    image_type = [v.upper() for v in _as_list(_get(ds, "ImageType"))]
+    if len(image_type) > 1 and image_type[1] != "PRIMARY":
+        return None
+    for item in _get(ds, "DerivationCodeSequence", []) or []:
+        if str(_get(item, "CodeValue", "")) != "113040":
+            return None
+    method = "/".join(_as_list(_get(ds, "LossyImageCompressionMethod"))) or "unknown method"
+    ratio = "/".join(_as_list(_get(ds, "LossyImageCompressionRatio"))) or "?"
+    return f"lossy-compressed original ({method}, ratio {ratio})"
 
 
 def _dixon_kind(image_type: list[str], description: str) -> str | None:
