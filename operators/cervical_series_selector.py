@@ -112,12 +112,15 @@ class CervicalSeriesSelectorOperator(Operator):
             for series in study.get_all_series():
                 instances = series.get_sop_instances()
                 first = instances[0].get_native_sop_instance()
-                decision = classify_series(first)
-                role, reason = decision.role, decision.reason
-                if role is not None:
-                    problem = check_series_readable(series)
-                    if problem is not None:
-                        role, reason = None, problem
+                try:
+                    decision = classify_series(first)
+                    role, reason = decision.role, decision.reason
+                    if role is not None:
+                        problem = check_series_readable(series)
+                        if problem is not None:
+                            role, reason = None, problem
+                except Exception as exc:  # noqa: BLE001 - one odd series must not stop the study
+                    role, reason = None, f"header cannot be read: {type(exc).__name__}: {str(exc)[:200]}"
                 number = first.get("SeriesNumber")
                 report = SeriesReport(str(series.SeriesInstanceUID), int(number) if number not in (None, "") else None,
                                       str(first.get("SeriesDescription", "")), len(instances), role,

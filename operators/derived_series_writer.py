@@ -128,6 +128,7 @@ def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: st
     ds.WindowCenter = round(window[0], 1)
     ds.WindowWidth = round(window[1], 1)
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds["PixelData"].VR = "OW" if bits_allocated > 8 else "OB"  # a compressed source's element was OB
     return ds
 
 

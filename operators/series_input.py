@@ -216,8 +216,14 @@ def decoded_pixels(ds: Dataset) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - pydicom raises several types for codecs
         syntax = ds.file_meta.TransferSyntaxUID
         name = getattr(syntax, "name", str(syntax))
-        raise UnsupportedInput(f"pixel data ({name}) cannot be decoded: {type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''}"[:300]) from exc
+        # pydicom lists each plugin's own reason on the lines after the first.
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:]) if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)
+        hint = ""
+        if syntax == "1.2.840.10008.1.2.4.51" and int(ds.get("BitsStored", 8)) > 8:
+            hint = (" (12-bit JPEG Extended needs pylibjpeg-libjpeg, GPL-3.0, not shipped; send the series "
+                    "uncompressed or lossless)")
+        raise UnsupportedInput(f"pixel data ({name}) cannot be decoded: {detail}"[:300] + hint) from exc
 
 
 def _check_photometric(ds: Dataset) -> str:

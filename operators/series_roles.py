@@ -45,6 +45,8 @@ def _as_list(value: Any) -> list[str]:
         return []
     if isinstance(value, str):
         return [v for v in value.split("\\") if v]
+    if isinstance(value, (int, float)):  # one numeric value (DSfloat, IS, US)
+        return [str(value)]
     return [str(v) for v in value]
 
 
