@@ -37,6 +37,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
+import hospital_dicom
 from conftest import ROOT, make_study
 
 sys.path.insert(0, str(ROOT / "orthanc"))
@@ -206,7 +207,11 @@ def studies(tmp_path_factory) -> dict[str, Path]:
         ds.BodyPartExamined, ds.StudyDescription = "KNEE", "MR KNEE"
         ds.SeriesDescription = ds.ProtocolName = "sag T1 TSE"
         ds.save_as(base / "knee" / f.name)
-    return {"a": a, "b": b, "corrupt": base / "corrupt", "knee": base / "knee"}
+    # as PACS archives send it: JPEG lossless SV1 (dcmtk) and one Enhanced MR multi-frame object
+    hospital_dicom.transcode(b / "301_sag_t1", base / "jpeg_lossless", "jpeg_lossless_sv1")
+    hospital_dicom.save(hospital_dicom.enhanced_mr(b / "501_ax_t2"), base / "enhanced")
+    return {"a": a, "b": b, "corrupt": base / "corrupt", "knee": base / "knee",
+            "jpeg_lossless": base / "jpeg_lossless", "enhanced": base / "enhanced"}
 
 
 @pytest.fixture(scope="module")
@@ -443,6 +448,23 @@ def test_corrupt_and_non_cervical_series_are_skipped_with_a_reason(stack, studie
     assert info["job"]["derived_series"] == []
     assert _ours_in_study(stack, corrupt[0]["ParentStudy"]) == []  # no partial derived series
     assert len(stack.study_series(knee[0]["ParentStudy"])) == 1
+
+
+def test_jpeg_lossless_and_enhanced_mr_stored_in_orthanc_get_their_derived_series(stack, studies):
+    jpeg = stack.upload(_dcm(studies["jpeg_lossless"]))
+    enhanced = stack.upload(_dcm(studies["enhanced"]))
+    info = stack.wait_job(jpeg[0]["ParentSeries"])
+    derived = _assert_done_with_derived(stack, jpeg[0]["ParentSeries"], info, n_instances=2)
+    tags = stack.get(f"/instances/{derived['Instances'][0]}/simplified-tags")
+    assert stack.get(f"/instances/{derived['Instances'][0]}/metadata?expand")["TransferSyntax"] == "1.2.840.10008.1.2.1"
+    assert tags["SourceImageSequence"][0]["ReferencedSOPClassUID"] == "1.2.840.10008.5.1.4.1.1.4"
+    info = stack.wait_job(enhanced[0]["ParentSeries"])
+    assert info["job"]["role"] == "AX_T2", info["job"]  # classified from the functional groups
+    derived = _assert_done_with_derived(stack, enhanced[0]["ParentSeries"], info, n_instances=2)
+    refs = [stack.get(f"/instances/{i}/simplified-tags")["SourceImageSequence"][0] for i in derived["Instances"]]
+    source_uid = str(pydicom.dcmread(_dcm(studies["enhanced"])[0], stop_before_pixels=True).SOPInstanceUID)
+    assert {r["ReferencedSOPInstanceUID"] for r in refs} == {source_uid}
+    assert sorted(int(r["ReferencedFrameNumber"]) for r in refs) == [1, 2]
 
 
 def test_worker_killed_mid_job_completes_after_restart(stack, studies):
