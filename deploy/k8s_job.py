@@ -37,7 +37,8 @@ APP_COMMAND = ["python3", "/opt/holoscan/app"]      # map/app.json "command"
 APP_LABEL = "cervical-dl-enhance"
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Documented exit codes of the app (README): 0 ok; 3/4 nothing to do (worker marks the job skipped).
-EXIT_CODES = {0: "done", 1: "internal error", 2: "usage error", 3: "no DICOM", 4: "nothing to enhance", 5: "model error"}
+EXIT_CODES = {0: "done", 1: "internal error", 2: "usage error", 3: "no DICOM", 4: "nothing to enhance", 5: "model error",
+              6: "output not writable"}
 
 
 def _pkg_resources(variant: str) -> dict:
