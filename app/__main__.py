@@ -3,7 +3,7 @@
 Exit codes (also in the README):
     0  derived series written (some series may have been skipped; see run_summary.json)
     1  internal error
-    2  usage error (bad arguments, missing input or model path)
+    2  usage error (bad arguments, missing input or model path, unusable setting)
     3  no DICOM study in the input (empty folder, only non-DICOM or unreadable files)
     4  DICOM found, but no series to enhance (non-MR, not cervical, truncated, ...)
     5  model files missing, corrupt (checksum) or not loadable
@@ -55,7 +55,7 @@ def _storage_error(exc: BaseException, output: Path) -> OSError | None:
 def _classify_failure(exc: BaseException, output: Path = Path("output")) -> tuple[int, str]:
     from monai.deploy.exceptions import ItemNotExistsError
 
-    from operators.derived_series_writer import NoEligibleSeriesError
+    from operators.derived_series_writer import ConfigurationError, NoEligibleSeriesError
     from operators.dl_enhancement import ModelError
 
     if isinstance(exc, ItemNotExistsError) and "No study loaded" in str(exc):
@@ -64,6 +64,8 @@ def _classify_failure(exc: BaseException, output: Path = Path("output")) -> tupl
         return EXIT_NOTHING_TO_DO, str(exc)
     if isinstance(exc, ModelError):
         return EXIT_MODEL, str(exc)
+    if isinstance(exc, ConfigurationError):
+        return EXIT_USAGE, str(exc)
     storage = _storage_error(exc, output)
     if storage is not None:
         what = "output storage full" if storage.errno in _STORAGE_FULL else "output folder not writable"

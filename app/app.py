@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from holoscan.conditions import CountCondition
@@ -20,7 +21,8 @@ class CervicalDLEnhanceApp(Application):
     plus a quality check of original and DL images (qc.json, TID 1500 SR, PDF report).
 
     Paths come from ``-i/-o/-m`` or HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH /
-    HOLOSCAN_MODEL_PATH, as for every MONAI Deploy application (and inside the MAP).
+    HOLOSCAN_MODEL_PATH, as for every MONAI Deploy application (and inside the MAP);
+    ``CERVICAL_DL_OUTPUT_SYNTAX`` chooses the derived images' transfer syntax (README).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -37,7 +39,8 @@ class CervicalDLEnhanceApp(Application):
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, name="dicom_loader")
         selector = CervicalSeriesSelectorOperator(self, name="cervical_series_selector")
         enhancer = DLEnhancementOperator(self, model_dir=model_path, name="dl_enhancement")
-        writer = DerivedSeriesWriterOperator(self, output_folder=output_path, name="derived_series_writer")
+        writer = DerivedSeriesWriterOperator(self, output_folder=output_path, name="derived_series_writer",
+                                             transfer_syntax=os.environ.get("CERVICAL_DL_OUTPUT_SYNTAX"))
         quality = QualityCheckOperator(self, model_dir=model_path, name="quality_check")
         qc_writer = QCReportWriterOperator(self, output_folder=output_path, name="qc_report_writer")
 

@@ -22,7 +22,7 @@ from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless, generate_uid
 
 from operators.cervical_series_selector import SeriesReport
 from operators.dl_enhancement import EnhancedSeries
@@ -36,6 +36,23 @@ SUMMARY_FILE = "run_summary.json"
 # Attributes that would be wrong once the pixels change, or that we must not copy.
 _DROP = ("LargestImagePixelValue", "SmallestImagePixelValue", "IconImageSequence", "PixelPaddingValue",
          "WindowCenterWidthExplanation", "RequestAttributesSequence", "ReferencedImageSequence")
+
+
+#: ``CERVICAL_DL_OUTPUT_SYNTAX`` values -> transfer syntax of the derived images (lossless only).
+OUTPUT_SYNTAXES = {"explicit-little-endian": ExplicitVRLittleEndian, "jpeg-ls-lossless": JPEGLSLossless,
+                   "rle-lossless": RLELossless}
+
+
+class ConfigurationError(ValueError):
+    """A setting of the application (environment or arguments) has an unusable value."""
+
+
+def output_syntax(name: str | None) -> str:
+    """The transfer syntax UID for an ``OUTPUT_SYNTAXES`` name (None: uncompressed)."""
+    key = (name or "explicit-little-endian").strip().lower()
+    if key not in OUTPUT_SYNTAXES:
+        raise ConfigurationError(f"unknown CERVICAL_DL_OUTPUT_SYNTAX {name!r} (one of {', '.join(OUTPUT_SYNTAXES)})")
+    return OUTPUT_SYNTAXES[key]
 
 
 def derived_uid(*parts: str) -> str:
@@ -187,9 +204,11 @@ class DerivedSeriesWriterOperator(Operator):
         written_series: list of WrittenSeries (optional; for the QC report).
     """
 
-    def __init__(self, fragment: Fragment, *args, output_folder: Path, **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, output_folder: Path, transfer_syntax: str | None = None,
+                 **kwargs) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.output_folder = Path(output_folder)
+        self.transfer_syntax = output_syntax(transfer_syntax)
         self.written: list[dict] = []
         super().__init__(fragment, *args, **kwargs)
 
@@ -258,8 +277,11 @@ class DerivedSeriesWriterOperator(Operator):
                                        sop_uid=derived_uid(instance_label(src), item.model.name, item.model.version),
                                        series_number=number, window=window, model_name=item.model.name,
                                        model_version=item.model.version, model_sha256=item.model.sha256, now=now)
+            if self.transfer_syntax != ExplicitVRLittleEndian:
+                ds.compress(self.transfer_syntax, pix, generate_instance_uid=False)
             pydicom.dcmwrite(staging / folder / f"IM{i + 1:04d}.dcm", ds, enforce_file_format=True)
             del ds.PixelData
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # headers handed on describe no pixels
             headers.append(ds)
         self._logger.info("%s: derived series %d written (%d images)", item.role, number, len(item.datasets))
         entry = {"role": item.role, "source_series_instance_uid": source_uid,

@@ -21,14 +21,14 @@ def make_study(out: Path, *, protocol="myelopathy", acquisition="accelerated", s
 
 
 def run_app(input_dir: Path, output_dir: Path, model_dir: Path = ROOT / "models", env_paths: bool = False,
-            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+            cwd: Path = ROOT, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m app`` with -i/-o/-m, or with only the HOLOSCAN_* variables set."""
     if env_paths:
-        env = {**ENV, "HOLOSCAN_INPUT_PATH": str(input_dir), "HOLOSCAN_OUTPUT_PATH": str(output_dir),
+        env = {**ENV, **(extra_env or {}), "HOLOSCAN_INPUT_PATH": str(input_dir), "HOLOSCAN_OUTPUT_PATH": str(output_dir),
                "HOLOSCAN_MODEL_PATH": str(model_dir)}
         cmd = [sys.executable, "-m", "app"]
     else:
-        env = ENV
+        env = {**ENV, **(extra_env or {})}
         cmd = [sys.executable, "-m", "app", "-i", str(input_dir), "-o", str(output_dir), "-m", str(model_dir)]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 

@@ -38,12 +38,14 @@ def transcode(src: Path, dst: Path, kind: str) -> Path:
     return dst
 
 
-def renumber(folder: Path, series_number: int) -> None:
-    """A new SeriesInstanceUID / number (and SOP UIDs) for a copied series."""
+def renumber(folder: Path, series_number: int, study_uid: str | None = None) -> None:
+    """A new SeriesInstanceUID / number (and SOP UIDs, and the study when given) for a copied series."""
     series_uid = generate_uid()
     for f in sorted(folder.glob("*.dcm")):
         ds = pydicom.dcmread(f)
         ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, series_number
+        if study_uid is not None:
+            ds.StudyInstanceUID = study_uid
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.save_as(f)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 import hospital_dicom as hosp
 from conftest import ROOT, run_app
@@ -78,7 +78,9 @@ def hospital_study(accelerated_study, tmp_path_factory) -> Path:
 def hospital_run(hospital_study, tmp_path_factory):
     before = _hashes(hospital_study)
     out = tmp_path_factory.mktemp("hospital-out") / "out"
-    result = run_app(hospital_study, out)
+    # Derived images JPEG-LS lossless here (CERVICAL_DL_OUTPUT_SYNTAX): the pixel comparisons
+    # below then also show that the compressed output holds exactly the uncompressed run's pixels.
+    result = run_app(hospital_study, out, extra_env={"CERVICAL_DL_OUTPUT_SYNTAX": "jpeg-ls-lossless"})
     return out, result, before
 
 
@@ -95,7 +97,7 @@ def test_every_hospital_encoding_is_enhanced(hospital_run, hospital_study):
     for entry in _summary(out)["derived"]:
         folder = out / "derived" / entry["folder"]
         for ds in hosp.read_series(folder):
-            assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+            assert ds.file_meta.TransferSyntaxUID == JPEGLSLossless
             assert ds.PhotometricInterpretation == "MONOCHROME2"
         assert not _dciodvfy_errors(folder), entry["folder"]
 
@@ -159,6 +161,9 @@ def test_multiframe_series_give_the_pixels_of_the_single_frame_run(multiframe_ru
     assert result.returncode == 0, result.stderr[-2000:]
     assert {d["role"] for d in _summary(out)["derived"]} == {"SAG_T1", "SAG_CE_T1", "AX_T2"}
     assert _hashes(root) == before
+    for entry in _summary(out)["derived"]:  # the default: uncompressed
+        assert all(d.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+                   for d in hosp.read_series(out / "derived" / entry["folder"]))
     for role in ("SAG_T1", "SAG_CE_T1", "AX_T2"):
         derived = hosp.pixels_by_position(_derived_folder(out, role))
         reference = hosp.pixels_by_position(_derived_folder(app_run[0], role))
@@ -260,6 +265,14 @@ def _as_simplified_tags(ds: pydicom.Dataset) -> dict:
         else:
             out[elem.keyword] = str(elem.value)
     return out
+
+
+def test_unknown_output_syntax_is_a_usage_error(tmp_path, accelerated_study):
+    shutil.copytree(accelerated_study / "501_ax_t2", tmp_path / "in")
+    result = run_app(tmp_path / "in", tmp_path / "out", extra_env={"CERVICAL_DL_OUTPUT_SYNTAX": "jpeg-lossy"})
+    assert result.returncode == 2, result.stderr[-1500:]
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("cervical-dl-enhance: FAILED (exit 2)")]
+    assert len(lines) == 1 and "unknown CERVICAL_DL_OUTPUT_SYNTAX 'jpeg-lossy'" in lines[0], result.stderr[-1500:]
 
 
 # --- a full output disk ----------------------------------------------------------------

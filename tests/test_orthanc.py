@@ -208,8 +208,13 @@ def studies(tmp_path_factory) -> dict[str, Path]:
         ds.SeriesDescription = ds.ProtocolName = "sag T1 TSE"
         ds.save_as(base / "knee" / f.name)
     # as PACS archives send it: JPEG lossless SV1 (dcmtk) and one Enhanced MR multi-frame object
+    # (a study of their own: study b's series and UIDs stay for the tests below)
+    hospital_study_uid = generate_uid()
     hospital_dicom.transcode(b / "301_sag_t1", base / "jpeg_lossless", "jpeg_lossless_sv1")
-    hospital_dicom.save(hospital_dicom.enhanced_mr(b / "501_ax_t2"), base / "enhanced")
+    hospital_dicom.renumber(base / "jpeg_lossless", 301, study_uid=hospital_study_uid)
+    enhanced = hospital_dicom.enhanced_mr(b / "501_ax_t2")
+    enhanced.StudyInstanceUID = hospital_study_uid
+    hospital_dicom.save(enhanced, base / "enhanced")
     return {"a": a, "b": b, "corrupt": base / "corrupt", "knee": base / "knee",
             "jpeg_lossless": base / "jpeg_lossless", "enhanced": base / "enhanced"}
 
