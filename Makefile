@@ -7,12 +7,13 @@ DEMO_DIR ?= demo-output
 
 .PHONY: train-motion setup demo test train evaluate benchmark clean
 
+# SETUP_DONE=1: a sub-make of a target that has already run set-up (prints "setup: ready" once).
 setup:
-	@scripts/setup.sh
+	@[ -n "$(SETUP_DONE)" ] || scripts/setup.sh
 
 demo: viewer
-	@$(MAKE) --no-print-directory orthanc
-	@$(MAKE) --no-print-directory front
+	@$(MAKE) --no-print-directory orthanc SETUP_DONE=1
+	@$(MAKE) --no-print-directory front SETUP_DONE=1
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	$(PY) -m simulation.make_study --protocol myelopathy --acquisition accelerated --seed 7 \
 		--motion mild --out $(DEMO_DIR)/study

@@ -173,7 +173,7 @@ def fetch(dist: Path = HERE / "dist", version: str = OHIF_VERSION) -> Path:
     cache.mkdir(exist_ok=True)
     tgz = cache / f"ohif-app-{version}.tgz"
     if not tgz.exists():
-        subprocess.run(["npm", "pack", f"@ohif/app@{version}", "--pack-destination", str(cache)],
+        subprocess.run(["npm", "pack", "--loglevel=warn", f"@ohif/app@{version}", "--pack-destination", str(cache)],
                        check=True, stdout=subprocess.DEVNULL)
     tmp = dist.with_name(dist.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -209,7 +209,6 @@ class DerivedSeriesWriterOperator(Operator):
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.output_folder = Path(output_folder)
         self.transfer_syntax = output_syntax(transfer_syntax)
-        self.written: list[dict] = []
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -242,7 +241,6 @@ class DerivedSeriesWriterOperator(Operator):
                 os.replace(staging / entry["folder"], target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self.written = written
         summary = {
             "software": {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION},
             "model": asdict(enhanced[0].model) if enhanced else None,

@@ -31,8 +31,6 @@ __all__ = [
     "acquired_phase_encode_mask",
     "random_motion_trajectory",
     "simulate_acquisition",
-    "simulate_conventional_acquisition",
-    "simulate_accelerated_acquisition",
     "smooth_background_phase",
     "band_limited_truth",
     "rayleigh_mean",
@@ -424,17 +422,3 @@ def band_limited_truth(obj: np.ndarray, protocol: AcquisitionProtocol = CONVENTI
     ``obj`` is the object (real or complex, ``(rows, columns)``) at the display matrix.
     """
     return np.abs(ifft2c(fft2c(np.asarray(obj, dtype=np.complex128)) * protocol.sampling_mask(obj.shape)))
-
-
-def simulate_conventional_acquisition(truth: np.ndarray, noise_sigma: float, rng: np.random.Generator,
-                                      *, phase_encode_axis: int = 1, **kwargs) -> np.ndarray:
-    """Full-time protocol (:data:`CONVENTIONAL`) along the given phase-encode axis."""
-    return simulate_acquisition(truth, CONVENTIONAL.with_phase_encode_axis(phase_encode_axis),
-                                noise_sigma, rng, **kwargs)
-
-
-def simulate_accelerated_acquisition(truth: np.ndarray, noise_sigma: float, rng: np.random.Generator,
-                                     protocol: AcquisitionProtocol = DEFAULT_ACCELERATED,
-                                     **kwargs) -> np.ndarray:
-    """Shortened protocol (fewer lines, fewer averages, optional partial Fourier)."""
-    return simulate_acquisition(truth, protocol, noise_sigma, rng, **kwargs)

@@ -32,7 +32,6 @@ from simulation.phantom import (
 )
 
 Vendor = Literal["philips", "siemens", "ge"]
-Role = Literal["SAG_T1", "SAG_T2", "SAG_DIXON_IP", "SAG_DIXON_W", "AX_T2", "SAG_CE_T1"]
 
 # Roles per protocol (Koo et al. 2025): HIVD and myelopathy.
 PROTOCOL_ROLES: dict[str, list[str]] = {
