@@ -61,9 +61,13 @@ class UnsupportedInput(ValueError):
     """An instance the pipeline cannot compute on; the message is the one-line reason."""
 
 
-def _get(ds: Mapping[str, Any] | Any, keyword: str, default: Any = None) -> Any:
+def header_value(ds: Mapping[str, Any] | Any, keyword: str, default: Any = None) -> Any:
+    """``ds[keyword]`` of a pydicom dataset or a keyword mapping; ``default`` when absent or empty."""
     value = ds.get(keyword, default) if hasattr(ds, "get") else getattr(ds, keyword, default)
     return default if value in (None, "") else value
+
+
+_get = header_value
 
 
 def _first_item(value: Any) -> Any:
@@ -167,8 +171,13 @@ def classic_header(ds: Mapping[str, Any] | Any, frame_index: int = 0) -> Mapping
     multi-frame MR object (pydicom dataset or Orthanc simplified tags)."""
     if not is_multiframe(ds):
         return ds
+    return _merged_header(ds, frame_attributes(ds, frame_index))
+
+
+def _merged_header(ds: Mapping[str, Any] | Any, frame: dict[str, Any]) -> dict[str, Any]:
+    """Top-level attributes of a multi-frame object plus one frame's ``frame_attributes``."""
     header = {k: _get(ds, k) for k in _keywords(ds) if k not in _MULTIFRAME_ONLY}
-    frame = frame_attributes(ds, frame_index)
+    frame = dict(frame)
     administered = frame.pop("_contrast_administered", None)
     inversion = frame.pop("_inversion_recovery", False)
     body_part = frame.pop("_body_part", None)
@@ -274,7 +283,8 @@ def _native_view(ds: Dataset, pixels: np.ndarray, attributes: Mapping[str, Any],
 
 
 def _multiframe_classic_attributes(ds: Dataset, frame_index: int) -> dict[str, Any]:
-    header = classic_header(ds, frame_index)
+    frame = frame_attributes(ds, frame_index)
+    header = _merged_header(ds, frame)
     keep = {k: header[k] for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
                                    "SliceThickness", "SpacingBetweenSlices", "RescaleIntercept", "RescaleSlope",
                                    "RescaleType", "WindowCenter", "WindowWidth", "RepetitionTime", "FlipAngle",
@@ -283,7 +293,7 @@ def _multiframe_classic_attributes(ds: Dataset, frame_index: int) -> dict[str, A
                                    "BodyPartExamined")
             if header.get(k) is not None}
     # Everything a Legacy Converted object kept from its classic sources comes back as it was.
-    for k, v in frame_attributes(ds, frame_index).items():
+    for k, v in frame.items():
         if not k.startswith("_") and k not in keep:
             keep[k] = v
     if float(keep.get("RescaleSlope", 1)) == 1 and float(keep.get("RescaleIntercept", 0)) == 0:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from operators.series_input import MR_STORAGE_CLASSES, classic_header
+from operators.series_input import header_value as _get
 
 ROLES = ("SAG_T1", "SAG_T2", "SAG_DIXON_IP", "SAG_DIXON_W", "AX_T2", "SAG_CE_T1")
 #: Software name written into ContributingEquipmentSequence / DerivationDescription of
@@ -35,9 +36,6 @@ class SeriesDecision:
     reason: str
 
 
-def _get(ds: Mapping[str, Any] | Any, keyword: str, default: Any = None) -> Any:
-    value = ds.get(keyword, default) if hasattr(ds, "get") else getattr(ds, keyword, default)
-    return default if value in (None, "") else value
 
 
 def _as_list(value: Any) -> list[str]:
@@ -79,14 +77,14 @@ def classify_series(ds: Any) -> SeriesDecision:
     mapping of DICOM keywords, e.g. Orthanc's simplified tags). Classic MR, Enhanced MR and
     Legacy Converted Enhanced MR (read from the first frame's functional groups)."""
     ds = classic_header(ds)
-    decision = _classify_header(ds)
     note = lossy_compression_note(ds)
+    decision = _classify_header(ds, note)
     if decision.role is not None and note is not None:
         return SeriesDecision(decision.role, f"{decision.reason}; {note}")
     return decision
 
 
-def _classify_header(ds: Any) -> SeriesDecision:
+def _classify_header(ds: Any, lossy_note: str | None) -> SeriesDecision:
     modality = str(_get(ds, "Modality", "")).upper()
     if modality != "MR":
         return SeriesDecision(None, f"not MR (Modality {modality or 'missing'})")
@@ -96,7 +94,7 @@ def _classify_header(ds: Any) -> SeriesDecision:
     if is_our_output(ds):
         return SeriesDecision(None, "our own output")
     image_type = [v.upper() for v in _as_list(_get(ds, "ImageType"))]
-    if image_type and image_type[0] == "DERIVED" and lossy_compression_note(ds) is None:
+    if image_type and image_type[0] == "DERIVED" and lossy_note is None:
         return SeriesDecision(None, "derived series (ImageType DERIVED, not only lossy compression)")
     description = " ".join(str(_get(ds, k, "")) for k in ("SeriesDescription", "ProtocolName"))
     if "LOCALIZER" in image_type or _LOCALIZER_RE.search(description):
