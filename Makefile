@@ -2,7 +2,9 @@
 # app on it, upload it and print the viewer URL) and `make test`. `make stop` ends the demo.
 SHELL := /bin/bash
 PY := .venv/bin/python
-export PYTHONPATH := $(CURDIR)
+unexport PYTHONPATH  # the project is installed into .venv (pip install -e ., scripts/setup.sh)
+# The app's soft stack limit (KiB), from its one home (map/layout.py); read when a recipe runs.
+STACK_KIB = $(shell $(PY) -c "from map.layout import STACK_LIMIT_KIB; print(STACK_LIMIT_KIB)")
 DEMO_DIR ?= demo-output
 
 .PHONY: train-motion setup demo test train evaluate benchmark clean
@@ -17,33 +19,33 @@ demo: viewer
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	$(PY) -m simulation.make_study --protocol myelopathy --acquisition accelerated --seed 7 \
 		--motion mild --out $(DEMO_DIR)/study
-	ulimit -s 32768; $(PY) -m app -i $(DEMO_DIR)/study -o $(DEMO_DIR)/output -m models
+	ulimit -s $(STACK_KIB); $(PY) -m app -i $(DEMO_DIR)/study -o $(DEMO_DIR)/output -m models/weights
 	@echo "demo: offline run: derived series in $(DEMO_DIR)/output/derived, QC in $(DEMO_DIR)/output/qc.json"
-	@PYTHONPATH=$(CURDIR):$(CURDIR)/orthanc $(PY) ohif-config/demo.py $(DEMO_DIR)/study
+	@$(PY) ohif-config/demo.py $(DEMO_DIR)/study
 
 test: setup viewer
-	ulimit -s 32768; $(PY) -m pytest -q tests
+	ulimit -s $(STACK_KIB); $(PY) -m pytest -q tests
 
-# Two stages (commands, seeds and data in models/MODEL_CARD.md); the second starts from the
-# first's checkpoint and exports models/cervical_dl_recon.{pt,onnx} + sha256 + model_info.json.
+# Two stages (commands, seeds and data in models/weights/MODEL_CARD.md); the second starts from the
+# first's checkpoint and exports models/weights/cervical_dl_recon.{pt,onnx} + sha256 + model_info.json.
 train: setup
-	$(PY) -m models.train --config models/configs/default.json
-	$(PY) -m models.train --config models/configs/stage2.json
+	$(PY) -m models.training.train --config models/training/configs/default.json
+	$(PY) -m models.training.train --config models/training/configs/stage2.json
 
-# The QC motion detector (models/motion_detector.*): simulate slices, train 20 min, recalibrate.
+# The QC motion detector (models/weights/motion_detector.*): simulate slices, train 20 min, recalibrate.
 train-motion: setup
-	$(PY) -m models.train_motion_detector simulate --phantoms 120 --generic 2000 --workers 2
-	$(PY) -m models.train_motion_detector train --minutes 20
-	$(PY) -m operators.qc_evaluate --calibrate
+	$(PY) -m models.training.train_motion_detector simulate --phantoms 120 --generic 2000 --workers 2
+	$(PY) -m models.training.train_motion_detector train --minutes 20
+	$(PY) -m models.evaluation.qc --calibrate
 
 # Long evaluations and benchmarks (outside CI; results committed under docs/).
 evaluate: setup
-	$(PY) -m models.evaluate
-	$(PY) -m operators.qc_evaluate
-	$(PY) -m operators.qc_independent
+	$(PY) -m models.evaluation.enhancement
+	$(PY) -m models.evaluation.qc
+	$(PY) -m models.evaluation.qc_independent
 
 benchmark: setup
-	$(PY) -m models.benchmark --paths
+	$(PY) -m models.evaluation.benchmark --paths
 
 clean:
 	rm -rf $(DEMO_DIR) test-artifacts .pytest_cache
@@ -51,11 +53,11 @@ clean:
 # Orthanc + worker on this machine (orthanc/README.md): generated credentials, loopback only.
 .PHONY: orthanc stop
 orthanc: setup
-	@PYTHONPATH=$(CURDIR):$(CURDIR)/orthanc $(PY) -m cervical_pacs.launcher start
+	@$(PY) -m cervical_pacs.launcher start
 
 stop:
 	@$(PY) ohif-config/front.py stop
-	@PYTHONPATH=$(CURDIR):$(CURDIR)/orthanc $(PY) -m cervical_pacs.launcher stop
+	@$(PY) -m cervical_pacs.launcher stop
 
 # MAP packaging (issue 7, docs/deploy.md). `make map-context` writes the complete MAP build
 # context offline into build/map-context (MAP_VARIANT=gpu|cpu); `docker build` on it gives the MAP.

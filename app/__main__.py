@@ -1,20 +1,12 @@
 """``python -m app -i IN -o OUT -m MODELS``: run the application, exit with a documented code.
 
-Exit codes (also in the README):
-    0  derived series written (some series may have been skipped; see run_summary.json)
-    1  internal error
-    2  usage error (bad arguments, missing input or model path, unusable setting)
-    3  no DICOM study in the input (empty folder, only non-DICOM or unreadable files)
-    4  DICOM found, but no series to enhance (non-MR, not cervical, truncated, ...)
-    5  model files missing, corrupt (checksum) or not loadable
-    6  the output cannot be written (storage full, quota, read-only or not permitted)
+Exit codes: :class:`app.contracts.ExitCode` (table in the README).
 A one-line reason goes to stderr and, for codes 1 and 3-6, to run_summary.json (when the
 output can still take it). A failed run leaves no results in the output folder.
 """
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import shutil
@@ -22,11 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_NO_DICOM, EXIT_NOTHING_TO_DO, EXIT_MODEL, EXIT_STORAGE = 0, 1, 2, 3, 4, 5, 6
+from app.contracts import (RESULTS, ConfigurationError, ExitCode, ModelError, NoDicomError, NoEligibleSeriesError,
+                           SeriesReport)
+from app.run_summary import read_summary, summary_of, write_summary
+
 _STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
-#: What a run writes into the output folder besides run_summary.json (removed on failure).
-_RESULTS = ("derived", "qc", "qc.json")
 
 
 def _output_folder(argv: list[str]) -> Path:
@@ -53,24 +46,15 @@ def _storage_error(exc: BaseException, output: Path) -> OSError | None:
 
 
 def _classify_failure(exc: BaseException, output: Path = Path("output")) -> tuple[int, str]:
-    from monai.deploy.exceptions import ItemNotExistsError
-
-    from operators.derived_series_writer import ConfigurationError, NoEligibleSeriesError
-    from operators.dl_enhancement import ModelError
-
-    if isinstance(exc, ItemNotExistsError) and "No study loaded" in str(exc):
-        return EXIT_NO_DICOM, "no DICOM study found in the input folder"
-    if isinstance(exc, NoEligibleSeriesError):
-        return EXIT_NOTHING_TO_DO, str(exc)
-    if isinstance(exc, ModelError):
-        return EXIT_MODEL, str(exc)
-    if isinstance(exc, ConfigurationError):
-        return EXIT_USAGE, str(exc)
+    for kind, code in ((NoDicomError, ExitCode.NO_DICOM), (NoEligibleSeriesError, ExitCode.NOTHING_TO_DO),
+                       (ModelError, ExitCode.MODEL), (ConfigurationError, ExitCode.USAGE)):
+        if isinstance(exc, kind):
+            return code, str(exc)
     storage = _storage_error(exc, output)
     if storage is not None:
         what = "output storage full" if storage.errno in _STORAGE_FULL else "output folder not writable"
-        return EXIT_STORAGE, f"{what} ({os.strerror(storage.errno)}); nothing was written"
-    return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return ExitCode.STORAGE, f"{what} ({os.strerror(storage.errno)}); nothing was written"
+    return ExitCode.INTERNAL, f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
 def main() -> int:
@@ -85,43 +69,35 @@ def main() -> int:
         app = CervicalDLEnhanceApp()
         app.run()
     except SystemExit as exc:  # argparse inside the SDK: missing -i/-m path
-        return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
+        return ExitCode.USAGE if exc.code not in (0, None) else ExitCode.OK
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line and a code
         code, reason = _classify_failure(exc, output)
         print(f"cervical-dl-enhance: FAILED (exit {code}): {reason}", file=sys.stderr)
-        _record_failure(output, code, reason)
+        _record_failure(output, code, reason, getattr(exc, "reports", []))
         return code
     print_summary(output, time.perf_counter() - start)
-    return EXIT_OK
+    return ExitCode.OK
 
 
-def _record_failure(output: Path, code: int, reason: str) -> None:
+def _record_failure(output: Path, code: int, reason: str, reports: list[SeriesReport]) -> None:
     """Remove this run's results and write the reason into run_summary.json, atomically;
     on a full disk the one line on stderr is all there is."""
-    from operators.derived_series_writer import write_summary
-
-    for name in _RESULTS:
+    for name in RESULTS:
         path = output / name
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         elif path.exists():
             path.unlink(missing_ok=True)
-    summary_path = output / "run_summary.json"
+    status = "nothing_to_do" if code == ExitCode.NOTHING_TO_DO else "failed"
     try:
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() and code == EXIT_NOTHING_TO_DO else {}
-    except (OSError, ValueError):
-        summary = {}
-    summary.update({"status": "failed" if code != EXIT_NOTHING_TO_DO else "nothing_to_do", "exit_code": code,
-                    "reason": reason})
-    try:
-        write_summary(output, summary)
+        write_summary(output, summary_of(reports, [], [], status=status, exit_code=code, reason=reason))
     except OSError as exc:
         print(f"cervical-dl-enhance: run_summary.json not written: {os.strerror(exc.errno or 0)}", file=sys.stderr)
 
 
 def print_summary(output: Path, seconds: float) -> None:
     """Short human summary of run_summary.json (no patient data)."""
-    summary = json.loads((output / "run_summary.json").read_text())
+    summary = read_summary(output)
     print(f"series found: {len(summary['series'])}")
     for s in summary["series"]:
         print(f"  {str(s['series_number']):>5}  {s['n_instances']:3d} images  "

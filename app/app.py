@@ -9,6 +9,7 @@ from holoscan.conditions import CountCondition
 from monai.deploy.core import Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 
+from app.contracts import Ports
 from operators.cervical_series_selector import CervicalSeriesSelectorOperator
 from operators.derived_series_writer import DerivedSeriesWriterOperator
 from operators.dl_enhancement import DLEnhancementOperator
@@ -36,7 +37,9 @@ class CervicalDLEnhanceApp(Application):
         model_path = Path(app_context.model_path)
         self._logger.info("input %s, output %s, models %s", input_path, output_path, model_path)
 
-        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, name="dicom_loader")
+        # must_load=False: an input without DICOM reaches the selector, which says so (exit 3).
+        loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, must_load=False,
+                                         name="dicom_loader")
         selector = CervicalSeriesSelectorOperator(self, name="cervical_series_selector")
         enhancer = DLEnhancementOperator(self, model_dir=model_path, name="dl_enhancement")
         writer = DerivedSeriesWriterOperator(self, output_folder=output_path, name="derived_series_writer",
@@ -44,10 +47,10 @@ class CervicalDLEnhanceApp(Application):
         quality = QualityCheckOperator(self, model_dir=model_path, name="quality_check")
         qc_writer = QCReportWriterOperator(self, output_folder=output_path, name="qc_report_writer")
 
-        self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
-        self.add_flow(selector, enhancer, {("study_selected_series_list", "study_selected_series_list")})
-        self.add_flow(selector, writer, {("series_reports", "series_reports")})
-        self.add_flow(enhancer, writer, {("enhanced_series", "enhanced_series")})
-        self.add_flow(enhancer, quality, {("enhanced_series", "enhanced_series")})
-        self.add_flow(quality, qc_writer, {("qc_results", "qc_results")})
-        self.add_flow(writer, qc_writer, {("written_series", "written_series")})
+        self.add_flow(loader, selector, {(Ports.DICOM_STUDY_LIST, Ports.DICOM_STUDY_LIST)})
+        self.add_flow(selector, enhancer, {(Ports.STUDY_SELECTED_SERIES, Ports.STUDY_SELECTED_SERIES)})
+        self.add_flow(selector, writer, {(Ports.SERIES_REPORTS, Ports.SERIES_REPORTS)})
+        self.add_flow(enhancer, writer, {(Ports.ENHANCED_SERIES, Ports.ENHANCED_SERIES)})
+        self.add_flow(enhancer, quality, {(Ports.ENHANCED_SERIES, Ports.ENHANCED_SERIES)})
+        self.add_flow(quality, qc_writer, {(Ports.QC_RESULTS, Ports.QC_RESULTS)})
+        self.add_flow(writer, qc_writer, {(Ports.WRITTEN_SERIES, Ports.WRITTEN_SERIES)})

@@ -29,16 +29,19 @@ from typing import Any, Callable
 
 from kubernetes import client
 
+from app.contracts import ExitCode
 from deploy.workflow import default_image
+from map.layout import APP_COMMAND, STACK_LIMIT_SHELL
+from map.layout import INPUT_DIR as MAP_INPUT
+from map.layout import MODELS_DIR as MAP_MODELS
+from map.layout import OUTPUT_DIR as MAP_OUTPUT
+from models import WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-MAP_INPUT, MAP_OUTPUT, MAP_MODELS = "/var/holoscan/input", "/var/holoscan/output", "/opt/holoscan/models"
-APP_COMMAND = ["python3", "/opt/holoscan/app"]      # map/app.json "command"
 APP_LABEL = "cervical-dl-enhance"
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Documented exit codes of the app (README): 0 ok; 3/4 nothing to do (worker marks the job skipped).
-EXIT_CODES = {0: "done", 1: "internal error", 2: "usage error", 3: "no DICOM", 4: "nothing to enhance", 5: "model error",
-              6: "output not writable"}
+EXIT_CODES = ExitCode.NAMES
 
 
 def _pkg_resources(variant: str) -> dict:
@@ -72,7 +75,7 @@ def build_job(*, image: str, job_id: int | str, attempt: int = 1, namespace: str
     (``cervical-dl-w<pid>-j<job>-<attempt>``), default ``cervical-dl-j<job>-<attempt>``."""
     res = _pkg_resources(variant)
     if model_version is None:
-        model_version = json.loads((ROOT / "models" / "model_info.json").read_text())["version"]
+        model_version = json.loads((WEIGHTS_DIR / "model_info.json").read_text())["version"]
     if name is None:
         name = job_name(job_id, attempt)
     elif not DNS1123.match(name) or len(name) > 63:
@@ -113,7 +116,7 @@ def build_job(*, image: str, job_id: int | str, attempt: int = 1, namespace: str
     container = client.V1Container(
         name="map", image=image, image_pull_policy="IfNotPresent",
         # Kubernetes has no ulimit setting: raise the soft stack limit as the worker does, then exec the MAP command.
-        command=["/bin/sh", "-c", 'ulimit -s 32768 2>/dev/null; exec "$@"', "map"], args=list(APP_COMMAND),
+        command=["/bin/sh", "-c", f'{STACK_LIMIT_SHELL}; exec "$@"', "map"], args=list(APP_COMMAND),
         env=env, volume_mounts=mounts,
         resources=client.V1ResourceRequirements(limits=limits, requests=requests),
         security_context=client.V1SecurityContext(

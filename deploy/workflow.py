@@ -18,7 +18,7 @@ name maps to its container path in args; ``env_*`` args become environment varia
 entrypoint and command are split on commas.
 
 The router is a cheap pre-filter on the study's tags; the application still applies its own
-series rules (operators/series_roles.py) and exits 4 when nothing in the input is eligible.
+series rules (series/roles.py) and exits 4 when nothing in the input is eligible.
 Conditions use the WM evaluator syntax (``{{context.dicom.series.any('gggg','eeee')}}``,
 ``==``, ``CONTAINS``, ``OR``); they are not evaluated here (no WM offline).
 """
@@ -27,12 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
+from map.layout import APP_COMMAND, STACK_LIMIT_SHELL
+from map.layout import INPUT_DIR as MAP_INPUT
+from map.layout import MODELS_DIR as MAP_MODELS
+from map.layout import OUTPUT_DIR as MAP_OUTPUT
+from models import WEIGHTS_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_FILE = ROOT / "deploy" / "cervical-dl-workflow.json"
-MAP_INPUT, MAP_OUTPUT, MAP_MODELS = "/var/holoscan/input", "/var/holoscan/output", "/opt/holoscan/models"
 
 # From the WM sources (ValidationConstants.ValidTaskTypes, docker plugin Keys.RequiredParameters).
 VALID_TASK_TYPES = {"argo", "aide_clinical_review", "router", "export", "docker", "email", "remote_app_execution",
@@ -60,7 +66,7 @@ def build_workflow(image: str | None = None, *, ae_title: str = "CERVICALDL",
                    temp_storage: str = "/var/lib/mwm/tmp", version: str | None = None,
                    timeout_minutes: int = 30) -> dict:
     if version is None:
-        version = json.loads((ROOT / "models" / "model_info.json").read_text())["version"]
+        version = json.loads((WEIGHTS_DIR / "model_info.json").read_text())["version"]
     image = image or default_image("gpu")
     return {
         "name": "cervical-dl-enhance",
@@ -87,7 +93,7 @@ def build_workflow(image: str | None = None, *, ae_title: str = "CERVICALDL",
                     "server_url": docker_url,
                     "container_image": image,
                     "entrypoint": "/bin/sh,-c",
-                    "command": "ulimit -s 32768 2>/dev/null; exec python3 /opt/holoscan/app",
+                    "command": f"{STACK_LIMIT_SHELL}; exec {shlex.join(APP_COMMAND)}",
                     "temp_storage_container_path": temp_storage,
                     "task_timeout_minutes": str(timeout_minutes),
                     "input-dicom": MAP_INPUT,

@@ -3,73 +3,67 @@
 Same layout as ``monai-deploy package`` (holoscan-cli 4.2.0) writes into its temporary build
 folder before it calls Docker (holoscan_cli/packager/container_builder.py, packager.py):
 
-    Dockerfile            builds the MAP (``docker build -t cervical-dl-enhance:0.1.0-gpu DIR``)
+    Dockerfile            builds the MAP (``docker build -t cervical-dl-enhance:<version>-gpu DIR``)
     .dockerignore
     map/app.json          application manifest (command, HOLOSCAN_* environment, input/output)
     map/pkg.json          package manifest (resources from app.yaml, models)
     app.config            the app.yaml it was made from (-> /var/holoscan/app.yaml)
-    app/                  -> /opt/holoscan/app: __main__.py + packages app, operators, models (code)
-    models/               -> /opt/holoscan/models: weights, sha256, model_info.json and the QC motion
-                             detector (flat: the app's model folder layout, the one the Orthanc
-                             worker mounts too)
+    app/__main__.py       -> /opt/holoscan/app: runs ``python -m app`` (the MAP command)
     pip/requirements.txt  the project's pins minus dev/worker/deploy-only packages
+    pip/*.whl             the project's run-time wheel (pyproject.toml: app, operators, series, qc,
+                          models without training, evaluation and weights), installed into the image
+    models/               -> /opt/holoscan/models: everything in models/weights but the model card
+                          (the app's model folder, the one the Orthanc worker mounts too)
     docs/                 MODEL_CARD.md -> /opt/holoscan/docs
 
 Differences from the CLI, on purpose: the CLI's Dockerfile downloads an SDK manifest and a CUDA
 keyring from the internet and runs its ``tools`` entrypoint; ours needs only PyPI (and the
-base image) and runs the app command from app.json directly. The app folder holds our three
-top-level packages because the app imports ``operators`` and ``models`` as top-level packages.
-Everything is copied from an allow-list, so nothing only used for training, simulation or
-tests enters the image (operators/qc_evaluate.py imports simulation/: calibration tool, not
-run time, left out; the test runs the packaged app without simulation/ on the path).
+base image) and runs the app command from app.json directly. What enters the image is what the
+wheel holds (pyproject.toml decides, no list here): nothing used only for training,
+simulation or tests.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
 
+from map.layout import (APP_COMMAND, APP_DIR, APP_JSON, CONFIG_PATH, DOCS_DIR, INPUT_DIR, LOGS_DIR, MODELS_DIR,
+                        OUTPUT_DIR, PKG_JSON, WORK_DIR)
+from models import WEIGHTS_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
 
-APP_DIR, MODELS_DIR, WORK_DIR = "/opt/holoscan/app", "/opt/holoscan/models", "/var/holoscan"
-INPUT_DIR, OUTPUT_DIR = f"{WORK_DIR}/input", f"{WORK_DIR}/output"
-APP_JSON, PKG_JSON = "/etc/holoscan/app.json", "/etc/holoscan/pkg.json"
-CONFIG_PATH, DOCS_DIR, LOGS_DIR = f"{WORK_DIR}/app.yaml", "/opt/holoscan/docs", f"{WORK_DIR}/logs"
-API_VERSION = "1.0.0"                       # holoscan_cli DefaultValues.API_VERSION
-COMMAND = json.dumps(["python3", APP_DIR])  # CLI: a JSON array *as a string* for a Python module app
-
-# What the app imports at run time (checked by tests/test_map.py with an isolated run).
-APP_PACKAGES = {
-    "app": ["__init__.py", "__main__.py", "app.py"],
-    "operators": ["__init__.py", "cervical_series_selector.py", "derived_series_writer.py", "dl_enhancement.py",
-                  "qc_landmarks.py", "qc_metrics.py", "qc_report_writer.py", "quality_check.py", "series_input.py",
-                  "series_roles.py",
-                  "qc_calibration.json"],
-    "models": ["__init__.py", "inference.py", "motion_detector.py", "normalization.py", "network.py"],
-}
-MODEL_FILES = ["cervical_dl_recon.pt", "cervical_dl_recon.onnx", "cervical_dl_recon.sha256", "model_info.json",
-               "motion_detector.pt", "motion_detector.sha256", "motion_detector.json"]
+API_VERSION = "1.0.0"                   # holoscan_cli DefaultValues.API_VERSION
+COMMAND = json.dumps(APP_COMMAND)       # CLI: a JSON array *as a string* for a Python module app
+MODEL_CARD = "MODEL_CARD.md"
 # Not needed inside the MAP: test runners, the Orthanc worker's client, the Kubernetes client
-# used by deploy/ (outside the container).
+# used by deploy/ (outside the container), training/evaluation-only packages, the build backend.
 EXCLUDED_REQUIREMENTS = {"pytest", "pytest-timeout", "orthanc-api-client", "kubernetes", "onnx", "onnxscript", "bm3d", "torchio",
-                         "pydicom-data"}
+                         "pydicom-data", "hatchling"}
 
 MAIN_SHIM = '''"""MAP entry point: ``python3 /opt/holoscan/app`` runs ``python -m app`` (same exit codes)."""
-import os
 import runpy
-import sys
 
-_here = os.path.dirname(os.path.abspath(__file__))
-if _here not in sys.path:
-    sys.path.insert(0, _here)
 runpy.run_module("app", run_name="__main__", alter_sys=True)
 '''
+
+
+def build_wheel(out_dir: Path) -> Path:
+    """The project's run-time wheel (pyproject.toml), built offline with the pinned hatchling."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                        "-w", tmp, str(ROOT)], check=True, capture_output=True, text=True)
+        wheel, = Path(tmp).glob("*.whl")
+        return Path(shutil.copy2(wheel, out_dir / wheel.name))
 
 
 def read_requirements(path: Path = ROOT / "requirements.txt") -> dict[str, str]:
@@ -110,19 +104,19 @@ def load_app_yaml(path: Path = ROOT / "app.yaml") -> dict:
     return cfg
 
 
-def model_info(models: Path = ROOT / "models") -> dict:
+def model_info(models: Path = WEIGHTS_DIR) -> dict:
     info = json.loads((models / "model_info.json").read_text())
-    from models.inference import read_checksums
+    from models.inference import file_sha256, read_checksums  # torch: only when the context is built
 
     listed = read_checksums(models / "cervical_dl_recon.sha256")
-    for name in MODEL_FILES[:2]:
-        actual = hashlib.sha256((models / name).read_bytes()).hexdigest()
+    for name in info["files"]:
+        actual = file_sha256(models / name)
         if not (actual == listed.get(name) == info["files"][name]["sha256"]):
             raise ValueError(f"model file {name} does not match cervical_dl_recon.sha256 / model_info.json")
     if info["sha256"] != listed[info["file"]]:
         raise ValueError("model_info.json sha256 does not match its weights file")
     motion = read_checksums(models / "motion_detector.sha256")
-    if hashlib.sha256((models / "motion_detector.pt").read_bytes()).hexdigest() != motion.get("motion_detector.pt"):
+    if file_sha256(models / "motion_detector.pt") != motion.get("motion_detector.pt"):
         raise ValueError("motion_detector.pt does not match motion_detector.sha256")
     return info
 
@@ -215,12 +209,14 @@ RUN groupadd -g ${{GID}} holoscan && useradd -m -u ${{UID}} -g ${{GID}} -s /bin/
     && mkdir -p {input_dir} {output_dir} {logs_dir} \\
     && chown -R holoscan:holoscan {work_dir} && chmod -R a+rwX {work_dir}
 
-# torch first (pinned in the same file; a plain torch would resolve differently), then the rest.
-COPY pip/requirements.txt /tmp/requirements.txt
+# torch first (pinned in the same file; a plain torch would resolve differently), then the rest,
+# then the application itself (its wheel, no dependencies of its own).
+COPY pip /tmp/pip
 RUN python3 -m pip install --upgrade pip \\
-    && python3 -m pip install $(grep -E '^(--extra-index-url|torch==)' /tmp/requirements.txt) \\
-    && python3 -m pip install -r /tmp/requirements.txt \\
-    && rm -f /tmp/requirements.txt
+    && python3 -m pip install $(grep -E '^(--extra-index-url|torch==)' /tmp/pip/requirements.txt) \\
+    && python3 -m pip install -r /tmp/pip/requirements.txt \\
+    && python3 -m pip install --no-deps /tmp/pip/{wheel} \\
+    && rm -rf /tmp/pip
 
 COPY models {models_dir}
 COPY docs {docs_dir}
@@ -233,8 +229,8 @@ RUN cd {models_dir} && sha256sum -c cervical_dl_recon.sha256
 
 WORKDIR {work_dir}
 USER holoscan
-# Exit codes 0-5 as documented in the README; stack size: the worker/Job set `ulimit -s`.
-ENTRYPOINT ["python3", "{app_dir}"]
+# Exit codes as documented in the README; stack size: the worker/Job set `ulimit -s`.
+ENTRYPOINT {entrypoint}
 """
 
 DOCKERIGNORE = "**/__pycache__\n**/*.pyc\n**/.pytest_cache\n**/*.log\n"
@@ -250,17 +246,15 @@ def build(out: Path, variant: str = "gpu") -> Path:
     if out.exists():
         shutil.rmtree(out)
     (out / "map").mkdir(parents=True)
-    for pkg, files in APP_PACKAGES.items():
-        (out / "app" / pkg).mkdir(parents=True)
-        for name in files:
-            shutil.copy2(ROOT / pkg / name, out / "app" / pkg / name)
+    (out / "app").mkdir()
     (out / "app" / "__main__.py").write_text(MAIN_SHIM)
     (out / "models").mkdir()
-    for name in MODEL_FILES:
-        shutil.copy2(ROOT / "models" / name, out / "models" / name)
+    for path in sorted(WEIGHTS_DIR.iterdir()):
+        if path.is_file() and path.name != MODEL_CARD:
+            shutil.copy2(path, out / "models" / path.name)
     (out / "docs").mkdir()
-    shutil.copy2(ROOT / "models" / "MODEL_CARD.md", out / "docs" / "MODEL_CARD.md")
-    (out / "pip").mkdir()
+    shutil.copy2(WEIGHTS_DIR / MODEL_CARD, out / "docs" / MODEL_CARD)
+    wheel = build_wheel(out / "pip")
     (out / "pip" / "requirements.txt").write_text(map_requirements(variant))
     shutil.copy2(ROOT / "app.yaml", out / "app.config")
     (out / "map" / "app.json").write_text(json.dumps(app_manifest(cfg), indent=2) + "\n")
@@ -272,7 +266,7 @@ def build(out: Path, variant: str = "gpu") -> Path:
     (out / "Dockerfile").write_text(DOCKERFILE.format(
         title=cfg["application"]["title"], version=cfg["application"]["version"], variant=variant,
         sdk_version=read_requirements()["monai-deploy-app-sdk"], model_name=info["name"],
-        model_version=info["version"], model_sha=info["sha256"], **paths))
+        model_version=info["version"], model_sha=info["sha256"], wheel=wheel.name, entrypoint=COMMAND, **paths))
     return out
 
 

@@ -1,6 +1,6 @@
 """Run the shipped model on a whole series.
 
-    model = load_model(Path("models"))                 # checksums verified; CUDA when present
+    model = load_model(WEIGHTS_DIR)                 # checksums verified; CUDA when present
     enhanced = enhance_volume(model, volume)           # float32 (S, H, W), input units
 
 The shipped model is one set of weights in two files: ``cervical_dl_recon.pt`` (a
@@ -10,7 +10,7 @@ weights-only ``state_dict`` for :class:`models.network.CascadedUNet`, loaded wit
 ``cervical_dl_recon.sha256`` before loading. PyTorch runs the network by default, on CUDA
 with bf16/fp16 autocast when present, else on the CPU: on idle cores it is as fast as
 ONNX Runtime at 512x512 and 5x faster at 320x320, where ONNX Runtime's DFT is not a
-fast FFT (``python -m models.benchmark --paths``; README). The ONNX file is shipped for
+fast FFT (``python -m models.evaluation.benchmark --paths``; README). The ONNX file is shipped for
 portability; ``CERVICAL_DL_RUNTIME=onnxruntime`` runs it on the CPU.
 
 Intensities stay in the source's stored-value units: one robust scale per *series*
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models import WEIGHTS_DIR
 from models.network import CascadedUNet
 from models.normalization import robust_scale
 
@@ -53,7 +54,7 @@ __all__ = [
     "TILE_OVERLAP",
 ]
 
-MODEL_DIR = Path(__file__).resolve().parent
+MODEL_DIR = WEIGHTS_DIR
 WEIGHTS_FILE = "cervical_dl_recon.pt"
 ONNX_FILE = "cervical_dl_recon.onnx"
 SHA256_FILE = "cervical_dl_recon.sha256"

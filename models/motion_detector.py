@@ -1,9 +1,9 @@
 """A small CNN that scores motion artifacts on one MR slice (probability 0-1).
 
-    detector = load_motion_detector(Path("models"))      # checksum verified; CUDA when present
+    detector = load_motion_detector(WEIGHTS_DIR)      # checksum verified; CUDA when present
     p = detector.score_slices(volume, phase_encode_axis)  # (slices,) float, 0-1
 
-Why a network: the classical ghost measure (``operators.qc_metrics``) sees ghosts only in
+Why a network: the classical ghost measure (``qc.metrics``) sees ghosts only in
 the air beside the body; where the body fills the field of view along the phase-encode
 direction (sagittal necks, axial slices) ghosts fall inside the body and the measure
 misses strong artifacts. The network sees the whole slice.
@@ -15,7 +15,7 @@ stay), divided by its 99.5th percentile and clipped to [0, 1.5]; two channels, t
 and its square root (faint ghosts in the air stand out in the second). Output: one logit
 per slice. Weights ship as a weights-only ``state_dict`` (``motion_detector.pt``,
 ``torch.load(weights_only=True)``), verified against ``motion_detector.sha256``.
-Training: ``python -m models.train_motion_detector`` (MODEL_CARD.md, "Motion detector").
+Training: ``python -m models.training.train_motion_detector`` (MODEL_CARD.md, "Motion detector").
 """
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ window.config = {
     return ['sagittal', 'coronal', 'axial'][k];
   }
 
-  /** Role of an original series (a port of operators/series_roles.py, enough for display). */
+  /** Role of an original series (a port of series/roles.py, enough for display). */
   function roleOfOriginal(ds) {
     const i = first(ds);
     if (String(i.Modality || ds.Modality || '').toUpperCase() !== 'MR') return null;

@@ -1,7 +1,7 @@
 """Demo helper: upload a study to the running Orthanc, wait for the worker's results, print the
 OHIF URL (our hanging protocol) and the viewer login.
 
-    PYTHONPATH=.:orthanc .venv/bin/python ohif-config/demo.py STUDY_DIR [--timeout 1200]
+    .venv/bin/python ohif-config/demo.py STUDY_DIR [--timeout 1200]
 
 Orthanc settings come from the same CPACS_* environment / orthanc/site.env as `make orthanc`;
 the front's from FRONT_* (ohif-config/front.py). Waits until every uploaded series has a job in
@@ -18,10 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent / "orthanc"), str(HERE)]
-from cervical_pacs.settings import ADMIN_USER, Settings  # noqa: E402
-import front as front_mod  # noqa: E402
+import front as front_mod  # ohif-config/front.py: this script's folder is first on sys.path
+from cervical_pacs.settings import ADMIN_USER, Settings
 
 FINAL = {"done", "skipped", "failed", "superseded"}
 

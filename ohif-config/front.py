@@ -46,7 +46,6 @@ class Front:
             self.orthanc_port = int(env["CPACS_HTTP_PORT"])
             self.orthanc_credentials = Path(env["CPACS_CREDENTIALS_FILE"])
         else:  # the same resolution as `make orthanc` (CPACS_* environment, then orthanc/site.env)
-            sys.path.insert(0, str(ROOT / "orthanc"))
             from cervical_pacs.settings import Settings
             settings = Settings.from_env(env=env)
             self.orthanc_port = int(settings.http_port)

@@ -2,79 +2,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
-import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
-from monai.deploy.core.domain.dicom_series import DICOMSeries
 from monai.deploy.core.domain.dicom_series_selection import SelectedSeries, StudySelectedSeries
 from monai.deploy.core.domain.dicom_study import DICOMStudy
 
-from operators.series_input import UnsupportedInput, decoded_pixels, frame_views
-from operators.series_roles import classify_series
-
-
-@dataclass(frozen=True)
-class SeriesReport:
-    """One line of the run summary per series found in the input (no patient data)."""
-
-    series_instance_uid: str
-    series_number: int | None
-    series_description: str
-    n_instances: int
-    role: str | None
-    status: str  # "selected" | "skipped"
-    reason: str
-
-
-def series_frames(series: DICOMSeries) -> list:
-    """The frame views (:mod:`operators.series_input`) of every instance of a series, in
-    the loader's order; raises UnsupportedInput with the first instance's reason."""
-    views = []
-    for sop in series.get_sop_instances():
-        views.extend(frame_views(sop.get_native_sop_instance()))
-    return views
-
-
-def check_series_readable(series: DICOMSeries) -> str | None:
-    """Why the pixel data of a series cannot be processed, or ``None`` when it can.
-
-    The SDK's loader keeps truncated files and files without pixel data, so every
-    instance (every frame of a multi-frame object) is checked here before anything is
-    computed.
-    """
-    try:
-        views = series_frames(series)
-    except UnsupportedInput as exc:
-        return str(exc)
-    shapes, orientations = set(), set()
-    positions = []
-    for ds in views:
-        rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-        if rows < 32 or cols < 32:
-            return f"matrix {rows}x{cols} too small"
-        syntax = ds.file_meta.TransferSyntaxUID
-        if not syntax.is_transfer_syntax or syntax.is_compressed:
-            try:
-                decoded_pixels(ds)  # decoding is the check
-            except UnsupportedInput as exc:
-                return str(exc)
-        else:
-            expected = rows * cols * int(ds.BitsAllocated) // 8
-            if len(ds.PixelData) < expected:
-                return f"truncated pixel data ({len(ds.PixelData)} of {expected} bytes)"
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "PixelSpacing" not in ds:
-            return "missing ImagePositionPatient, ImageOrientationPatient or PixelSpacing"
-        shapes.add((rows, cols, int(ds.BitsAllocated), int(ds.get("PixelRepresentation", 0))))
-        orientations.add(tuple(round(float(v), 3) for v in ds.ImageOrientationPatient))
-        positions.append(tuple(round(float(v), 3) for v in ds.ImagePositionPatient))
-    if len(shapes) != 1:
-        return "instances differ in matrix or pixel format"
-    if len(orientations) != 1:
-        return "instances differ in orientation"
-    if len(set(positions)) != len(positions):
-        return "several instances share one position"
-    return None
+from app.contracts import NoDicomError, NoEligibleSeriesError, Ports, SeriesReport
+from series.frames import check_series_readable
+from series.roles import classify_series
 
 
 class CervicalSeriesSelectorOperator(Operator):
@@ -94,15 +29,17 @@ class CervicalSeriesSelectorOperator(Operator):
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
-        spec.input("dicom_study_list")
-        spec.output("study_selected_series_list")
-        spec.output("series_reports")
+        spec.input(Ports.DICOM_STUDY_LIST)
+        spec.output(Ports.STUDY_SELECTED_SERIES)
+        spec.output(Ports.SERIES_REPORTS)
 
     def compute(self, op_input, op_output, context) -> None:
-        studies: list[DICOMStudy] = op_input.receive("dicom_study_list") or []
+        studies: list[DICOMStudy] = op_input.receive(Ports.DICOM_STUDY_LIST) or []
+        if not studies:  # the loader runs with must_load=False so that this error is ours
+            raise NoDicomError("no DICOM study found in the input folder")
         selected, reports = self.select(studies)
-        op_output.emit(selected, "study_selected_series_list")
-        op_output.emit(reports, "series_reports")
+        op_output.emit(selected, Ports.STUDY_SELECTED_SERIES)
+        op_output.emit(reports, Ports.SERIES_REPORTS)
 
     def select(self, studies: list[DICOMStudy]) -> tuple[list[StudySelectedSeries], list[SeriesReport]]:
         selected: list[StudySelectedSeries] = []
@@ -135,13 +72,7 @@ class CervicalSeriesSelectorOperator(Operator):
             if study_selection.selected_series:
                 selected.append(study_selection)
         reports.sort(key=lambda r: (r.series_number is None, r.series_number or 0))
+        if not selected:  # stop here, where the cause is known: nothing downstream has work
+            reasons = "; ".join(f"series {r.series_number}: {r.reason}" for r in reports) or "no series found"
+            raise NoEligibleSeriesError(f"no cervical protocol series to enhance ({reasons})", reports)
         return selected, reports
-
-
-def sorted_instances(series: DICOMSeries) -> list:
-    """The series' frame views (pydicom datasets, one per slice) sorted along the slice
-    normal (first slice first)."""
-    datasets = series_frames(series)
-    iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
-    normal = np.cross(iop[:3], iop[3:])
-    return sorted(datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))

@@ -4,45 +4,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 
-from operators.cervical_series_selector import sorted_instances
+from app.contracts import EnhancedSeries, ModelDescription, ModelError, Ports
+from series.frames import sorted_instances
 
 CHECKSUM_FILE = "cervical_dl_recon.sha256"
 INFO_FILE = "model_info.json"
-
-
-class ModelError(RuntimeError):
-    """The model files are missing, do not match their checksum, or cannot be loaded."""
-
-
-@dataclass(frozen=True)
-class ModelDescription:
-    name: str
-    version: str
-    sha256: str
-
-
-@dataclass
-class EnhancedSeries:
-    """A source series (datasets sorted along the slice normal) and its enhanced pixels.
-
-    ``source_pixels`` (decoded once, for the quality check) and ``pixels`` are
-    ``(slices, rows, columns)`` in the source's stored-value dtype.
-    """
-
-    role: str
-    datasets: list
-    source_pixels: np.ndarray
-    pixels: np.ndarray
-    seconds: float
-    model: ModelDescription
-    device: str = "cpu"
 
 
 def describe_model(model_dir: Path) -> ModelDescription:
@@ -94,8 +66,8 @@ class DLEnhancementOperator(Operator):
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
-        spec.input("study_selected_series_list")
-        spec.output("enhanced_series")
+        spec.input(Ports.STUDY_SELECTED_SERIES)
+        spec.output(Ports.ENHANCED_SERIES)
 
     def _load(self) -> None:
         if self._model is not None:
@@ -112,8 +84,8 @@ class DLEnhancementOperator(Operator):
                           self._device, self._model.runtime)
 
     def compute(self, op_input, op_output, context) -> None:
-        selections: list[StudySelectedSeries] = op_input.receive("study_selected_series_list") or []
-        op_output.emit(self.enhance(selections), "enhanced_series")
+        selections: list[StudySelectedSeries] = op_input.receive(Ports.STUDY_SELECTED_SERIES) or []
+        op_output.emit(self.enhance(selections), Ports.ENHANCED_SERIES)
 
     def enhance(self, selections: list[StudySelectedSeries]) -> list[EnhancedSeries]:
         from models.inference import enhance_volume

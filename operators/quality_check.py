@@ -1,299 +1,20 @@
-"""Quality check of every enhanced series: SNR, CNR, motion score and flags, before and after DL."""
+"""Quality check of every enhanced series: SNR, CNR, motion score and flags, before and after DL
+(the measures are in :mod:`qc.measures`)."""
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
-from skimage.filters import threshold_otsu
 
-from operators import qc_metrics as qm
-from operators.dl_enhancement import EnhancedSeries, ModelError
-from operators.qc_landmarks import MIN_CONFIDENCE, VertebralROIs, locate_c3_rois
+from app.contracts import EnhancedSeries, ModelError, Ports
+from models import WEIGHTS_DIR
+from qc.calibration import DEFAULT_CALIBRATION, QCCalibration
+from qc.measures import check_series, dixon_in_phase_partner
 
 if TYPE_CHECKING:  # type hints only: the detector's module is imported when the operator loads it
     from models.motion_detector import MotionDetector
-
-DEFAULT_CALIBRATION = Path(__file__).with_name("qc_calibration.json")
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models"
-
-
-@dataclass(frozen=True)
-class QCCalibration:
-    """Thresholds from ``python -m operators.qc_evaluate --calibrate`` (see the README).
-
-    ``ghost_threshold``: raw ghost measure (``qc_metrics``) at which a series is flagged;
-    ``detector_threshold``: the motion detector's series probability at which it is
-    flagged; each maps to motion score 0.5, and the motion score is the larger of the two.
-    ``accentuation_margin``: how much the DL output's raw ghost measure may exceed the
-    original's before the series is flagged "DL accentuated artifacts".
-    """
-
-    ghost_threshold: float
-    accentuation_margin: float
-    local_weight: float = 2.0
-    detector_threshold: float | None = None
-    source: str = ""
-
-    @classmethod
-    def load(cls, path: Path = DEFAULT_CALIBRATION) -> "QCCalibration":
-        data = json.loads(Path(path).read_text())
-        detector = data.get("detector_threshold")
-        return cls(float(data["ghost_threshold"]), float(data["accentuation_margin"]),
-                   float(data.get("local_weight", 2.0)), None if detector is None else float(detector),
-                   str(data.get("source", "")))
-
-    @property
-    def score_scale(self) -> float:
-        return self.ghost_threshold / np.log(2.0)  # threshold <-> score 0.5
-
-    def ghost_score(self, ghost: float | None) -> float | None:
-        """Raw ghost measure -> 0-1, 0.5 at ``ghost_threshold``."""
-        return qm.motion_score_from_ratio(ghost, self.score_scale)
-
-    def detector_score(self, probability: float | None) -> float | None:
-        """Detector probability -> 0-1, 0.5 at ``detector_threshold`` (a power law:
-        monotone, 0 and 1 stay)."""
-        if probability is None or self.detector_threshold is None:
-            return None
-        gamma = np.log(0.5) / np.log(min(max(self.detector_threshold, 1e-6), 1 - 1e-6))
-        return float(np.clip(probability, 0.0, 1.0) ** gamma)
-
-    def motion_score(self, ghost: float | None, probability: float | None) -> float | None:
-        """The larger of the two calibrated scores (``None`` when neither is measurable)."""
-        scores = [v for v in (self.ghost_score(ghost), self.detector_score(probability)) if v is not None]
-        return max(scores) if scores else None
-
-
-@dataclass(frozen=True)
-class ImageQuality:
-    """Measures of one series (original or DL). ``None`` = not measurable."""
-
-    snr_foreground: float | None
-    snr: float | None  # paper's SNR: C3-C4 disc / SD(background), else foreground
-    cnr: float | None  # |disc - C3 marrow| / SD(background), sagittal series with located ROIs
-    noise_sd: float | None
-    ghost: float | None  # raw ghost measure of the series (75th percentile of slices)
-    ghost_score: float | None  # the ghost measure alone as a 0-1 score (0.5 = its threshold)
-    detector: float | None  # motion detector's probability for the series (75th percentile)
-    motion_score: float | None  # 0-1, 0.5 = flag threshold
-    slice_motion_scores: list[float | None]
-
-
-@dataclass
-class SeriesQC:
-    role: str
-    source_series_instance_uid: str
-    series_number: int | None
-    phase_encode_direction: str
-    original: ImageQuality
-    dl: ImageQuality
-    motion_flag: bool
-    dl_accentuated: bool
-    notes: list[str] = field(default_factory=list)
-    roi_confidence: float | None = None  # C3 / C3-C4 localisation confidence (0-1), None when not located
-    rois: tuple[int, VertebralROIs] | None = None  # (slice index, masks) behind snr/cnr, for the report
-
-
-def phase_encode_axis(datasets: list) -> tuple[int, str, str | None]:
-    """Array axis of phase encoding from InPlanePhaseEncodingDirection (ROW -> 1, COL -> 0).
-
-    Returns ``(axis, direction, note)``; a missing tag falls back to ROW with a note.
-    """
-    direction = str(datasets[0].get("InPlanePhaseEncodingDirection", "")).strip().upper()
-    if direction == "COL":
-        return 0, "COL", None
-    if direction == "ROW":
-        return 1, "ROW", None
-    return 1, "ROW", "InPlanePhaseEncodingDirection missing: ghosting measured along rows"
-
-
-def series_masks(volume: np.ndarray, pe_axis: int | None = None) -> list[qm.SliceMasks]:
-    """Body and background masks of every slice, from one threshold for the series.
-
-    With ``pe_axis``: where strong ghosts rise above that threshold they join the body,
-    and no phase-encode line keeps both air and body (the ghost slope is unmeasurable);
-    such a slice is masked again with its own Otsu threshold, which leaves ghosts, being
-    fainter than tissue, in the background where they are measured.
-    """
-    vol = np.asarray(volume, dtype=np.float32)
-    threshold = qm.body_threshold(vol)
-    masks = [qm.slice_masks(image, threshold) for image in vol]
-    if pe_axis is not None:
-        for i, image in enumerate(vol):
-            if qm.ghost_ratio(qm.ghost_profile(image, masks[i], pe_axis)) is None and image.max() > image.min():
-                masks[i] = qm.slice_masks(image, max(threshold, float(threshold_otsu(image))))
-    return masks
-
-
-def measure_series(volume: np.ndarray, pe_axis: int, calibration: QCCalibration,
-                   masks_per_slice: list[qm.SliceMasks], detector: "MotionDetector | None" = None,
-                   detector_volume: np.ndarray | None = None) -> ImageQuality:
-    """All measures of one series ``(slices, rows, columns)`` in stored values.
-
-    The masks come from the original series (or its Dixon in-phase partner) so the
-    original and the DL output are measured on the same pixels. ``detector``: the motion
-    network (``models.motion_detector``); without it only the ghost measure scores motion.
-    Series values are the 75th percentile over slices: motion in 2-D multi-slice scans
-    hits every slice, but slices at the edge of the body show it less.
-    """
-    vol = np.asarray(volume, dtype=np.float32)
-    ghosts, background, body_means = [], [], []
-    for image, masks in zip(vol, masks_per_slice):
-        profile = qm.ghost_profile(image, masks, pe_axis)
-        slope = qm.ghost_ratio(profile)
-        local = qm.local_ghost_excess(profile)
-        parts = [v for v in (slope, None if local is None else calibration.local_weight * local) if v is not None]
-        ghosts.append(max(parts) if parts else None)
-        background.append(image[masks.background])
-        if masks.body.any():
-            body_means.append(float(image[masks.body].mean()))
-    probabilities: list[float | None] = [None] * len(ghosts)
-    if detector is not None and len(vol):
-        seen = vol if detector_volume is None else np.asarray(detector_volume, dtype=np.float32)
-        probabilities = [float(p) for p in detector.score_slices(seen, pe_axis)]
-    noise_sd = qm.rician_noise_sd(np.concatenate(background)) if background else None
-    fg = float(np.mean(body_means)) if body_means else None
-    snr_fg = fg / noise_sd if (fg is not None and noise_sd) else None
-    ghost = _percentile75(ghosts)
-    probability = _percentile75(probabilities)
-    return ImageQuality(
-        snr_foreground=_round(snr_fg), snr=_round(snr_fg), cnr=None, noise_sd=_round(noise_sd),
-        ghost=_round(ghost, 5), ghost_score=_round(calibration.ghost_score(ghost), 4), detector=_round(probability, 4),
-        motion_score=_round(calibration.motion_score(ghost, probability), 4),
-        slice_motion_scores=[_round(calibration.motion_score(g, p), 4) for g, p in zip(ghosts, probabilities)],
-    )
-
-
-def with_vertebral_rois(quality: ImageQuality, volume: np.ndarray, rois: tuple[int, VertebralROIs]) -> ImageQuality:
-    """The paper's SNR = SI(C3-C4 disc) / SD(background) and CNR = |SI(disc) - SI(C3
-    marrow)| / SD(background), on the slice the ROIs were located on."""
-    if not quality.noise_sd:
-        return quality
-    index, found = rois
-    image = np.asarray(volume[index], dtype=np.float64)
-    disc, marrow = float(image[found.c3_c4_disc].mean()), float(image[found.c3_marrow].mean())
-    return replace(quality, snr=_round(disc / quality.noise_sd), cnr=_round(abs(disc - marrow) / quality.noise_sd))
-
-
-def _percentile75(values: list[float | None]) -> float | None:
-    valid = [v for v in values if v is not None]
-    return float(np.percentile(valid, 75)) if valid else None
-
-
-def _round(value: float | None, digits: int = 2) -> float | None:
-    return None if value is None else round(float(value), digits)
-
-
-def locate_rois(item: EnhancedSeries, masks: list[qm.SliceMasks]) -> tuple[int, VertebralROIs] | None:
-    """C3 marrow and C3-C4 disc on the middle sagittal slices of the original (the middle
-    one and two on each side; the most confident wins), or None: not sagittal, not found,
-    or confidence below ``qc_landmarks.MIN_CONFIDENCE``."""
-    ds = item.datasets[0]
-    try:
-        orientation = [float(v) for v in ds.ImageOrientationPatient]
-        spacing = tuple(float(v) for v in ds.PixelSpacing)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    normal = np.cross(orientation[:3], orientation[3:])
-    if abs(normal[0]) < 0.8 or abs(orientation[5]) < 0.7:  # not sagittal, or rows not head-feet
-        return None
-    return locate_rois_in_volume(item.source_pixels, masks, spacing, rows_head_to_feet=orientation[5] < 0)
-
-
-def locate_rois_in_volume(volume: np.ndarray, masks: list[qm.SliceMasks], spacing: tuple[float, float],
-                          rows_head_to_feet: bool = True) -> tuple[int, VertebralROIs] | None:
-    """:func:`locate_rois` on a sagittal ``(slices, rows, columns)`` array."""
-    n = volume.shape[0]
-    best = None
-    for index in sorted({min(max(n // 2 + d, 0), n - 1) for d in (-2, -1, 0, 1, 2)}):
-        found = locate_c3_rois(volume[index], spacing, masks[index].body, rows_head_to_feet=rows_head_to_feet)
-        if found is not None and (best is None or found.confidence > best[1].confidence):
-            best = (index, found)
-    if best is None or best[1].confidence < MIN_CONFIDENCE:
-        return None
-    return best
-
-
-def check_series(item: EnhancedSeries, calibration: QCCalibration,
-                 mask_source: np.ndarray | None = None, detector: "MotionDetector | None" = None) -> SeriesQC:
-    """QC of one source series and its DL output.
-
-    ``mask_source``: a series of the same acquisition and geometry to find the body on
-    (the in-phase partner of a water-only Dixon series, where fat is as dark as air); the
-    motion detector looks at it too. ``detector``: the motion network (without it, the ghost measure alone scores motion).
-    """
-    axis, direction, note = phase_encode_axis(item.datasets)
-    source = item.source_pixels
-    masks = series_masks(source if mask_source is None else mask_source, axis)
-    original = measure_series(source, axis, calibration, masks, detector, mask_source)
-    # The detector learned acquired images; DL output (no noise) is outside what it saw
-    # (it scores clean DL output high), so the DL output is scored by the ghost measure.
-    dl = measure_series(item.pixels, axis, calibration, masks)
-    notes = [note] if note else []
-    if item.role == "SAG_DIXON_W" and mask_source is None:
-        notes.append("water-only Dixon without its in-phase partner: body outline from dark fat is uncertain")
-    flag = bool(original.motion_score is not None and original.motion_score >= 0.5)
-    accentuated = bool(
-        original.ghost is not None and dl.ghost is not None
-        and dl.ghost - original.ghost > calibration.accentuation_margin
-    )
-    rois = None
-    if item.role.startswith("SAG"):
-        rois = locate_rois(item, masks)
-        if rois is not None and flag:
-            # Ghost copies of the vertebrae shift the chain: on severe motion a quarter of
-            # the localisations were a level off (calibration phantoms). No CNR then.
-            notes.append("motion artifacts: C3 / C3-C4 localisation unreliable, CNR not reported")
-            rois = None
-        elif rois is not None:
-            original = with_vertebral_rois(original, source, rois)
-            dl = with_vertebral_rois(dl, item.pixels, rois)
-            notes.append(f"SNR/CNR in the C3-C4 disc and C3 marrow located automatically on slice {rois[0] + 1} "
-                         f"(confidence {rois[1].confidence:.2f})")
-        else:
-            notes.append("C3 / C3-C4 not located with confidence: SNR is the whole-body foreground SNR, "
-                         "CNR not reported")
-    if original.motion_score is None:
-        notes.append("motion not measurable: too little air around the body")
-    elif original.ghost is None:
-        notes.append("too little air around the body for the ghost measure: motion scored by the detector only")
-    if flag:
-        why = [name for name, score in (("ghosting in the air along the phase-encode direction",
-                                         calibration.ghost_score(original.ghost)),
-                                        ("motion detector", calibration.detector_score(original.detector)))
-               if score is not None and score >= 0.5]
-        notes.append("motion artifacts: " + " and ".join(why))
-    if accentuated:
-        notes.append("DL accentuated artifacts; read the original")
-    if original.noise_sd is None:
-        notes.append("background noise not measurable (suppressed or no air): SNR not reported")
-    number = item.datasets[0].get("SeriesNumber")
-    return SeriesQC(item.role, str(item.datasets[0].SeriesInstanceUID),
-                    int(number) if number not in (None, "") else None, direction,
-                    original, dl, flag, accentuated, notes, None if rois is None else rois[1].confidence, rois)
-
-
-def _positions(item: EnhancedSeries) -> list[tuple[float, ...]]:
-    return [tuple(round(float(v), 2) for v in ds.ImagePositionPatient) for ds in item.datasets]
-
-
-def dixon_in_phase_partner(item: EnhancedSeries, items: list[EnhancedSeries]) -> EnhancedSeries | None:
-    """The in-phase series acquired with a water-only Dixon series (same frame of
-    reference and slice positions), or None."""
-    if item.role != "SAG_DIXON_W":
-        return None
-    for other in items:
-        if (other.role == "SAG_DIXON_IP"
-                and other.datasets[0].get("FrameOfReferenceUID") == item.datasets[0].get("FrameOfReferenceUID")
-                and _positions(other) == _positions(item)
-                and other.pixels.shape == item.pixels.shape):
-            return other
-    return None
 
 
 class QualityCheckOperator(Operator):
@@ -305,7 +26,7 @@ class QualityCheckOperator(Operator):
         qc_results: list of SeriesQC, in the same order.
     """
 
-    def __init__(self, fragment: Fragment, *args, model_dir: Path = DEFAULT_MODEL_DIR,
+    def __init__(self, fragment: Fragment, *args, model_dir: Path = WEIGHTS_DIR,
                  calibration_path: Path = DEFAULT_CALIBRATION, **kwargs) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.calibration = QCCalibration.load(calibration_path)
@@ -314,11 +35,11 @@ class QualityCheckOperator(Operator):
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
-        spec.input("enhanced_series")
-        spec.output("qc_results")
+        spec.input(Ports.ENHANCED_SERIES)
+        spec.output(Ports.QC_RESULTS)
 
     def compute(self, op_input, op_output, context) -> None:
-        items: list[EnhancedSeries] = op_input.receive("enhanced_series") or []
+        items: list[EnhancedSeries] = op_input.receive(Ports.ENHANCED_SERIES) or []
         if items and self._detector is None:
             # Checksum verified: a corrupt detector stops the job as a corrupt enhancement
             # model does (exit 5), rather than silently weakening the motion flag.
@@ -336,4 +57,4 @@ class QualityCheckOperator(Operator):
             self._logger.info("QC %s: motion %s -> %s%s%s", qc.role, qc.original.motion_score, qc.dl.motion_score,
                               " FLAGGED" if qc.motion_flag else "", " DL-ACCENTUATED" if qc.dl_accentuated else "")
             results.append(qc)
-        op_output.emit(results, "qc_results")
+        op_output.emit(results, Ports.QC_RESULTS)

@@ -21,11 +21,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
 fi
-if [ ! -f "$STAMP" ] || [ requirements.txt -nt "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ requirements.txt -nt "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ app.yaml -nt "$STAMP" ]; then
   .venv/bin/pip install -q --upgrade pip
   # torch first: the local CPU wheel; a bare "torch" from another package would pull CUDA builds.
   .venv/bin/pip install -q torch==2.13.0
   .venv/bin/pip install -q -r requirements.txt
+  # The project itself, editable (pyproject.toml): no PYTHONPATH needed; its version is app.yaml's.
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e .
   touch "$STAMP"
 fi
 echo "setup: ready (.venv, Debian packages)"

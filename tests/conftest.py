@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from models import WEIGHTS_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV = dict(os.environ)  # the project is installed (pip install -e .): no PYTHONPATH
 
 
 def make_study(out: Path, *, protocol="myelopathy", acquisition="accelerated", seed=11, vendor="philips",
@@ -20,7 +22,7 @@ def make_study(out: Path, *, protocol="myelopathy", acquisition="accelerated", s
     return out
 
 
-def run_app(input_dir: Path, output_dir: Path, model_dir: Path = ROOT / "models", env_paths: bool = False,
+def run_app(input_dir: Path, output_dir: Path, model_dir: Path = WEIGHTS_DIR, env_paths: bool = False,
             cwd: Path = ROOT, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m app`` with -i/-o/-m, or with only the HOLOSCAN_* variables set."""
     if env_paths:

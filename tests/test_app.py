@@ -12,7 +12,8 @@ import pydicom
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from conftest import ROOT, run_app
+from conftest import run_app
+from models import WEIGHTS_DIR
 
 MYELOPATHY_ROLES = {"SAG_T1", "SAG_DIXON_IP", "SAG_DIXON_W", "AX_T2", "SAG_CE_T1"}
 
@@ -196,7 +197,7 @@ def test_truncated_slice_skips_its_series_only(tmp_path, accelerated_study):
 
 def test_corrupt_model_is_refused(tmp_path, accelerated_study):
     models = tmp_path / "models"
-    shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("*.py", "__pycache__", "checkpoints", "*.log", "*.png"))
+    shutil.copytree(WEIGHTS_DIR, models)
     weights = models / "cervical_dl_recon.pt"  # the file the default runtime loads
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0xFF

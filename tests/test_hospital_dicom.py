@@ -23,8 +23,8 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 
 import hospital_dicom as hosp
 from conftest import ROOT, run_app
-from operators.series_input import UnsupportedInput, decoded_pixels, frame_views, source_frame_number
-from operators.series_roles import classify_series
+from series.frames import UnsupportedInput, decoded_pixels, frame_views, source_frame_number
+from series.roles import classify_series
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 PYDICOM_DATA = Path(pydicom.__file__).parents[1] / "data_store" / "data"

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from models import WEIGHTS_DIR
 from models.inference import (ModelChecksumError, enhance_volume, load_model, read_checksums, tile_starts)
 from simulation.dicom_study import simulate_series
 from simulation.phantom import PhantomPatient, render_plane, sagittal_geometry
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "models"
+MODELS = WEIGHTS_DIR
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,21 @@ import stat
 import subprocess
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import pydicom
 import pytest
 import yaml
 
+from cervical_pacs import runner
 from deploy import k8s_job, workflow
 from map import build_context as bc
+from map import layout
+from models import WEIGHTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_INFO = json.loads((ROOT / "models" / "model_info.json").read_text())
+MODEL_INFO = json.loads((WEIGHTS_DIR / "model_info.json").read_text())
 PACKAGER_PY = ROOT / ".venv-packager" / "bin" / "python"
 
 
@@ -43,27 +47,45 @@ def test_app_yaml_keys_and_version_tied_to_model():
     assert set(cfg["resources"]) == {"cpu", "gpu", "memory", "gpuMemory", "sharedMemory"}
 
 
+def _wheel(context: Path) -> Path:
+    (wheel,) = (context / "pip").glob("cervical_dl_enhance-*.whl")
+    return wheel
+
+
 def test_context_files_present(context):
+    model_files = [p.name for p in WEIGHTS_DIR.iterdir() if p.is_file() and p.name != "MODEL_CARD.md"]
     for rel in ["Dockerfile", ".dockerignore", "map/app.json", "map/pkg.json", "app.config", "pip/requirements.txt",
-                "docs/MODEL_CARD.md", "app/__main__.py", *(f"models/{f}" for f in bc.MODEL_FILES),
-                *(f"app/{pkg}/{f}" for pkg, files in bc.APP_PACKAGES.items() for f in files)]:
+                "docs/MODEL_CARD.md", "app/__main__.py", *(f"models/{f}" for f in model_files)]:
         assert (context / rel).is_file(), rel
-    # nothing for training, simulation or tests inside the image
-    assert not (context / "app" / "simulation").exists()
-    assert not (context / "app" / "operators" / "qc_evaluate.py").exists()
-    assert not (context / "app" / "models" / "train.py").exists()
+    assert {"cervical_dl_recon.pt", "cervical_dl_recon.sha256", "model_info.json", "motion_detector.pt"} <= set(model_files)
     for name in ("cervical_dl_recon.pt", "cervical_dl_recon.onnx"):
-        assert (context / "models" / name).read_bytes() == (ROOT / "models" / name).read_bytes()
+        assert (context / "models" / name).read_bytes() == (WEIGHTS_DIR / name).read_bytes()
+    assert _wheel(context).name == f"cervical_dl_enhance-{MODEL_INFO['version']}-py3-none-any.whl"
+    assert f"pip install --no-deps /tmp/pip/{_wheel(context).name}" in (context / "Dockerfile").read_text()
+
+
+def test_wheel_holds_the_runtime_and_nothing_else(context):
+    names = zipfile.ZipFile(_wheel(context)).namelist()
+    packages = {n.split("/")[0] for n in names if not n.startswith("cervical_dl_enhance-")}
+    assert packages == {"app", "operators", "series", "qc", "models"}
+    for needed in ("app/app.py", "app/contracts.py", "operators/quality_check.py", "qc/calibration.json",
+                   "models/inference.py", "models/motion_detector.py", "series/roles.py"):
+        assert needed in names, needed
+    # nothing for training, evaluation, simulation or tests inside the image; no weights in the code
+    assert not [n for n in names if n.startswith(("models/training", "models/evaluation", "models/weights"))]
+    assert not [n for n in names if n.endswith((".pt", ".onnx"))]
 
 
 def test_every_runtime_import_of_our_packages_is_inside(context):
-    """Static check: each `import operators.x` / `from models.y import` in the packaged code resolves inside."""
-    pattern = re.compile(r"^\s*(?:from|import)\s+((?:app|operators|models|simulation)(?:\.\w+)*)", re.M)
-    for py in (context / "app").rglob("*.py"):
-        for mod in pattern.findall(py.read_text()):
-            parts = mod.split(".")
-            target = context / "app" / Path(*parts)
-            assert target.with_suffix(".py").is_file() or (target / "__init__.py").is_file(), f"{py.name}: {mod}"
+    """Static check: each import of one of our packages in the wheel's code resolves inside the wheel."""
+    pattern = re.compile(r"^\s*(?:from|import)\s+((?:app|operators|series|qc|models|simulation|deploy|map|cervical_pacs)"
+                         r"(?:\.\w+)*)", re.M)
+    wheel = zipfile.ZipFile(_wheel(context))
+    names = set(wheel.namelist())
+    for py in (n for n in names if n.endswith(".py")):
+        for mod in pattern.findall(wheel.read(py).decode()):
+            parts = mod.split("/") if "/" in mod else mod.split(".")
+            assert f"{'/'.join(parts)}.py" in names or f"{'/'.join(parts)}/__init__.py" in names, f"{py}: {mod}"
 
 
 def test_app_json_command_and_holoscan_paths(context):
@@ -85,9 +107,9 @@ def test_app_json_command_and_holoscan_paths(context):
                  "COPY models /opt/holoscan/models", "USER holoscan",
                  'ENTRYPOINT ["python3", "/opt/holoscan/app"]'):
         assert line in dockerfile, line
-    # the runner's constants agree with the manifest (read as text: orthanc/ is not a package)
-    runner = (ROOT / "orthanc" / "cervical_pacs" / "runner.py").read_text()
-    assert '"/var/holoscan/input", "/var/holoscan/output", "/opt/holoscan/models"' in runner
+    # the worker's docker mode mounts the same paths
+    assert (runner.MAP_INPUT, runner.MAP_OUTPUT, runner.MAP_MODELS) == (layout.INPUT_DIR, layout.OUTPUT_DIR,
+                                                                       layout.MODELS_DIR)
 
 
 def test_pkg_json_resources_and_model(context, cpu_context):
@@ -151,32 +173,38 @@ def _dicoms(out: Path) -> dict[str, pydicom.Dataset]:
 
 def test_packaged_app_runs_like_repo_app(context, tmp_path):
     study = tmp_path / "study"
-    env_repo = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-m", "simulation.make_study", "--protocol", "hivd", "--acquisition", "accelerated",
                     "--seed", "5", "--out", str(study), "--sagittal-slices", "2", "--axial-slices", "2"],
-                   cwd=ROOT, env=env_repo, check=True, capture_output=True, timeout=300)
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
     out_repo = tmp_path / "out_repo"
-    r1 = subprocess.run([sys.executable, "-m", "app", "-i", str(study), "-o", str(out_repo), "-m", str(ROOT / "models")],
-                        cwd=ROOT, env=env_repo, capture_output=True, text=True, timeout=600)
+    r1 = subprocess.run([sys.executable, "-m", "app", "-i", str(study), "-o", str(out_repo), "-m", str(WEIGHTS_DIR)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r1.returncode == 0, r1.stderr[-2000:]
 
-    # A copy of the context's app folder, read-only like the image's; only the HOLOSCAN_* paths set.
+    # The image's site-packages: the wheel unpacked (read-only) beside the pinned dependencies of
+    # this venv; `python -S` skips the .pth files, so the editable repository is not on the path.
+    site_dir = tmp_path / "site-packages"
+    zipfile.ZipFile(_wheel(context)).extractall(site_dir)
     app_copy = tmp_path / "opt_holoscan_app"
     subprocess.run(["cp", "-r", str(context / "app"), str(app_copy)], check=True)
-    for p in app_copy.rglob("*"):
+    for p in [*site_dir.rglob("*"), *app_copy.rglob("*")]:
         p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    venv_site = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "pydicom").is_dir())
     home = tmp_path / "home"
     home.mkdir()
     out_map = tmp_path / "out_map"
-    env_map = {"PATH": "/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home), "PYTHONPATH": str(app_copy),
+    env_map = {"PATH": "/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home),
+               "PYTHONPATH": os.pathsep.join([str(site_dir), venv_site]),
                "HOLOSCAN_INPUT_PATH": str(study), "HOLOSCAN_OUTPUT_PATH": str(out_map),
                "HOLOSCAN_MODEL_PATH": str(context / "models")}
-    probe = subprocess.run([sys.executable, "-c", "import simulation"], cwd=app_copy, env=env_map, capture_output=True)
-    assert probe.returncode != 0, "the repository must not be importable in the MAP-like run"
+    for module in ("simulation", "models.training", "cervical_pacs"):
+        probe = subprocess.run([sys.executable, "-S", "-c", f"import {module}"], cwd=app_copy, env=env_map,
+                               capture_output=True)
+        assert probe.returncode != 0, f"{module} must not be importable in the MAP-like run"
     # the MAP command (map/app.json): python3 /opt/holoscan/app, cwd = the app folder copy
-    r2 = subprocess.run([sys.executable, str(app_copy)], cwd=app_copy, env=env_map, capture_output=True, text=True,
-                        timeout=600)
-    for p in app_copy.rglob("*"):
+    r2 = subprocess.run([sys.executable, "-S", str(app_copy)], cwd=app_copy, env=env_map, capture_output=True,
+                        text=True, timeout=600)
+    for p in [*site_dir.rglob("*"), *app_copy.rglob("*")]:
         p.chmod(p.stat().st_mode | stat.S_IWUSR)
     assert r2.returncode == 0, r2.stderr[-2000:]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models import WEIGHTS_DIR
 from models.inference import enhance_volume, load_model
 from simulation.dicom_study import simulate_series
 from simulation.phantom import PhantomPatient, Tissue, render_plane, sagittal_geometry
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(ROOT / "models")
+    return load_model(WEIGHTS_DIR)
 
 
 @pytest.fixture(scope="module")

@@ -38,27 +38,22 @@ import requests
 from pydicom.uid import generate_uid
 
 import hospital_dicom
+from cervical_pacs.jobqueue import JobQueue
+from cervical_pacs.launcher import start_orthanc, start_worker, wait_orthanc
+from cervical_pacs.sandbox import free_port as _free_port
+from cervical_pacs.sandbox import private_network
+from cervical_pacs.settings import ADMIN_USER, WORKER_USER, Settings, render_orthanc_config
 from conftest import ROOT, make_study
-
-sys.path.insert(0, str(ROOT / "orthanc"))
-from cervical_pacs.jobqueue import JobQueue  # noqa: E402
-from cervical_pacs.launcher import start_orthanc, start_worker, wait_orthanc  # noqa: E402
-from cervical_pacs.sandbox import free_port as _free_port  # noqa: E402
-from cervical_pacs.sandbox import private_network  # noqa: E402
-from cervical_pacs.settings import ADMIN_USER, WORKER_USER, Settings, render_orthanc_config  # noqa: E402
-from operators.series_roles import is_our_output  # noqa: E402
+from models import WEIGHTS_DIR
+from series.roles import is_our_output
 
 WAIT_S = 240  # per job: generous for a loaded 2-core machine
 FORWARD_AET = "FWDSCP"
 
 
 def _model_path() -> Path:
-    """The shipped weights; while they are being trained, the stand-in in /tmp/tmpmodels."""
-    if os.environ.get("CPACS_TEST_MODEL_PATH"):
-        return Path(os.environ["CPACS_TEST_MODEL_PATH"])
-    if (ROOT / "models" / "cervical_dl_recon.pt").is_file():
-        return ROOT / "models"
-    return Path("/tmp/tmpmodels") if Path("/tmp/tmpmodels/cervical_dl_recon.pt").is_file() else ROOT / "models"
+    """The shipped weights (CPACS_TEST_MODEL_PATH: others)."""
+    return Path(os.environ.get("CPACS_TEST_MODEL_PATH") or WEIGHTS_DIR)
 
 
 def _processes_matching(text: str) -> list[int]:

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from conftest import make_study
-from operators.series_roles import classify_series, plane_of
+from series.roles import classify_series, plane_of
 from simulation.phantom import (
     DISC_NAMES, LEVELS, PhantomPatient, Tissue, axial_geometry, render_plane, sagittal_geometry,
 )

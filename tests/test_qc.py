@@ -10,14 +10,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from operators import qc_metrics as qm
-from operators.dl_enhancement import EnhancedSeries, ModelDescription
-from operators.quality_check import (
-    QCCalibration,
-    check_series,
-    measure_series,
-    series_masks,
-)
+from app.contracts import EnhancedSeries, ModelDescription
+from qc import metrics as qm
+from qc.calibration import QCCalibration
+from qc.measures import check_series, measure_series, series_masks
 from simulation.dicom_study import simulate_series
 from simulation.phantom import PhantomPatient, c3_rois, render_plane, sagittal_geometry
 
@@ -171,7 +167,7 @@ def test_qc_objects_pass_dciodvfy(app_run):
 
 @pytest.mark.parametrize("role", ["SAG_T1", "SAG_T2"])
 def test_c3_and_c3_c4_disc_located_on_the_phantom(ce_t1_planes, role):
-    from operators.qc_landmarks import MIN_CONFIDENCE, locate_c3_rois
+    from qc.landmarks import MIN_CONFIDENCE, locate_c3_rois
 
     patient, planes, rendered = ce_t1_planes
     series = simulate_series(patient, role, planes, rendered, acquisition="accelerated", seed=3)
@@ -188,7 +184,7 @@ def test_c3_and_c3_c4_disc_located_on_the_phantom(ce_t1_planes, role):
 def test_no_vertebrae_no_rois():
     import skimage.data
 
-    from operators.qc_landmarks import locate_c3_rois
+    from qc.landmarks import locate_c3_rois
 
     for image in (skimage.data.camera(), skimage.data.coins(), np.zeros((256, 256))):
         found = locate_c3_rois(image.astype(np.float64), (0.5, 0.5))

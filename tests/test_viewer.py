@@ -27,13 +27,14 @@ import pydicom
 import pytest
 import requests
 
+from cervical_pacs.launcher import start_orthanc, wait_orthanc
+from cervical_pacs.sandbox import free_port, private_network
+from cervical_pacs.settings import ADMIN_USER, Settings, render_orthanc_config
 from conftest import ROOT, make_study, run_app
+from models import WEIGHTS_DIR
 
-sys.path.insert(0, str(ROOT / "orthanc"))
+# ohif-config/ is a folder of scripts, not a package (its name has a hyphen).
 sys.path.insert(0, str(ROOT / "ohif-config"))
-from cervical_pacs.launcher import start_orthanc, wait_orthanc  # noqa: E402
-from cervical_pacs.sandbox import free_port, private_network  # noqa: E402
-from cervical_pacs.settings import ADMIN_USER, Settings, render_orthanc_config  # noqa: E402
 import front as front_mod  # noqa: E402  (ohif-config/front.py)
 
 ARTIFACTS = ROOT / "test-artifacts" / "viewer"
@@ -51,18 +52,12 @@ _missing = [name for name, ok in (
 pytestmark = pytest.mark.skipif(bool(_missing), reason=f"viewer stack not installed: {', '.join(_missing)}")
 
 
-def _model_path() -> Path:
-    if (ROOT / "models" / "cervical_dl_recon.pt").is_file():
-        return ROOT / "models"
-    return Path("/tmp/tmpmodels")
-
-
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("viewer")
     study = make_study(base / "study", seed=7, motion="mild", extra=("--sagittal-slices", "5", "--axial-slices", "6"))
     out = base / "out"
-    result = run_app(study, out, model_dir=_model_path())
+    result = run_app(study, out, model_dir=WEIGHTS_DIR)
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted(study.rglob("*.dcm")) + sorted(out.rglob("*.dcm"))
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
@@ -79,7 +74,7 @@ def stack(outputs):
     with private_network() as network:
         env = {"CPACS_LOCAL_DIR": str(base / "orthanc-local"), "CPACS_STORAGE_DIR": str(base / "orthanc-data"),
                "CPACS_HTTP_PORT": str(free_port()), "CPACS_DICOM_PORT": str(free_port()), "CPACS_AET": "VIEWERTEST",
-               "CPACS_STABLE_AGE": "1", "CPACS_MODEL_PATH": str(_model_path())}
+               "CPACS_STABLE_AGE": "1", "CPACS_MODEL_PATH": str(WEIGHTS_DIR)}
         settings = Settings.from_env(env=env, config_file=base / "no-site.env")
         render_orthanc_config(settings)
         users = json.loads(Path(settings.credentials_file).read_text())["RegisteredUsers"]

@@ -50,7 +50,7 @@ def _rss_kib(pid: int) -> int:
 def make_study(out: Path, sagittal: int, axial: int, seed: int) -> Path:
     cmd = [sys.executable, "-m", "simulation.make_study", "--protocol", "myelopathy", "--acquisition", "accelerated",
            "--seed", str(seed), "--out", str(out), "--sagittal-slices", str(sagittal), "--axial-slices", str(axial)]
-    subprocess.run(cmd, check=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    subprocess.run(cmd, check=True, cwd=REPO_ROOT, 
                    capture_output=True, timeout=1800)
     return out
 
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=20)
     parser.add_argument("--stable-age", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--model-path", type=Path, default=Path(os.environ.get("CPACS_MODEL_PATH", REPO_ROOT / "models")))
+    parser.add_argument("--model-path", type=Path, default=Path(os.environ.get("CPACS_MODEL_PATH", REPO_ROOT / "models" / "weights")))
     parser.add_argument("--timeout", type=float, default=300, help="seconds per series")
     parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
     args = parser.parse_args(argv)

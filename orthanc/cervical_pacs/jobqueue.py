@@ -19,15 +19,24 @@ Non-candidate series (not MR, not cervical, localizer, ...) get a ``skipped`` ro
 from the plugin, with the one-line reason. Our own outputs get no row at all.
 Idempotency: ``UNIQUE(series_id, fingerprint)``; a STABLE_SERIES event for content that
 already has a job (any state but superseded), or that a job already processed, adds nothing.
+
+Other tables: ``pending_series`` (instances arrived, STABLE_SERIES not yet seen: evaluated
+after a restart), ``workers`` (heartbeats behind ``/cervical-dl/health``), ``meta``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+
+def instance_fingerprint(instance_ids) -> str:
+    """The content key of a series in the queue: SHA-1 of its sorted Orthanc instance IDs."""
+    return hashlib.sha1("\n".join(sorted(instance_ids)).encode()).hexdigest()
 
 SCHEMA_VERSION = "1"
 STATES = ("queued", "running", "done", "failed", "skipped", "superseded")
@@ -61,7 +70,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_by_series ON jobs (series_id);
-CREATE TABLE IF NOT EXISTS pending_series (   -- NEW_SERIES seen, STABLE_SERIES not yet
+CREATE TABLE IF NOT EXISTS pending_series (   -- instances arrived (NEW_INSTANCE), STABLE_SERIES not yet
     series_id TEXT PRIMARY KEY,
     seen REAL NOT NULL
 );

@@ -22,7 +22,7 @@ import urllib.request
 from base64 import b64encode
 from pathlib import Path
 
-from .settings import ADMIN_USER, ORTHANC_DIR, REPO_ROOT, Settings, ensure_credentials, render_orthanc_config
+from .settings import ADMIN_USER, REPO_ROOT, Settings, ensure_credentials, render_orthanc_config
 
 
 def http_get(url: str, user: str | None = None, password: str | None = None, timeout: float = 5.0):
@@ -55,13 +55,14 @@ def start_orthanc(settings: Settings, log_path: Path, config_dir: Path | None = 
     config_dir = render_orthanc_config(settings, config_dir)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
+        # The plugin's import path: the project's environment (orthanc/cervical_pacs/plugin.py).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(settings.plugin_pythonpath)}
         return subprocess.Popen([settings.orthanc_bin, str(config_dir)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
 def worker_command(settings: Settings, extra_env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     env = {**os.environ, **settings.worker_env(), **(extra_env or {})}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(ORTHANC_DIR)])
     return [sys.executable, "-m", "cervical_pacs.worker"], env
 
 

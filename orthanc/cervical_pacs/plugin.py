@@ -1,13 +1,16 @@
 """Orthanc Python plugin of Cervical DL Enhance: the thin trigger and the job REST routes.
 
-Loaded by Orthanc (``"PythonScript"`` in the rendered configuration), never imported by us.
-``import orthanc`` below is Orthanc's built-in module: built-in modules are found before
-anything on ``sys.path``, and this file checks it at load time anyway.
+Loaded inside Orthanc through ``orthanc/cervical_dl_plugin.py`` (the ``"PythonScript"`` of the
+rendered configuration), never imported by us. Its import path is the project's environment:
+the launcher starts Orthanc with ``PYTHONPATH`` = ``CPACS_PLUGIN_PYTHONPATH`` (default: the
+repository and this venv's site-packages). ``import orthanc`` below is Orthanc's built-in
+module: built-in modules are found before anything on ``sys.path``, and this file checks it
+at load time anyway.
 
 On ``STABLE_SERIES`` (which fires again when a series grows): read the series' instance list
 and the tags of one instance from Orthanc (local calls, no pixel decoding), drop our own
 outputs silently, classify with the application's own header rules
-(``operators/series_roles.py``), and record a job in the SQLite queue -- ``queued`` for a
+(``series/roles.py``), and record a job in the SQLite queue -- ``queued`` for a
 candidate, ``skipped`` with the reason otherwise -- keyed by (series, fingerprint of its
 instance IDs) so repeated events add nothing. Then write the state into the series'
 metadata and return: the work is done by the worker process.
@@ -23,31 +26,22 @@ REST routes (behind Orthanc's authentication):
   POST /cervical-dl/series/{id}/retry    requeue (or evaluate a series that has no job yet)
 Logs carry Orthanc IDs, series numbers and reasons only: never names or patient IDs.
 """
-import hashlib
 import json
-import sys
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import orthanc  # Orthanc's built-in module (must come before any sys.path change)
+import orthanc  # Orthanc's built-in module
 
 if hasattr(orthanc, "__path__") or not hasattr(orthanc, "RegisterOnChangeCallback"):
     raise ImportError("`import orthanc` did not give Orthanc's built-in plugin module")
 
-_HERE = Path(__file__).resolve().parent
-# Drop this file's own folder (put first by Orthanc): its module names must not shadow anything.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 _CONFIG = json.loads(orthanc.GetConfiguration())
 _OURS = _CONFIG.get("CervicalDL", {})
-sys.path.insert(0, str(_HERE.parent))  # <repo>/orthanc, for cervical_pacs
-for _p in _OURS.get("PythonPath", []):  # repo root (operators.series_roles), venv (numpy)
-    if _p not in sys.path:
-        sys.path.append(_p)
 
-from cervical_pacs.jobqueue import JobQueue  # noqa: E402
-from operators.series_roles import classify_series, is_our_output  # noqa: E402
+from cervical_pacs.jobqueue import JobQueue, instance_fingerprint  # noqa: E402
+from series.roles import classify_series, is_our_output  # noqa: E402
 
 PREFIX = "/cervical-dl"
 STABLE_AGE = float(_CONFIG.get("StableAge", 60))
@@ -64,10 +58,6 @@ def _log(message: str) -> None:
 
 def _get(uri: str):
     return json.loads(orthanc.RestApiGet(uri))
-
-
-def fingerprint(instance_ids) -> str:
-    return hashlib.sha1("\n".join(sorted(instance_ids)).encode()).hexdigest()
 
 
 def set_state_metadata(series_id: str, job: dict) -> None:
@@ -99,7 +89,7 @@ def evaluate_series(series_id: str, why: str = "stable") -> dict | None:
         return None  # our own derived series / QC objects never trigger
     decision = classify_series(tags)
     state, reason = ("queued", decision.reason) if decision.role else ("skipped", decision.reason)
-    job, created = QUEUE.enqueue(series_id, fingerprint(instances), state=state, reason=reason,
+    job, created = QUEUE.enqueue(series_id, instance_fingerprint(instances), state=state, reason=reason,
                                  n_instances=len(instances), study_id=series.get("ParentStudy", ""),
                                  series_uid=str(main.get("SeriesInstanceUID", "")), series_number=number,
                                  role=decision.role or "")

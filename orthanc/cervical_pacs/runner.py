@@ -2,7 +2,7 @@
 
 python mode::
 
-    <CPACS_APP_PYTHON> -m app -i IN -o OUT -m <CPACS_MODEL_PATH>      (cwd and PYTHONPATH = repo root)
+    <CPACS_APP_PYTHON> -m app -i IN -o OUT -m <CPACS_MODEL_PATH>      (cwd = repo root; the project is installed)
 
 docker mode (the MAP built from app.yaml; written and documented, not testable on machines
 without a Docker engine)::
@@ -31,10 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from map.layout import INPUT_DIR as MAP_INPUT
+from map.layout import MODELS_DIR as MAP_MODELS
+from map.layout import OUTPUT_DIR as MAP_OUTPUT
+from map.layout import STACK_LIMIT_KIB
+
 from .settings import REPO_ROOT, Settings
 
 FAILED_PREFIX = "cervical-dl-enhance: FAILED"
-MAP_INPUT, MAP_OUTPUT, MAP_MODELS = "/var/holoscan/input", "/var/holoscan/output", "/opt/holoscan/models"
 
 
 @dataclass
@@ -54,7 +58,7 @@ def _wrap(argv: list[str]) -> list[str]:
     if shutil.which("setpriv"):
         prefix += ["setpriv", "--pdeathsig", "KILL", "--"]
     if shutil.which("prlimit"):
-        prefix += ["prlimit", f"--stack={32 * 1024 * 1024}:", "--"]
+        prefix += ["prlimit", f"--stack={STACK_LIMIT_KIB * 1024}:", "--"]
     return prefix + argv
 
 
@@ -75,7 +79,6 @@ class AppRunner:
                     "-v", f"{Path(self.s.model_path).resolve()}:{MAP_MODELS}:ro",
                     *shlex.split(self.s.docker_args), self.s.map_image]
             return argv, env, Path.cwd()
-        env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         argv = [self.s.app_python, "-m", "app", "-i", str(in_dir), "-o", str(out_dir), "-m", str(self.s.model_path)]
         return argv, env, REPO_ROOT
 

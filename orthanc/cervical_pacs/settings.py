@@ -19,7 +19,7 @@ from typing import Mapping
 ORTHANC_DIR = Path(__file__).resolve().parents[1]  # <repo>/orthanc
 REPO_ROOT = ORTHANC_DIR.parent
 TEMPLATE = ORTHANC_DIR / "orthanc.json.template"
-PLUGIN_SCRIPT = Path(__file__).resolve().parent / "plugin.py"
+PLUGIN_SCRIPT = ORTHANC_DIR / "cervical_dl_plugin.py"
 QUEUE_FILE_NAME = "cervical-dl-jobs.sqlite"
 FORWARD_MODALITY = "forward"
 ADMIN_USER = "admin"
@@ -47,7 +47,7 @@ class Settings:
     orthanc_url: str = ""                          # default: http://127.0.0.1:<http_port>
     queue_db: Path | None = None                   # default: <storage_dir>/cervical-dl-jobs.sqlite
     # Worker
-    model_path: Path = REPO_ROOT / "models"
+    model_path: Path = REPO_ROOT / "models" / "weights"
     run_mode: str = "python"                       # python | docker
     app_python: str = sys.executable               # interpreter for `python -m app`
     map_image: str = ""                            # docker mode: the MAP image
@@ -198,7 +198,6 @@ def render_orthanc_config(settings: Settings, config_dir: Path | None = None) ->
         "STABLE_AGE": settings.stable_age,
         "PLUGINS": [str(settings.plugins_dir / "libOrthancDicomWeb.so"), str(settings.plugins_dir / "libOrthancPython.so")],
         "PLUGIN_SCRIPT": str(PLUGIN_SCRIPT), "DICOM_MODALITIES": modalities, "QUEUE_DB": str(settings.queue_db),
-        "PLUGIN_PYTHONPATH": settings.plugin_pythonpath,
     }
     text = string.Template(TEMPLATE.read_text()).substitute({k: json.dumps(v) for k, v in values.items()})
     (config_dir / "orthanc.json").write_text(text)

@@ -47,13 +47,12 @@ import pydicom
 from orthanc_api_client import OrthancApiClient
 from orthanc_api_client import exceptions as oe
 
-from .jobqueue import JobQueue, backoff_delay
+from .jobqueue import JobQueue, backoff_delay, instance_fingerprint
 from .runner import AppRunner
-from .settings import FORWARD_MODALITY, REPO_ROOT, Settings, load_worker_credentials
+from app.contracts import ExitCode
+from series.roles import is_our_output
 
-if str(REPO_ROOT) not in sys.path:
-    sys.path.append(str(REPO_ROOT))
-from operators.series_roles import is_our_output  # noqa: E402
+from .settings import FORWARD_MODALITY, Settings, load_worker_credentials
 
 log = logging.getLogger("cervical_pacs.worker")
 HTTP_TIMEOUT = 120
@@ -73,12 +72,6 @@ class Permanent(Exception):
 
 class Interrupted(Exception):
     """The worker is stopping or lost the job's lease."""
-
-
-def _fingerprint(instance_ids: list[str]) -> str:
-    import hashlib
-
-    return hashlib.sha1("\n".join(sorted(instance_ids)).encode()).hexdigest()
 
 
 def _proc_start_ticks(pid: int) -> str:
@@ -243,14 +236,14 @@ class Worker:
                     raise Interrupted(result.reason)
                 model = result.summary.get("model", {})
                 model_version = f"{model.get('name', '?')} {model.get('version', '?')}" if model else ""
-                if result.code in (3, 4):
+                if result.code in ExitCode.SKIPPED:
                     self._drop_previous_results(sid)
                     self._final(job, "skipped", result.reason, model_version=model_version)
                     log.info("%s: skipped (exit %d): %s", label, result.code, result.reason)
                     return
-                if result.code == 2:
+                if result.code == ExitCode.USAGE:
                     raise Permanent(f"application usage error: {result.reason}")
-                if result.code != 0:
+                if result.code != ExitCode.OK:
                     raise Retryable(f"application failed (exit {result.code}): {result.reason}")
                 derived = self._upload(job, out_dir, source, should_stop)
             self._commit(job, source, derived, model_version)
@@ -281,7 +274,7 @@ class Worker:
         except oe.ResourceNotFound:
             raise Permanent("the source series is no longer in Orthanc") from None
         instances = series["Instances"]
-        fp = _fingerprint(instances)
+        fp = instance_fingerprint(instances)
         self.queue.update(job["id"], self.owner, processed_fingerprint=fp, n_instances=len(instances))
         first = None
         for i, iid in enumerate(instances):

@@ -1,8 +1,8 @@
 """Simulate motion-corrupted slices and train the motion detector (models.motion_detector).
 
-    python -m models.train_motion_detector simulate --phantoms 120 --generic 2400 --workers 2
-    python -m models.train_motion_detector train --minutes 20
-    python -m models.train_motion_detector simulate ... && ... train ...   (``make train-motion``)
+    python -m models.training.train_motion_detector simulate --phantoms 120 --generic 2400 --workers 2
+    python -m models.training.train_motion_detector train --minutes 20
+    python -m models.training.train_motion_detector simulate ... && ... train ...   (``make train-motion``)
 
 Sources (DESIGN.md section 4), chosen so that the detector's acceptance tests stay on
 anatomy it has never seen:
@@ -13,7 +13,7 @@ anatomy it has never seen:
     with the same k-space simulator, rigid motion and local motion of a random blob (a
     stand-in for swallowing), a wider range of shot counts (8-64), amplitudes, protocols
     and SNR than the product's simulation;
-  * NOT the ch2 / MNI152 heads: ``operators.qc_independent`` tests the detector on them
+  * NOT the ch2 / MNI152 heads: ``models.evaluation.qc_independent`` tests the detector on them
     with TorchIO's motion and ghosting, an independent simulator.
 Label: 1 when the motion really produced an artifact, RMS(image - motion-free image) >
 ``ARTIFACT_LABEL_ANR`` noise SDs (the motion-free image has the same noise and the
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from models import WEIGHTS_DIR
 from models.motion_detector import (
     INPUT_SIZE,
     MOTION_INFO_FILE,
@@ -42,7 +43,7 @@ from models.motion_detector import (
     prepare_volume,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = Path("/tmp/cervical_motion_data")
 PHANTOM_SEEDS = range(9000, 10000)
 GENERIC_SEEDS = range(20000, 100000)
@@ -102,7 +103,7 @@ def _sampler():
     """Object sampler restricted to ITK Kmeans T1 and natural images (no ch2/MNI152)."""
     global _SAMPLER  # one per worker process: loading the sources takes seconds
     if _SAMPLER is None:
-        from models.data import ITK_KMEANS, DataConfig, ObjectSampler, _load_volume
+        from models.training.data import ITK_KMEANS, DataConfig, ObjectSampler, _load_volume
 
         cfg = DataConfig(source_weights={"volume": 0.5, "natural": 0.5})
         sampler = ObjectSampler(cfg, use_phantom=False, seed=SEED)
@@ -115,7 +116,7 @@ def _sampler():
 
 def generic_example(seed: int) -> list[dict]:
     """One slice of a non-phantom object with rigid and/or local blob motion."""
-    from models.data import foreground_reference
+    from models.training.data import foreground_reference
     from simulation import acquisition as acq
 
     rng = np.random.default_rng([SEED, seed])
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     tr = sub.add_parser("train", help="train on simulated slices")
     tr.add_argument("--minutes", type=float, default=20.0)
     tr.add_argument("--data-dir", type=Path, default=DATA_DIR)
-    tr.add_argument("--out", type=Path, default=ROOT / "models")
+    tr.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = parser.parse_args(argv)
     if args.command == "simulate":
         simulate(args.phantoms, args.generic, args.workers, args.data_dir)

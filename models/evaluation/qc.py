@@ -1,7 +1,7 @@
 """Calibrate and evaluate the motion flag and the DL-accentuation guard on held-out phantoms.
 
-    python -m operators.qc_evaluate --calibrate      # calibration seeds -> qc_calibration.json
-    python -m operators.qc_evaluate                  # evaluation seeds -> table, ROC plot, JSON
+    python -m models.evaluation.qc --calibrate      # calibration seeds -> qc_calibration.json
+    python -m models.evaluation.qc                  # evaluation seeds -> table, ROC plot, JSON
 
 Series are simulated like the product's input (accelerated protocol, 3 central slices)
 for sag T1, sag T2, ax T2 and CE T1, without motion and with mild or severe rigid motion,
@@ -20,14 +20,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from operators.qc_metrics import RAYLEIGH_MEDIAN_PER_SIGMA
-from operators.quality_check import (
-    DEFAULT_CALIBRATION,
-    QCCalibration,
-    locate_rois_in_volume,
-    measure_series,
-    series_masks,
-)
+from models import WEIGHTS_DIR
+from qc.calibration import DEFAULT_CALIBRATION, QCCalibration
+from qc.measures import locate_rois_in_volume, measure_series, series_masks
+from qc.metrics import RAYLEIGH_MEDIAN_PER_SIGMA
 from simulation.dicom_study import simulate_series
 from simulation.phantom import (
     PhantomPatient,
@@ -40,7 +36,7 @@ ROLES = ("SAG_T1", "SAG_T2", "AX_T2", "SAG_CE_T1")
 CONDITIONS = [("none", "none")] + [(s, k) for s in ("mild", "severe") for k in ("rigid", "swallow", "both")]
 CALIBRATION_SEEDS = range(7000, 7012)
 EVALUATION_SEEDS = range(8000, 8016)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -63,12 +59,12 @@ class Case:
 def simulate_cases(seeds, with_dl: bool, calibration: QCCalibration) -> list[Case]:
     from models.motion_detector import load_motion_detector
 
-    detector = load_motion_detector(ROOT / "models")
+    detector = load_motion_detector(WEIGHTS_DIR)
     model = None
     if with_dl:
         from models.inference import enhance_volume, load_model
 
-        model = load_model(ROOT / "models")
+        model = load_model(WEIGHTS_DIR)
     cases = []
     total = len(seeds) * len(ROLES) * len(CONDITIONS)
     with tqdm(total=total, desc="QC cases") as bar:
@@ -173,7 +169,7 @@ def calibrate(cases: list[Case], margin_rate: float = 0.025) -> QCCalibration:
         margin = max(float(np.quantile(diffs, 1 - margin_rate)), 0.5 * ghost_threshold)
     return QCCalibration(round(ghost_threshold, 5), round(margin, 5), 2.0,
                          None if detector_threshold is None else round(detector_threshold, 4), source=(
-        f"operators.qc_evaluate --calibrate, seeds {min(c.seed for c in cases)}-{max(c.seed for c in cases)}, "
+        f"models.evaluation.qc --calibrate, seeds {min(c.seed for c in cases)}-{max(c.seed for c in cases)}, "
         f"{len(cases)} series, {time.strftime('%Y-%m-%d')}"))
 
 

@@ -344,3 +344,63 @@ def instance_label(view: Dataset) -> str:
     """``SOPInstanceUID`` or ``SOPInstanceUID#frame`` (for fingerprints and deterministic UIDs)."""
     frame = source_frame_number(view)
     return str(view.SOPInstanceUID) if frame is None else f"{view.SOPInstanceUID}#{frame}"
+
+
+# --- series of the SDK's loader (DICOMSeries: anything with get_sop_instances()) ---------------
+def series_frames(series) -> list:
+    """The frame views (:mod:`series.frames`) of every instance of a series, in
+    the loader's order; raises UnsupportedInput with the first instance's reason."""
+    views = []
+    for sop in series.get_sop_instances():
+        views.extend(frame_views(sop.get_native_sop_instance()))
+    return views
+
+
+def check_series_readable(series) -> str | None:
+    """Why the pixel data of a series cannot be processed, or ``None`` when it can.
+
+    The SDK's loader keeps truncated files and files without pixel data, so every
+    instance (every frame of a multi-frame object) is checked here before anything is
+    computed.
+    """
+    try:
+        views = series_frames(series)
+    except UnsupportedInput as exc:
+        return str(exc)
+    shapes, orientations = set(), set()
+    positions = []
+    for ds in views:
+        rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+        if rows < 32 or cols < 32:
+            return f"matrix {rows}x{cols} too small"
+        syntax = ds.file_meta.TransferSyntaxUID
+        if not syntax.is_transfer_syntax or syntax.is_compressed:
+            try:
+                decoded_pixels(ds)  # decoding is the check
+            except UnsupportedInput as exc:
+                return str(exc)
+        else:
+            expected = rows * cols * int(ds.BitsAllocated) // 8
+            if len(ds.PixelData) < expected:
+                return f"truncated pixel data ({len(ds.PixelData)} of {expected} bytes)"
+        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "PixelSpacing" not in ds:
+            return "missing ImagePositionPatient, ImageOrientationPatient or PixelSpacing"
+        shapes.add((rows, cols, int(ds.BitsAllocated), int(ds.get("PixelRepresentation", 0))))
+        orientations.add(tuple(round(float(v), 3) for v in ds.ImageOrientationPatient))
+        positions.append(tuple(round(float(v), 3) for v in ds.ImagePositionPatient))
+    if len(shapes) != 1:
+        return "instances differ in matrix or pixel format"
+    if len(orientations) != 1:
+        return "instances differ in orientation"
+    if len(set(positions)) != len(positions):
+        return "several instances share one position"
+    return None
+
+
+def sorted_instances(series) -> list:
+    """The series' frame views (pydicom datasets, one per slice) sorted along the slice
+    normal (first slice first)."""
+    datasets = series_frames(series)
+    iop = np.asarray([float(v) for v in datasets[0].ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    return sorted(datasets, key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))

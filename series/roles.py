@@ -13,13 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from operators.series_input import MR_STORAGE_CLASSES, classic_header
-from operators.series_input import header_value as _get
+from app.contracts import SOFTWARE_NAME
+from series.frames import MR_STORAGE_CLASSES, classic_header
+from series.frames import header_value as _get
 
 ROLES = ("SAG_T1", "SAG_T2", "SAG_DIXON_IP", "SAG_DIXON_W", "AX_T2", "SAG_CE_T1")
-#: Software name written into ContributingEquipmentSequence / DerivationDescription of
-#: every object we create; series carrying it are never processed again.
-SOFTWARE_NAME = "CervicalDLEnhance"
 
 _CERVICAL_BODY_PARTS = {"CSPINE", "C-SPINE", "NECK", "SPINE", "HEADNECK", "CERVICAL", "CSPINE "}
 _LOCALIZER_RE = re.compile(r"(survey|locali[sz]er|\bloc\b|scout|3[- ]?pl|tri[- ]?pilot|\bpilot\b|calibration|refscan)", re.I)

@@ -1,9 +1,9 @@
 """Speed and memory of the DL model against BM3D and non-local means, per matrix size
 (and of the quality check).
 
-    python -m models.benchmark                      # 256, 320, 512, 1024; table + docs/model_benchmark.json
-    python -m models.benchmark --paths              # also eager / TorchScript / torch.compile / ONNX Runtime at 512
-    python -m models.benchmark --sizes 512 --slices 4 --bm3d-slices 1
+    python -m models.evaluation.benchmark                      # 256, 320, 512, 1024; table + docs/model_benchmark.json
+    python -m models.evaluation.benchmark --paths              # also eager / TorchScript / torch.compile / ONNX Runtime at 512
+    python -m models.evaluation.benchmark --sizes 512 --slices 4 --bm3d-slices 1
 
 Every measurement runs in its own child process (fresh interpreter, same thread count),
 so its peak resident memory (``ru_maxrss``) belongs to that method and matrix alone; the
@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from models import WEIGHTS_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("dl", "bm3d", "nlm", "qc")
 PATHS = ("torch", "onnxruntime", "compile", "torchscript")
 
@@ -63,8 +65,8 @@ def _load_dl(path_kind: str, device):
     from models.inference import TorchSliceModel, load_model
 
     if path_kind in ("onnxruntime", "torch"):
-        return load_model(ROOT / "models", device, runtime=path_kind)
-    eager = load_model(ROOT / "models", device, runtime="torch")
+        return load_model(WEIGHTS_DIR, device, runtime=path_kind)
+    eager = load_model(WEIGHTS_DIR, device, runtime="torch")
     if path_kind == "compile":
         return TorchSliceModel(torch.compile(eager.network, dynamic=False), device)
     if path_kind == "torchscript":  # deprecated in torch 2.13; measured for the record
@@ -87,16 +89,11 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
         fn = lambda vol: enhance_volume(model, vol, batch_size=8)  # noqa: E731
     elif method == "qc":  # the quality check of one series: masks, C3 ROIs, measures + detector on original and DL
         from models.motion_detector import load_motion_detector
-        from operators.quality_check import (
-            QCCalibration,
-            locate_rois_in_volume,
-            measure_series,
-            series_masks,
-            with_vertebral_rois,
-        )
+        from qc.calibration import QCCalibration
+        from qc.measures import locate_rois_in_volume, measure_series, series_masks, with_vertebral_rois
 
         cal = QCCalibration.load()
-        detector = load_motion_detector(ROOT / "models", torch.device(device_name))
+        detector = load_motion_detector(WEIGHTS_DIR, torch.device(device_name))
 
         def fn(vol):
             masks = series_masks(vol, 1)
@@ -107,7 +104,8 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
                 with_vertebral_rois(original, vol, rois)
                 with_vertebral_rois(dl, vol, rois)
     elif method == "qc_ghost":  # baseline: the quality check with the ghost measure only (no detector, no ROIs)
-        from operators.quality_check import QCCalibration, measure_series, series_masks
+        from qc.calibration import QCCalibration
+        from qc.measures import measure_series, series_masks
 
         cal = QCCalibration.load()
 
@@ -116,7 +114,7 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
             measure_series(vol, 1, cal, masks)
             measure_series(vol, 1, cal, masks)
     else:
-        from models.baselines import bm3d_denoise, nlm_denoise
+        from models.evaluation.baselines import bm3d_denoise, nlm_denoise
 
         den = bm3d_denoise if method == "bm3d" else nlm_denoise
         fn = lambda vol: np.stack([den(s, 60.0) for s in vol])  # noqa: E731
@@ -147,9 +145,8 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
 
 def run_child(method: str, size: int, slices: int, path_kind: str = "torch", device: str = "cpu",
               threads: int = 2) -> dict:
-    cmd = [sys.executable, "-m", "models.benchmark", "--_worker", method, str(size), str(slices), path_kind, device]
-    env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "models.evaluation.benchmark", "--_worker", method, str(size), str(slices), path_kind, device]
+    env = dict(os.environ, BENCH_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
@@ -254,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"date": _dt.date.today().isoformat(),
               "machine": f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads"
                          + (f", GPU {torch.cuda.get_device_name(0)}" if cuda else ", no GPU"),
-              "torch": torch.__version__, "command": "python -m models.benchmark " + " ".join(argv or sys.argv[1:]),
+              "torch": torch.__version__, "command": "python -m models.evaluation.benchmark " + " ".join(argv or sys.argv[1:]),
               "rows": rows, "paths": path_rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

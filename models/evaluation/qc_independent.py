@@ -1,7 +1,7 @@
 """Evaluate the motion flag on artifacts from an independent simulator, on unseen anatomy.
 
-    python -m operators.qc_independent                 # table + docs/qc_independent.json
-    python -m operators.qc_independent --repeats 2     # quick look
+    python -m models.evaluation.qc_independent                 # table + docs/qc_independent.json
+    python -m models.evaluation.qc_independent --repeats 2     # quick look
 
 The detector was calibrated on our own phantom and motion simulator only. Here the
 artifacts come from TorchIO (a separate code base with its own conventions):
@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from operators.qc_evaluate import roc_auc
-from operators.quality_check import QCCalibration, measure_series, series_masks
+from models import WEIGHTS_DIR
+from models.evaluation.qc import roc_auc
+from qc.calibration import QCCalibration
+from qc.measures import measure_series, series_masks
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: TorchIO parameters per (kind, severity); symmetric ranges are drawn uniformly by TorchIO.
 SETTINGS: dict[tuple[str, str], dict] = {
     ("motion", "mild"): {"degrees": 2.0, "translation": 2.0, "num_transforms": (1, 3)},
@@ -49,7 +51,7 @@ def head_volumes() -> dict[str, np.ndarray]:
     their 99.5th percentile."""
     import nibabel as nib
 
-    from models.data import MRICRON_DIR, volume_paths
+    from models.training.data import MRICRON_DIR, volume_paths
 
     wanted = {"ch2": MRICRON_DIR / "ch2.nii.gz"}
     for p in volume_paths():
@@ -103,7 +105,7 @@ def slices_with_noise(vol: np.ndarray, x_positions: list[int], seed: int) -> np.
 def run(repeats: int, calibration: QCCalibration) -> list[dict]:
     from models.motion_detector import load_motion_detector
 
-    detector = load_motion_detector(ROOT / "models")
+    detector = load_motion_detector(WEIGHTS_DIR)
     heads = head_volumes()
     conditions = [("none", "none")] + [(k, s) for k in ("motion", "ghosting") for s in ("mild", "severe")]
     cases = []

@@ -1,7 +1,7 @@
 """Train the cascaded U-Net on simulated (accelerated, conventional-reference) pairs.
 
-    python -m models.train --config models/configs/default.json [--resume]
-    python -m models.train --config models/configs/stage2.json    # continues from default's weights
+    python -m models.training.train --config models/training/configs/default.json [--resume]
+    python -m models.training.train --config models/training/configs/stage2.json    # continues from default's weights
 
 Stops at ``steps`` or at the wall-clock ``time_budget_s`` (whichever comes first; the
 budget counts training time across resumes), then runs a held-out validation, writes the
@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.data import DataConfig, PairStream, phantom_available, validation_set
+from models.training.data import DataConfig, PairStream, phantom_available, validation_set
 from models.inference import file_sha256
 from models.network import CascadedUNet, count_flops, count_parameters
 from models.normalization import ROBUST_PERCENTILE
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "cervical_dl_recon"
 
 DEFAULTS: dict = {
@@ -57,10 +57,10 @@ DEFAULTS: dict = {
               "dc_band": 0.25, "dc_edge": 0.1},
     "data": {},
     "checkpoint_dir": "models/checkpoints",
-    "model_dir": "models",
-    "info_path": "models/model_info.json",
-    "loss_plot": "models/loss_curve.png",
-    "validation_path": "models/validation.json",
+    "model_dir": "models/weights",
+    "info_path": "models/weights/model_info.json",
+    "loss_plot": "models/training/loss_curve.png",
+    "validation_path": "models/weights/validation.json",
     "init_from": None,
 }
 

@@ -1,14 +1,14 @@
 """Evaluate the shipped model against the truth, the conventional protocol, BM3D and NLM.
 
-    python -m models.evaluate                       # table; docs/model_evaluation.json + plots
-    python -m models.evaluate --patients 1 --extra-patients 0 --val 0   # quick look
+    python -m models.evaluation.enhancement                       # table; docs/model_evaluation.json + plots
+    python -m models.evaluation.enhancement --patients 1 --extra-patients 0 --val 0   # quick look
 
 Held-out data, never seen in training:
   * phantom patients with seeds below 10,000 (training draws its phantom seeds from
     10,000 up), for sag T1, sag T2, sag Dixon water, ax T2 and CE T1, 3 central slices
     each, simulated exactly like the product's input (``simulate_series``: stored 12-bit
     integers) at several accelerations;
-  * validation images from the allowed training sources (``models.data.validation_set``
+  * validation images from the allowed training sources (``models.training.data.validation_set``
     with the training config's held-out seed), at the default acceleration.
 
 Per slice, against the noiseless conventional reference ``G``: PSNR (peak = the series'
@@ -36,7 +36,8 @@ from scipy import ndimage
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
-from models.baselines import bm3d_denoise, nlm_denoise, oracle_noise_sd
+from models import WEIGHTS_DIR
+from models.evaluation.baselines import bm3d_denoise, nlm_denoise, oracle_noise_sd
 from models.inference import enhance_volume, load_model
 from simulation import acquisition as acq
 from simulation.dicom_study import ROLE_PHASE_ENCODE, simulate_series
@@ -49,7 +50,7 @@ from simulation.phantom import (
     sagittal_geometry,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("SAG_T1", "SAG_T2", "SAG_DIXON_W", "AX_T2", "SAG_CE_T1")
 METHODS = ("accelerated", "conventional", "nlm", "bm3d", "dl")
 #: Acceleration settings relative to the conventional protocol (scan time ratio in the label).
@@ -157,10 +158,10 @@ def evaluate_phantom(model, patients: list[int], accelerations: list[str], use_b
 
 
 def evaluate_sources(model, n: int, use_bm3d: bool) -> list[SliceResult]:
-    from models.data import DataConfig, validation_set
-    from models.train import load_config
+    from models.training.data import DataConfig, validation_set
+    from models.training.train import load_config
 
-    cfg = load_config(ROOT / "models" / "configs" / "default.json")
+    cfg = load_config(ROOT / "models" / "training" / "configs" / "default.json")
     val = validation_set(int(cfg["val_seed"]), n, DataConfig.from_dict(cfg["data"]))
     results = []
     for k, pair in enumerate(tqdm(val, desc="validation images", mininterval=5)):
@@ -301,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = load_model(ROOT / "models")
+    model = load_model(WEIGHTS_DIR)
     device = f"{model.device} ({model.runtime})"
-    info = json.loads((ROOT / "models" / "model_info.json").read_text())
+    info = json.loads((WEIGHTS_DIR / "model_info.json").read_text())
     use_bm3d = not args.no_bm3d
     res, snr_rows, example = evaluate_phantom(model, list(PATIENT_SEEDS[: args.patients]),
                                               [DEFAULT_ACCELERATION], use_bm3d)
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, device {device}",
         "model": {"file": info.get("file"), "version": info.get("version"), "sha256": info.get("sha256"),
                   "steps": info.get("steps")},
-        "command": "python -m models.evaluate " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+        "command": "python -m models.evaluation.enhancement " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
         "groups": groups, "snr_cnr": snr, "plots": plots,
         "slices": [{"source": r.source, "case": r.case, "role": r.role, "acceleration": r.acceleration,
                     "metrics": r.metrics} for r in res + src],

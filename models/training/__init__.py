@@ -1,0 +1,1 @@
+"""Training of the enhancement network and the QC motion detector (outside the MAP)."""

@@ -1,0 +1,50 @@
+"""``qc.json``: the stable machine-readable QC interface, one entry per source series (README),
+and the label every QC object carries."""
+from __future__ import annotations
+
+from app.contracts import SeriesQC, WrittenSeries
+
+
+def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[dict]:
+    """The stable ``qc.json`` interface: one entry per source series (see README)."""
+    by_source = {w.source_series_instance_uid: w for w in written}
+    entries = []
+    for qc in results:
+        w = by_source.get(qc.source_series_instance_uid)
+        entries.append({
+            "SeriesInstanceUID": qc.source_series_instance_uid,
+            "derived_SeriesInstanceUID": w.derived_series_instance_uid if w else None,
+            "role": qc.role,
+            "series_number": qc.series_number,
+            "derived_series_number": w.series_number if w else None,
+            "phase_encode_direction": qc.phase_encode_direction,
+            "snr_original": qc.original.snr, "snr_dl": qc.dl.snr,
+            "snr_foreground_original": qc.original.snr_foreground, "snr_foreground_dl": qc.dl.snr_foreground,
+            "cnr_original": qc.original.cnr, "cnr_dl": qc.dl.cnr,
+            "roi_confidence": qc.roi_confidence,
+            "noise_sd_original": qc.original.noise_sd, "noise_sd_dl": qc.dl.noise_sd,
+            "motion_score_original": qc.original.motion_score, "motion_score_dl": qc.dl.motion_score,
+            "ghost_score_original": qc.original.ghost_score, "ghost_score_dl": qc.dl.ghost_score,
+            "motion_detector_original": qc.original.detector,
+            "slice_motion_scores_original": qc.original.slice_motion_scores,
+            "slice_motion_scores_dl": qc.dl.slice_motion_scores,
+            "motion_flag": qc.motion_flag,
+            "dl_accentuated": qc.dl_accentuated,
+            "notes": qc.notes,
+        })
+    return entries
+
+
+def report_label(results: list[SeriesQC]) -> str:
+    """What a QC object covers, for its SeriesDescription and title: the role when the
+    run had one series (the Orthanc worker runs one job per series), and the flags, so
+    that a viewer can tell the reports of one study apart."""
+    scope = results[0].role if len(results) == 1 else f"{len(results)} series"
+    flagged = [qc.role for qc in results if qc.motion_flag]
+    accentuated = [qc.role for qc in results if qc.dl_accentuated]
+    parts = [scope]
+    if flagged:
+        parts.append("MOTION FLAGGED" if len(results) == 1 else f"MOTION FLAGGED {' '.join(flagged)}")
+    if accentuated:
+        parts.append("DL ACCENTUATED" if len(results) == 1 else f"DL ACCENTUATED {' '.join(accentuated)}")
+    return " ".join(parts)

@@ -1,0 +1,103 @@
+"""The QC results as a TID 1500 Comprehensive 3D SR (highdicom): per series, one measurement
+group for the original and one for the DL images."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from app.contracts import MANUFACTURER, SOFTWARE_NAME, SOFTWARE_VERSION, SeriesQC, WrittenSeries, derived_uid
+from qc.report_json import report_label
+from series.derived import processing_equipment
+from series.frames import source_frame_number
+
+# Local coding scheme for concepts DICOM has no code for (99 prefix = private scheme).
+_SCHEME = "99CDLE"
+CNR_CODE = hd.sr.CodedConcept("CNR", _SCHEME, "Contrast to noise ratio")
+MOTION_SCORE_CODE = hd.sr.CodedConcept("MOTSCORE", _SCHEME, "Motion artifact score")
+DL_ACCENTUATED_CODE = hd.sr.CodedConcept("DLACCENT", _SCHEME, "Artifacts accentuated by DL enhancement")
+NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+
+
+def _header_only(ds: Dataset) -> Dataset:
+    out = Dataset()
+    for elem in ds:
+        if elem.tag.group != 0x7FE0:
+            out.add(elem)
+    return out
+
+
+def _one_per_instance(datasets: list) -> list:
+    """One dataset per SOP instance (frames of a multi-frame source share one)."""
+    return list({str(ds.SOPInstanceUID): ds for ds in datasets}.values())
+
+
+def source_image_references(datasets: list) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    """One reference per SOP instance; frames of a multi-frame source are listed by number."""
+    frames: dict[str, list[int]] = {}
+    for ds in datasets:
+        frame = source_frame_number(ds)
+        frames.setdefault(str(ds.SOPInstanceUID), [])
+        if frame is not None:
+            frames[str(ds.SOPInstanceUID)].append(frame)
+    return [hd.sr.SourceImageForMeasurementGroup(str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                                 referenced_frame_numbers=frames[str(ds.SOPInstanceUID)] or None)
+            for ds in _one_per_instance(datasets)]
+
+
+def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, now: datetime) -> hd.sr.Comprehensive3DSR:
+    """TID 1500 measurement report: per series, one group for the original images and one
+    for the DL images, each with SNR, CNR (when measured), motion score and the
+    qualitative evaluations Motion blur and DL accentuation (Present/Absent)."""
+    by_source = {w.source_series_instance_uid: w for w in written}
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=derived_uid("observer", SOFTWARE_NAME, SOFTWARE_VERSION), name=SOFTWARE_NAME,
+        manufacturer_name=MANUFACTURER, model_name=SOFTWARE_NAME)
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    algorithm = hd.sr.AlgorithmIdentification(name=f"{SOFTWARE_NAME} QC", version=SOFTWARE_VERSION)
+    groups, evidence = [], []
+    for qc in results:
+        w = by_source[qc.source_series_instance_uid]
+        for label, quality, datasets, flag in (
+            ("original", qc.original, w.sources, qc.motion_flag),
+            ("DL", qc.dl, w.derived_headers, qc.dl.motion_score is not None and qc.dl.motion_score >= 0.5),
+        ):
+            measurements = []
+            for code, value in ((codes.DCM.SignalToNoise, quality.snr), (CNR_CODE, quality.cnr),
+                                (MOTION_SCORE_CODE, quality.motion_score)):
+                if value is not None:
+                    measurements.append(hd.sr.Measurement(name=code, value=float(value), unit=NO_UNITS,
+                                                          algorithm_id=algorithm))
+            evaluations = [hd.sr.QualitativeEvaluation(codes.DCM.MotionBlur, codes.DCM.Present if flag else codes.DCM.Absent)]
+            if label == "DL":
+                evaluations.append(hd.sr.QualitativeEvaluation(
+                    DL_ACCENTUATED_CODE, codes.DCM.Present if qc.dl_accentuated else codes.DCM.Absent))
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=derived_uid("tracking", qc.source_series_instance_uid, label, model),
+                    identifier=f"{qc.role} {label} series {w.series_number if label == 'DL' else qc.series_number}"),
+                finding_type=codes.DCM.ImageQuality,
+                finding_sites=[hd.sr.FindingSite(codes.SCT.CervicalSpine)],
+                algorithm_id=algorithm,
+                measurements=measurements or None,
+                qualitative_evaluations=evaluations,
+                source_images=source_image_references(datasets),
+            ))
+            evidence.extend(_header_only(ds) for ds in _one_per_instance(datasets))
+    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
+                                     imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)
+    key = sorted(qc.source_series_instance_uid for qc in results)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence, content=report,
+        series_instance_uid=derived_uid("qc-sr-series", *key, model),
+        series_number=9901, sop_instance_uid=derived_uid("qc-sr", *key, model), instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=True, is_final=False,
+        series_description=f"DL QC measurements {report_label(results)}"[:64],
+        software_versions=(SOFTWARE_VERSION, model),
+        content_date=now.date(), content_time=now.time().replace(microsecond=0),
+        series_date=now.date(), series_time=now.time().replace(microsecond=0),
+        contributing_equipment=[processing_equipment(SOFTWARE_VERSION, now)])
+    return sr
