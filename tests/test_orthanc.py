@@ -344,13 +344,28 @@ def test_make_orthanc_launcher_starts_and_stops_what_it_started(stack, tmp_path)
         assert password not in started.stdout
         url = f"http://127.0.0.1:{env['CPACS_HTTP_PORT']}"
         assert requests.get(url + "/cervical-dl/health", auth=(ADMIN_USER, password), timeout=10).status_code == 200
-        pids = {n: int((tmp_path / "local" / "run" / f"{n}.pid").read_text()) for n in ("orthanc", "worker")}
+        def pids() -> dict[str, int]:
+            return {n: int((tmp_path / "local" / "run" / f"{n}.pid").read_text()) for n in ("orthanc", "worker")}
+
+        first = pids()
+        # idempotent (`make demo` twice): a healthy pair is reused ...
         again = subprocess.run([*cli, "start"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
-        assert again.returncode == 1 and "already running" in again.stdout
+        assert again.returncode == 0 and "reusing" in again.stdout and pids() == first, again.stdout
+        # ... a half-running one (the worker died) is restarted whole
+        os.kill(first["worker"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{first['worker']}").exists() and \
+                b"Z" not in Path(f"/proc/{first['worker']}/stat").read_bytes().split()[2:3]:
+            time.sleep(0.1)
+        restarted = subprocess.run([*cli, "start"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert restarted.returncode == 0 and "restarting" in restarted.stdout, restarted.stdout + restarted.stderr
+        second = pids()
+        assert second["worker"] != first["worker"] and second["orthanc"] != first["orthanc"]
+        assert requests.get(url + "/cervical-dl/health", auth=(ADMIN_USER, password), timeout=10).status_code == 200
     finally:
         stopped = subprocess.run([*cli, "stop"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert "stopped worker" in stopped.stdout and "stopped orthanc" in stopped.stdout
-    for pid in pids.values():
+    for pid in [*first.values(), *second.values()]:
         assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes().split()[2:3]
     assert stack.orthanc.poll() is None  # the module's Orthanc was not touched
 

@@ -93,13 +93,25 @@ def _alive(settings: Settings, name: str, marker: str) -> int | None:
 _MARKERS = {"worker": "cervical_pacs.worker", "orthanc": "Orthanc"}
 
 
+def _healthy(settings: Settings, password: str | None) -> bool:
+    status, body = http_get(f"{settings.orthanc_url}/cervical-dl/health", ADMIN_USER, password)
+    return status == 200 and json.loads(body).get("status") == "ok"
+
+
 def cmd_start(settings: Settings) -> int:
-    for name in ("orthanc", "worker"):
-        if _alive(settings, name, _MARKERS[name]):
-            print(f"{name} is already running (pid file {_pidfile(settings, name)}); `make stop` first")
-            return 1
+    """Start Orthanc and the worker; idempotent: a healthy pair that this launcher started is
+    reused, a half-running one (one of the two gone, or no heartbeat) is restarted."""
     users = ensure_credentials(Path(settings.credentials_file))
     logs = settings.local_dir / "logs"
+    running = {name: _alive(settings, name, _MARKERS[name]) for name in ("orthanc", "worker")}
+    if all(running.values()) and _healthy(settings, users[ADMIN_USER]):
+        print(f"already running (orthanc pid {running['orthanc']}, worker pid {running['worker']}): reusing them")
+        _print_access(settings, logs)
+        return 0
+    if any(running.values()):
+        state = ", ".join(f"{n} {'running' if pid else 'not running'}" for n, pid in running.items())
+        print(f"restarting ({state}, not a healthy pair)")
+        cmd_stop(settings)
     model = Path(settings.model_path) / "cervical_dl_recon.pt"
     if settings.run_mode == "python" and not model.is_file():
         print(f"warning: {model} is missing: jobs will fail until it exists (or set CPACS_MODEL_PATH)")
@@ -116,14 +128,18 @@ def cmd_start(settings: Settings) -> int:
     _pidfile(settings, "worker").write_text(str(worker.pid))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and worker.poll() is None:  # until its first heartbeat
-        status, body = http_get(f"{settings.orthanc_url}/cervical-dl/health", ADMIN_USER, users[ADMIN_USER])
-        if status == 200 and json.loads(body).get("status") == "ok":
+        if _healthy(settings, users[ADMIN_USER]):
             break
         time.sleep(0.5)
     if worker.poll() is not None:
         print(f"error: the worker exited with code {worker.returncode}; log: {logs / 'worker.log'}")
         cmd_stop(settings)
         return 1
+    _print_access(settings, logs)
+    return 0
+
+
+def _print_access(settings: Settings, logs: Path) -> None:
     print(f"Orthanc   {settings.orthanc_url}/ui/app/ (HTTP, loopback clients only unless CPACS_REMOTE_ACCESS=true)")
     print(f"          {settings.orthanc_url}/app/explorer.html ; DICOMweb {settings.orthanc_url}/dicom-web/")
     print(f"DICOM     AE title {settings.aet}, port {settings.dicom_port} (C-STORE here triggers the worker too)")
@@ -132,7 +148,6 @@ def cmd_start(settings: Settings) -> int:
     print(f"data      {settings.storage_dir} (job queue {Path(settings.queue_db).name})")
     print(f"logs      {logs / 'orthanc.log'}, {logs / 'worker.log'}")
     print("stop      make stop")
-    return 0
 
 
 def _terminate(pid: int, timeout: float = 30.0) -> None:
