@@ -128,7 +128,11 @@ window.config = {
     ],
   });
   const pairViewport = (key, side) => ({
-    viewportOptions: { viewportId: `cervical-${side}`, toolGroupId: 'default', allowUnmatchedView: true, syncGroups: sync },
+    // open at the middle slice (the midline of a sagittal stack), not at the far-lateral first one
+    viewportOptions: {
+      viewportId: `cervical-${side}`, toolGroupId: 'default', allowUnmatchedView: true, syncGroups: sync,
+      initialImageOptions: { preset: 'middle' },
+    },
     displaySets: [{ id: `${key}-${side}` }],
   });
   const roleGroups = {

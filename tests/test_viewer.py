@@ -182,8 +182,9 @@ def test_hanging_protocol_original_and_dl_side_by_side(browser, stage):
     orig, dl = state["viewports"]["cervical-orig"], state["viewports"]["cervical-dl"]
     assert (orig["number"], dl["number"]) == PAIRS[stage]
     assert dl["description"] == f"{orig['description']} DL"
-    for vp in (orig, dl):  # drawn, not blank
+    for vp in (orig, dl):  # drawn, not blank, opened at the middle slice (OHIF's "middle": n // 2)
         assert vp["std"] > 5 and vp["nImages"] >= 5, vp
+        assert vp["index"] == vp["nImages"] // 2, vp
     # VOI synchronised: the same window on both, and a new window on the original reaches the DL
     assert orig["voi"] and orig["voi"] == dl["voi"]
     assert state["afterVoi"]["orig"] == {"lower": 200, "upper": 900}
