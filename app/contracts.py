@@ -170,7 +170,18 @@ class ImageQuality:
     ghost_score: float | None  # the ghost measure alone as a 0-1 score (0.5 = its threshold)
     detector: float | None  # motion detector's probability for the series (75th percentile)
     motion_score: float | None  # 0-1, 0.5 = flag threshold
-    slice_motion_scores: list[float | None]
+    slice_motion_scores: list[float | None]  # per slice, in the series' order along the slice normal
+
+    @property
+    def flagged_slices(self) -> list[int]:
+        """0-based indices of the slices whose own motion score reaches the flag threshold."""
+        return [i for i, v in enumerate(self.slice_motion_scores) if v is not None and v >= 0.5]
+
+    @property
+    def worst_slice(self) -> int | None:
+        """0-based index of the slice with the highest motion score (None: none measurable)."""
+        scored = [(v, i) for i, v in enumerate(self.slice_motion_scores) if v is not None]
+        return max(scored)[1] if scored else None
 
 
 @dataclass

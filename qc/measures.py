@@ -99,6 +99,19 @@ def with_vertebral_rois(quality: ImageQuality, volume: np.ndarray, rois: tuple[i
     return replace(quality, snr=_round(disc / quality.noise_sd), cnr=_round(abs(disc - marrow) / quality.noise_sd))
 
 
+def slice_ranges(indices: list[int]) -> str:
+    """0-based slice indices as 1-based ranges for a reader: [0, 1, 2, 10, 12] -> "1-3, 11, 13"."""
+    parts, run = [], []
+    for i in sorted(indices):
+        if run and i != run[-1] + 1:
+            parts.append(f"{run[0] + 1}-{run[-1] + 1}" if len(run) > 1 else f"{run[0] + 1}")
+            run = []
+        run.append(i)
+    if run:
+        parts.append(f"{run[0] + 1}-{run[-1] + 1}" if len(run) > 1 else f"{run[0] + 1}")
+    return ", ".join(parts)
+
+
 def _percentile75(values: list[float | None]) -> float | None:
     valid = [v for v in values if v is not None]
     return float(np.percentile(valid, 75)) if valid else None
@@ -186,7 +199,9 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
                                          calibration.ghost_score(original.ghost)),
                                         ("motion detector", calibration.detector_score(original.detector)))
                if score is not None and score >= 0.5]
-        notes.append("motion artifacts: " + " and ".join(why))
+        where = original.flagged_slices
+        notes.append("motion artifacts: " + " and ".join(why)
+                     + (f"; slices {slice_ranges(where)} of {len(source)} score >= 0.5" if where else ""))
     if accentuated:
         notes.append("DL accentuated artifacts; read the original")
     if original.noise_sd is None:

@@ -28,6 +28,8 @@ def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[di
             "motion_detector_original": qc.original.detector,
             "slice_motion_scores_original": qc.original.slice_motion_scores,
             "slice_motion_scores_dl": qc.dl.slice_motion_scores,
+            "flagged_slices_original": [i + 1 for i in qc.original.flagged_slices],
+            "worst_slice_original": None if qc.original.worst_slice is None else qc.original.worst_slice + 1,
             "motion_flag": qc.motion_flag,
             "dl_accentuated": qc.dl_accentuated,
             "notes": qc.notes,

@@ -84,8 +84,10 @@ def render_pdf(results: list[SeriesQC], written: list[WrittenSeries], model: str
             fig, axes = plt.subplots(3, 2, figsize=(8.27, 11.69), squeeze=False)
             for row, qc in zip(axes, results[start:start + 3]):
                 w = by_source[qc.source_series_instance_uid]
-                # The slice the CNR ROIs were placed on (outlined), else the middle one.
-                k = qc.rois[0] if qc.rois is not None else len(w.sources) // 2
+                # Flagged: the slice with the worst motion score; else the slice the CNR ROIs were
+                # placed on (outlined), else the middle one.
+                worst = qc.original.worst_slice if qc.motion_flag else None
+                k = worst if worst is not None else qc.rois[0] if qc.rois is not None else len(w.sources) // 2
                 for axis, (title, image) in zip(row, (("original", w.sources[k].pixel_array),
                                                        ("DL", w.derived_pixels[k]))):
                     lo, hi = np.percentile(w.derived_pixels, [1, 99.5])
@@ -93,8 +95,9 @@ def render_pdf(results: list[SeriesQC], written: list[WrittenSeries], model: str
                     if qc.rois is not None:
                         axis.contour(qc.rois[1].c3_marrow, [0.5], colors="yellow", linewidths=0.6)
                         axis.contour(qc.rois[1].c3_c4_disc, [0.5], colors="cyan", linewidths=0.6)
-                    axis.set_title(f"{qc.role} {title}, slice {k + 1}" + ("\nC3 marrow yellow, C3-C4 disc cyan"
-                                                                         if qc.rois is not None else ""), fontsize=8,
+                    what = "worst motion slice" if worst is not None else "slice"
+                    axis.set_title(f"{qc.role} {title}, {what} {k + 1} of {len(w.sources)}"
+                                   + ("\nC3 marrow yellow, C3-C4 disc cyan" if qc.rois is not None else ""), fontsize=8,
                                    color="red" if qc.motion_flag or qc.dl_accentuated else "black")
                     axis.axis("off")
             for row in axes[len(results[start:start + 3]):]:

@@ -95,6 +95,22 @@ def test_flags_and_dl_accentuation_guard(ce_t1_planes):
     assert any("read the original" in n for n in qc.notes)
 
 
+def test_a_motion_flag_names_the_slices_that_raised_it(ce_t1_planes):
+    moved = _series(ce_t1_planes, "severe", seed=2)
+    datasets = _enhanced(moved.images)
+    pixels = moved.images.astype(np.uint16)
+    item = EnhancedSeries("SAG_CE_T1", datasets, pixels, pixels, 0.0, ModelDescription("m", "0", "0"))
+    qc = check_series(item, CALIBRATION)
+    assert qc.motion_flag
+    scores = qc.original.slice_motion_scores
+    assert qc.original.flagged_slices == [i for i, v in enumerate(scores) if v is not None and v >= 0.5]
+    assert qc.original.flagged_slices and scores[qc.original.worst_slice] == max(v for v in scores if v is not None)
+    note = next(n for n in qc.notes if n.startswith("motion artifacts"))
+    assert f"of {len(pixels)} score >= 0.5" in note, note
+    from qc.measures import slice_ranges
+    assert slice_ranges([0, 1, 2, 10, 12]) == "1-3, 11, 13" and slice_ranges([4]) == "5"
+
+
 def test_missing_phase_encode_direction_is_noted(ce_t1_planes):
     clean = _series(ce_t1_planes, "none")
     datasets = _enhanced(clean.images)
@@ -123,6 +139,9 @@ def test_app_writes_qc_json_sr_and_pdf(app_run):
         assert 0.0 <= e["motion_score_original"] <= 1.0 and 0.0 <= e["motion_score_dl"] <= 1.0
         assert e["snr_original"] > 1
         assert isinstance(e["motion_flag"], bool) and isinstance(e["dl_accentuated"], bool)
+        scores = e["slice_motion_scores_original"]
+        assert e["flagged_slices_original"] == [i + 1 for i, v in enumerate(scores) if v is not None and v >= 0.5]
+        assert scores[e["worst_slice_original"] - 1] == max(v for v in scores if v is not None)
     # Mild motion was simulated on CE T1 only: only CE T1 is flagged (Dixon water scored
     # through its in-phase partner).
     assert {e["role"] for e in entries if e["motion_flag"]} <= {"SAG_CE_T1"}, [(e["role"], e["notes"]) for e in entries]
@@ -153,6 +172,14 @@ def test_app_writes_qc_json_sr_and_pdf(app_run):
     pdf = pydicom.dcmread(out / "qc" / "report" / "QC_REPORT.dcm")
     assert pdf.SOPClassUID == pydicom.uid.EncapsulatedPDFStorage
     assert bytes(pdf.EncapsulatedDocument[:5]) == b"%PDF-"
+    # pdftotext: poppler-utils (scripts/apt-packages.txt)
+    text = subprocess.run(["pdftotext", "-", "-"], input=bytes(pdf.EncapsulatedDocument), capture_output=True,
+                          check=True).stdout.decode()
+    assert any(e["motion_flag"] for e in entries)  # the study has mild motion on CE T1
+    for e in entries:  # a flagged series is shown at its worst slice
+        if e["motion_flag"]:
+            n = next(d["n_instances"] for d in summary["derived"] if d["role"] == e["role"])
+            assert f"{e['role']} original, worst motion slice {e['worst_slice_original']} of {n}" in text, text
     assert pdf.StudyInstanceUID == pydicom.dcmread(next((out / "derived").rglob("*.dcm"))).StudyInstanceUID
 
 
