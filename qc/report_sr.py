@@ -96,7 +96,7 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
         series_number=9901, sop_instance_uid=derived_uid("qc-sr", *key, model), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False,
         series_description=f"DL QC measurements {report_label(results)}"[:64],
-        software_versions=(SOFTWARE_VERSION, model),
+        software_versions=[SOFTWARE_VERSION, model],
         content_date=now.date(), content_time=now.time().replace(microsecond=0),
         series_date=now.date(), series_time=now.time().replace(microsecond=0),
         contributing_equipment=[processing_equipment(SOFTWARE_VERSION, now)])
