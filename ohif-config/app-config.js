@@ -24,7 +24,29 @@ window.config = {
   showLoadingIndicator: true,
   strictZSpacingForVolumeViewport: true,
   investigationalUseDialog: { option: 'never' },
-  customizationService: [{ 'ohif.tours': { $set: [] } }],
+  customizationService: [
+    { 'ohif.tours': { $set: [] } },
+    // Top right of every viewport: ORIGINAL (cyan) or DL ENHANCED + model (amber), from the
+    // image's own header (DerivationDescription names our software), not from the description.
+    {
+      'viewportOverlay.topRight': {
+        $set: [
+          {
+            id: 'cervicalOriginal', inheritsFrom: 'ohif.overlayItem', title: 'Original acquisition', color: '#38d9ff',
+            condition: ({ referenceInstance: i }) =>
+              Boolean(i) && i.Modality === 'MR' && !/CervicalDLEnhance/.test(String(i.DerivationDescription || '')),
+            contentF: () => 'ORIGINAL',
+          },
+          {
+            id: 'cervicalDL', inheritsFrom: 'ohif.overlayItem', title: 'DL-enhanced derived series', color: '#ffb020',
+            condition: ({ referenceInstance: i }) => /CervicalDLEnhance/.test(String(i?.DerivationDescription || '')),
+            contentF: ({ referenceInstance: i }) =>
+              `DL ENHANCED ${(/model (\S+ \S+)/.exec(String(i.DerivationDescription)) || [])[1] || ''}`.trim(),
+          },
+        ],
+      },
+    },
+  ],
   maxNumRequests: { interaction: 100, thumbnail: 5, prefetch: 10 },
   showErrorDetails: 'always',
   defaultDataSourceName: 'orthanc',
@@ -63,7 +85,8 @@ window.config = {
   const first = ds => (ds && ds.instances && ds.instances[0]) || ds?.instance || {};
   const isDL = ds => {
     const i = first(ds);
-    return / DL$/.test(String(ds?.SeriesDescription || i.SeriesDescription || '')) &&
+    // "DL ..." (what the writer writes now) or "... DL" (results written earlier, still in a PACS)
+    return /(^DL | DL$)/.test(String(ds?.SeriesDescription || i.SeriesDescription || '')) &&
       list(i.ImageType).map(s => String(s).toUpperCase())[0] === 'DERIVED';
   };
 

@@ -92,7 +92,8 @@ class DerivedSeriesWriterOperator(Operator):
             ds = build_derived_dataset(src, pix, series_uid=series_uid,
                                        sop_uid=derived_uid(instance_label(src), item.model.name, item.model.version),
                                        series_number=number, window=window, model_name=item.model.name,
-                                       model_version=item.model.version, model_sha256=item.model.sha256, now=now)
+                                       model_version=item.model.version, model_sha256=item.model.sha256, now=now,
+                                       role=item.role)
             if self.transfer_syntax != ExplicitVRLittleEndian:
                 ds.compress(self.transfer_syntax, pix, generate_instance_uid=False)
             pydicom.dcmwrite(staging / folder / f"IM{i + 1:04d}.dcm", ds, enforce_file_format=True)

@@ -53,14 +53,22 @@ def derived_series_number(source: int | None, taken: set[int]) -> int:
     return source + 5000
 
 
-def short_description(source: str) -> str:
-    text = f"{source} DL" if source else "DL enhanced"
+#: What tells two derived series of one acquisition apart when their sources share a description.
+_ROLE_HINTS = {"SAG_DIXON_IP": "in-phase", "SAG_DIXON_W": "water"}
+
+
+def short_description(source: str, role: str | None = None) -> str:
+    """SeriesDescription of a derived series: "DL" first (viewers truncate the end of a
+    thumbnail label), then what distinguishes the source (Dixon in-phase / water), then
+    the source's own description: "DL water sT2W_mDIXON_TSE"."""
+    hint = _ROLE_HINTS.get(role or "")
+    text = " ".join(part for part in ("DL", hint, source or "enhanced") if part)
     return text[:64]
 
 
 def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: str, sop_uid: str,
                           series_number: int, window: tuple[float, float], model_name: str,
-                          model_version: str, model_sha256: str, now: datetime) -> Dataset:
+                          model_version: str, model_sha256: str, now: datetime, role: str | None = None) -> Dataset:
     """A derived classic MR Image (same geometry) from one source slice (a frame view) and
     its enhanced pixels ``(rows, columns)``.
 
@@ -78,7 +86,7 @@ def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: st
     ds.SOPInstanceUID = sop_uid
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
-    ds.SeriesDescription = short_description(str(source.get("SeriesDescription", "")))
+    ds.SeriesDescription = short_description(str(source.get("SeriesDescription", "")), role)
     ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
     ds.DerivationDescription = (
         f"{SOFTWARE_NAME}: deep-learning enhancement (cascaded U-Net with image-domain data consistency) "

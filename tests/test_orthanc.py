@@ -261,7 +261,7 @@ def _assert_done_with_derived(stack: Stack, source_id: str, info: dict, n_instan
     assert len(images) == 1, [d["MainDicomTags"] for d in uploaded]
     assert {d["MainDicomTags"].get("Modality") for d in uploaded} <= {"MR", "SR", "DOC"}
     derived = images[0]
-    assert derived["MainDicomTags"]["SeriesDescription"].endswith(" DL")
+    assert derived["MainDicomTags"]["SeriesDescription"].startswith("DL ")
     assert len(derived["Instances"]) == n_instances
     tags = stack.get(f"/instances/{derived['Instances'][0]}/simplified-tags")
     assert tags["ImageType"].startswith("DERIVED")

@@ -41,6 +41,7 @@ ARTIFACTS = ROOT / "test-artifacts" / "viewer"
 DRIVER = ROOT / "ohif-config" / "tests" / "viewer-driver.mjs"
 STAGES = ("ce", "t2", "t1", "ax")
 # stage -> (original, DL) series numbers expected side by side for the simulated Philips study
+MODEL_INFO = json.loads((WEIGHTS_DIR / "model_info.json").read_text())
 PAIRS = {"ce": (801, 851), "t2": (402, 452), "t1": (301, 351), "ax": (501, 551)}
 
 _missing = [name for name, ok in (
@@ -113,7 +114,7 @@ def browser(stack) -> dict:
     user, password = stack["login"]
     cfg = {"baseUrl": stack["url"], "user": user, "password": password, "studyUID": stack["study_uid"],
            "studyDescription": stack["study_description"], "outDir": str(ARTIFACTS), "stages": list(STAGES),
-           "expectSeries": ["sT1W_TSE_GD DL", "sT1W_TSE_GD"]}
+           "expectSeries": ["DL sT1W_TSE_GD", "sT1W_TSE_GD"]}
     t = time.monotonic()
     proc = subprocess.run(["node", str(DRIVER), json.dumps(cfg)], capture_output=True, text=True, timeout=540,
                           cwd=DRIVER.parent)
@@ -158,7 +159,7 @@ def test_includefield_split_gives_descriptions(stack):
     r = requests.get(f"{stack['url']}/dicom-web/studies/{stack['study_uid']}/series", auth=stack["login"], timeout=30,
                      params={"includefield": "0008103E,00080021"})
     descriptions = {s["0008103E"]["Value"][0] for s in r.json() if "0008103E" in s}
-    assert {"sT1W_TSE_GD", "sT1W_TSE_GD DL"} <= descriptions
+    assert {"sT1W_TSE_GD", "DL sT1W_TSE_GD", "DL water sT2W_mDIXON_TSE", "DL in-phase sT2W_mDIXON_TSE"} <= descriptions
     # QC objects say what they cover and whether anything was flagged.
     assert any(d.startswith("DL QC report") for d in descriptions), descriptions
     assert any(d.startswith("DL QC measurements") for d in descriptions), descriptions
@@ -169,7 +170,7 @@ def test_study_list_shows_study_and_series(browser, stack):
     _no_error(browser)
     assert stack["study_description"] in browser["studyListText"]
     expanded = browser["studyListExpandedText"]
-    for description in ("sT1W_TSE_GD", "sT1W_TSE_GD DL", "sT1W_TSE DL", "aT2W_TSE DL", "DL QC report"):
+    for description in ("sT1W_TSE_GD", "DL sT1W_TSE_GD", "DL sT1W_TSE", "DL aT2W_TSE", "DL water sT2W", "DL QC report"):
         assert description in expanded, f"{description!r} not in the expanded study row"
     assert browser["timings"]["studyList"] < 60
 
@@ -181,7 +182,14 @@ def test_hanging_protocol_original_and_dl_side_by_side(browser, stage):
     assert state["protocol"] == "cervicalDL"
     orig, dl = state["viewports"]["cervical-orig"], state["viewports"]["cervical-dl"]
     assert (orig["number"], dl["number"]) == PAIRS[stage]
-    assert dl["description"] == f"{orig['description']} DL"
+    # "DL" first, so that no truncation hides it; the Dixon kind where the sources share a description
+    assert dl["description"] == " ".join(["DL", *(["water"] if stage == "t2" else []), orig["description"]])
+    # and on the image: ORIGINAL and DL ENHANCED (with the model) in two colours
+    overlays = state["overlays"]
+    assert overlays, "no ORIGINAL / DL ENHANCED overlay on the viewports"
+    assert overlays["cervical-orig"]["text"] == "ORIGINAL"
+    assert overlays["cervical-dl"]["text"] == f"DL ENHANCED {MODEL_INFO['name']} {MODEL_INFO['version']}"
+    assert overlays["cervical-orig"]["color"] != overlays["cervical-dl"]["color"]
     for vp in (orig, dl):  # drawn, not blank, opened at the middle slice (OHIF's "middle": n // 2)
         assert vp["std"] > 5 and vp["nImages"] >= 5, vp
         assert vp["index"] == vp["nImages"] // 2, vp

@@ -104,6 +104,24 @@ try {
       return Object.keys(out.viewports).length >= 2 && out.viewports['cervical-orig'] && out.viewports['cervical-dl'] ? out : false;
     } catch (e) { return false; } }, null, { timeout: 90000, polling: 500 });
     const state = await info.jsonValue();
+    // the ORIGINAL / DL ENHANCED label of each viewport (app-config.js overlay), text and colour
+    state.overlays = await page.waitForFunction(() => {
+      const r = {};
+      // overlays are drawn beside the viewport element: match them to a viewport by position
+      const labels = [...document.querySelectorAll('.overlay-item')].filter(x => /^(ORIGINAL|DL ENHANCED)/.test(x.innerText.trim()));
+      for (const id of ['cervical-orig', 'cervical-dl']) {
+        const el = document.querySelector(`[data-viewportid="${id}"]`);
+        if (!el) return false;
+        const b = el.getBoundingClientRect();
+        const hit = labels.find(x => {
+          const c = x.getBoundingClientRect();
+          return c.left >= b.left - 2 && c.right <= b.right + 2 && c.top >= b.top - 2 && c.bottom <= b.bottom + 2;
+        });
+        if (!hit) return false;
+        r[id] = { text: hit.innerText.trim(), color: getComputedStyle(hit).color };
+      }
+      return r;
+    }, null, { timeout: 15000, polling: 250 }).then(h => h.jsonValue()).catch(() => null);
     lap(`viewer-${stage}`, t);
     const qc = state.viewports['cervical-qc'];
     if (qc && qc.pdfUrl) {  // the very document the viewer loaded (blob URL), for the test to read
