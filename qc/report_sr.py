@@ -17,6 +17,7 @@ from series.frames import source_frame_number
 _SCHEME = "99CDLE"
 CNR_CODE = hd.sr.CodedConcept("CNR", _SCHEME, "Contrast to noise ratio")
 MOTION_SCORE_CODE = hd.sr.CodedConcept("MOTSCORE", _SCHEME, "Motion artifact score")
+SLICE_MOTION_SCORE_CODE = hd.sr.CodedConcept("SLMOTSCORE", _SCHEME, "Slice motion artifact score")
 DL_ACCENTUATED_CODE = hd.sr.CodedConcept("DLACCENT", _SCHEME, "Artifacts accentuated by DL enhancement")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 
@@ -32,6 +33,13 @@ def _header_only(ds: Dataset) -> Dataset:
 def _one_per_instance(datasets: list) -> list:
     """One dataset per SOP instance (frames of a multi-frame source share one)."""
     return list({str(ds.SOPInstanceUID): ds for ds in datasets}.values())
+
+
+def slice_reference(ds: Dataset) -> hd.sr.SourceImageForMeasurement:
+    """The image (the frame, for a multi-frame source) one slice of a series came from."""
+    frame = source_frame_number(ds)
+    return hd.sr.SourceImageForMeasurement(str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                                           referenced_frame_numbers=None if frame is None else [frame])
 
 
 def source_image_references(datasets: list) -> list[hd.sr.SourceImageForMeasurementGroup]:
@@ -50,7 +58,9 @@ def source_image_references(datasets: list) -> list[hd.sr.SourceImageForMeasurem
 def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, now: datetime) -> hd.sr.Comprehensive3DSR:
     """TID 1500 measurement report: per series, one group for the original images and one
     for the DL images, each with SNR, CNR (when measured), motion score and the
-    qualitative evaluations Motion blur and DL accentuation (Present/Absent)."""
+    qualitative evaluations Motion blur and DL accentuation (Present/Absent); a flagged
+    original group also holds one "Slice motion artifact score" per slice that reached the
+    threshold, referencing that slice's image."""
     by_source = {w.source_series_instance_uid: w for w in written}
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=derived_uid("observer", SOFTWARE_NAME, SOFTWARE_VERSION), name=SOFTWARE_NAME,
@@ -71,6 +81,11 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
                 if value is not None:
                     measurements.append(hd.sr.Measurement(name=code, value=float(value), unit=NO_UNITS,
                                                           algorithm_id=algorithm))
+            if label == "original" and flag:  # the slices that raised the flag, each with its image
+                for i in quality.flagged_slices:
+                    measurements.append(hd.sr.Measurement(
+                        name=SLICE_MOTION_SCORE_CODE, value=float(quality.slice_motion_scores[i]), unit=NO_UNITS,
+                        algorithm_id=algorithm, referenced_images=[slice_reference(datasets[i])]))
             evaluations = [hd.sr.QualitativeEvaluation(codes.DCM.MotionBlur, codes.DCM.Present if flag else codes.DCM.Absent)]
             if label == "DL":
                 evaluations.append(hd.sr.QualitativeEvaluation(

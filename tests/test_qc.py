@@ -126,7 +126,17 @@ QC_KEYS = {"SeriesInstanceUID", "derived_SeriesInstanceUID", "role", "snr_origin
            "cnr_dl", "motion_score_original", "motion_score_dl", "motion_flag", "dl_accentuated", "notes"}
 
 
-def test_app_writes_qc_json_sr_and_pdf(app_run):
+def _source_uids_along_normal(study, series_uid: str) -> list[str]:
+    """SOPInstanceUIDs of one source series, in the order the QC scores its slices."""
+    datasets = [ds for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in study.rglob("*.dcm"))
+                if ds.SeriesInstanceUID == series_uid]
+    iop = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    return [str(ds.SOPInstanceUID) for ds in
+            sorted(datasets, key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))))]
+
+
+def test_app_writes_qc_json_sr_and_pdf(app_run, accelerated_study):
     out, result = app_run
     assert result.returncode == 0, result.stderr[-2000:]
     entries = json.loads((out / "qc.json").read_text())
@@ -167,6 +177,17 @@ def test_app_writes_qc_json_sr_and_pdf(app_run):
             assert values["Contrast to noise ratio"] == pytest.approx(e["cnr_original"])
         blur = {q.name.meaning: q.value.meaning for q in original.get_qualitative_evaluations()}["Motion blur"]
         assert blur == ("Present" if e["motion_flag"] else "Absent")
+        # a flag names its slices: one score per flagged slice, each referencing that slice's image
+        per_slice = [m for m in original.get_measurements() if m.name.meaning == "Slice motion artifact score"]
+        if e["motion_flag"]:
+            assert len(per_slice) == len(e["flagged_slices_original"]) >= 1
+            sources = _source_uids_along_normal(accelerated_study, e["SeriesInstanceUID"])
+            for m, k in zip(per_slice, e["flagged_slices_original"]):
+                (ref,) = m.referenced_images
+                assert ref.referenced_sop_instance_uid == sources[k - 1]
+                assert m.value == pytest.approx(e["slice_motion_scores_original"][k - 1])
+        else:
+            assert not per_slice
         referenced = {s.referenced_sop_instance_uid for s in original.source_images}
         assert len(referenced) == next(d["n_instances"] for d in summary["derived"] if d["role"] == e["role"])
     pdf = pydicom.dcmread(out / "qc" / "report" / "QC_REPORT.dcm")
