@@ -173,7 +173,10 @@ class Stack:
     def wait_job(self, series_id: str, states=("done",), n_jobs: int = 1, timeout: float = WAIT_S) -> dict:
         def ready():
             info = self.job_info(series_id)
-            return info if info and len(info["history"]) >= n_jobs and info["job"]["state"] in states else None
+            # The queue row changes first and the series metadata a moment later (two writers, two
+            # stores): wait until both tell the same state, as a reader of either would see it.
+            return info if (info and len(info["history"]) >= n_jobs and info["job"]["state"] in states
+                            and info["metadata"].get("CervicalDLState") == info["job"]["state"]) else None
         return self.wait(ready, f"series {series_id} -> {states}", timeout)
 
     def study_series(self, study_id: str) -> list[dict]:
