@@ -12,7 +12,7 @@ from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOpe
 from app.contracts import Ports
 from operators.cervical_series_selector import CervicalSeriesSelectorOperator
 from operators.derived_series_writer import DerivedSeriesWriterOperator
-from operators.dl_enhancement import DLEnhancementOperator
+from operators.dl_enhancement import DLEnhancementOperator, strength_setting
 from operators.qc_report_writer import QCReportWriterOperator
 from operators.quality_check import QualityCheckOperator
 
@@ -23,7 +23,8 @@ class CervicalDLEnhanceApp(Application):
 
     Paths come from ``-i/-o/-m`` or HOLOSCAN_INPUT_PATH / HOLOSCAN_OUTPUT_PATH /
     HOLOSCAN_MODEL_PATH, as for every MONAI Deploy application (and inside the MAP);
-    ``CERVICAL_DL_OUTPUT_SYNTAX`` chooses the derived images' transfer syntax (README).
+    ``CERVICAL_DL_OUTPUT_SYNTAX`` chooses the derived images' transfer syntax and
+    ``CERVICAL_DL_STRENGTH`` the enhancement strength, overall or per role (README).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -41,7 +42,8 @@ class CervicalDLEnhanceApp(Application):
         loader = DICOMDataLoaderOperator(self, CountCondition(self, 1), input_folder=input_path, must_load=False,
                                          name="dicom_loader")
         selector = CervicalSeriesSelectorOperator(self, name="cervical_series_selector")
-        enhancer = DLEnhancementOperator(self, model_dir=model_path, name="dl_enhancement")
+        enhancer = DLEnhancementOperator(self, model_dir=model_path, name="dl_enhancement",
+                                         strength=strength_setting(os.environ.get("CERVICAL_DL_STRENGTH")))
         writer = DerivedSeriesWriterOperator(self, output_folder=output_path, name="derived_series_writer",
                                              transfer_syntax=os.environ.get("CERVICAL_DL_OUTPUT_SYNTAX"))
         quality = QualityCheckOperator(self, model_dir=model_path, name="quality_check")

@@ -138,6 +138,10 @@ class EnhancedSeries:
     seconds: float
     model: ModelDescription
     device: str = "cpu"
+    #: the strength applied (``medium (0.85)``) and, per slice, the share of the network's
+    #: change the do-no-harm guard withheld (0..1), see models/guard.py
+    strength: str = ""
+    held_back: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -156,6 +160,13 @@ class WrittenSeries:
     sources: list
     derived_headers: list
     derived_pixels: np.ndarray
+    strength: str = ""
+    held_back: list[float] = field(default_factory=list)
+
+    @property
+    def held_back_percent(self) -> float | None:
+        """Mean share (%) of the network's change the guard withheld over the slices."""
+        return round(100.0 * float(np.mean(self.held_back)), 1) if self.held_back else None
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ MODEL_CARD = "MODEL_CARD.md"
 # Not needed inside the MAP: test runners, the Orthanc worker's client, the Kubernetes client
 # used by deploy/ (outside the container), training/evaluation-only packages, the build backend.
 EXCLUDED_REQUIREMENTS = {"pytest", "pytest-timeout", "orthanc-api-client", "kubernetes", "onnx", "onnxscript", "bm3d", "torchio",
-                         "pydicom-data", "hatchling"}
+                         "pydicom-data", "hatchling", "dipy", "trx-python", "h5py", "deepdiff", "orderly-set",
+                         "cachebox"}
 
 MAIN_SHIM = '''"""MAP entry point: ``python3 /opt/holoscan/app`` runs ``python -m app`` (same exit codes)."""
 import runpy

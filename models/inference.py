@@ -1,7 +1,8 @@
 """Run the shipped model on a whole series.
 
     model = load_model(WEIGHTS_DIR)                 # checksums verified; CUDA when present
-    enhanced = enhance_volume(model, volume)           # float32 (S, H, W), input units
+    enhanced = enhance_volume(model, volume)           # the network alone: float32 (S, H, W), input units
+    result = enhance_series(model, volume, "medium")   # the product: network, do-no-harm guard, strength
 
 The shipped model is one set of weights in two files: ``cervical_dl_recon.pt`` (a
 weights-only ``state_dict`` for :class:`models.network.CascadedUNet`, loaded with
@@ -26,6 +27,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +35,9 @@ import torch
 from models import WEIGHTS_DIR
 from models.network import CascadedUNet
 from models.normalization import robust_scale
+
+if TYPE_CHECKING:
+    from models.guard import GuardResult
 
 __all__ = [
     "MODEL_DIR",
@@ -49,6 +54,7 @@ __all__ = [
     "load_model",
     "select_device",
     "enhance_volume",
+    "enhance_series",
     "tile_starts",
     "TILE_SIZE",
     "TILE_OVERLAP",
@@ -233,6 +239,20 @@ def enhance_volume(model: SliceModel, volume: np.ndarray, batch_size: int = 4,
         y = _run_tiled(run, chunk, tile, overlap) if tiled else run(chunk)
         out[i : i + y.shape[0]] = np.clip(y, 0.0, None) * scale
     return out
+
+
+def enhance_series(model: SliceModel, volume: np.ndarray, strength: str | float = "medium",
+                   batch_size: int = 4) -> "GuardResult":
+    """The product's enhancement of a series ``(S, H, W)``: the network
+    (:func:`enhance_volume`), then the do-no-harm guard and the strength level
+    (:mod:`models.guard`). Returns the guard's result (float32 images in input units,
+    per-slice share held back, noise SD)."""
+    from models.guard import guard_series
+
+    vol = np.asarray(volume)
+    if vol.ndim == 2:
+        vol = vol[None]
+    return guard_series(vol, enhance_volume(model, vol, batch_size=batch_size), strength)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -26,7 +26,7 @@ window.config = {
   investigationalUseDialog: { option: 'never' },
   customizationService: [
     { 'ohif.tours': { $set: [] } },
-    // Top right of every viewport: ORIGINAL (cyan) or DL ENHANCED + model (amber), from the
+    // Top right of every viewport: ORIGINAL (cyan) or DL ENHANCED + model + strength (amber), from the
     // image's own header (DerivationDescription names our software), not from the description.
     {
       'viewportOverlay.topRight': {
@@ -40,8 +40,12 @@ window.config = {
           {
             id: 'cervicalDL', inheritsFrom: 'ohif.overlayItem', title: 'DL-enhanced derived series', color: '#ffb020',
             condition: ({ referenceInstance: i }) => /CervicalDLEnhance/.test(String(i?.DerivationDescription || '')),
-            contentF: ({ referenceInstance: i }) =>
-              `DL ENHANCED ${(/model (\S+ \S+)/.exec(String(i.DerivationDescription)) || [])[1] || ''}`.trim(),
+            contentF: ({ referenceInstance: i }) => {
+              const d = String(i.DerivationDescription);
+              const model = (/model (\S+ \S+)/.exec(d) || [])[1] || '';
+              const strength = (/strength (\w+)/.exec(d) || [])[1];
+              return `DL ENHANCED ${model}${strength ? `, ${strength}` : ''}`.trim();
+            },
           },
         ],
       },

@@ -93,7 +93,7 @@ class DerivedSeriesWriterOperator(Operator):
                                        sop_uid=derived_uid(instance_label(src), item.model.name, item.model.version),
                                        series_number=number, window=window, model_name=item.model.name,
                                        model_version=item.model.version, model_sha256=item.model.sha256, now=now,
-                                       role=item.role)
+                                       role=item.role, strength=item.strength)
             if self.transfer_syntax != ExplicitVRLittleEndian:
                 ds.compress(self.transfer_syntax, pix, generate_instance_uid=False)
             pydicom.dcmwrite(staging / folder / f"IM{i + 1:04d}.dcm", ds, enforce_file_format=True)
@@ -106,5 +106,6 @@ class DerivedSeriesWriterOperator(Operator):
                  "n_instances": len(item.datasets), "folder": folder,
                  "seconds": round(item.seconds, 2), "device": item.device}
         record = WrittenSeries(item.role, source_uid, series_uid, number, f"{item.model.name} {item.model.version}",
-                               item.datasets, headers, item.pixels)
+                               item.datasets, headers, item.pixels, item.strength, list(item.held_back))
+        entry |= {"strength": item.strength, "guard_held_back_percent": record.held_back_percent}
         return entry, record

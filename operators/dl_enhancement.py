@@ -10,8 +10,10 @@ import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from monai.deploy.core.domain.dicom_series_selection import StudySelectedSeries
 
-from app.contracts import EnhancedSeries, ModelDescription, ModelError, Ports
+from app.contracts import ConfigurationError, EnhancedSeries, ModelDescription, ModelError, Ports
+from models.guard import StrengthSetting, strength_label
 from series.frames import sorted_instances
+from series.roles import ROLES
 
 CHECKSUM_FILE = "cervical_dl_recon.sha256"
 INFO_FILE = "model_info.json"
@@ -45,8 +47,19 @@ def to_source_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.clip(np.rint(values), max(info.min, 0), info.max).astype(dtype)
 
 
+def strength_setting(text: str | None) -> StrengthSetting:
+    """``CERVICAL_DL_STRENGTH`` (``medium``, ``0.7``, ``medium,SAG_CE_T1=low``) as a setting;
+    :class:`ConfigurationError` (exit 2) with the reason when it cannot be used."""
+    try:
+        return StrengthSetting.parse(text, ROLES)
+    except ValueError as exc:
+        raise ConfigurationError(f"CERVICAL_DL_STRENGTH: {exc}") from exc
+
+
 class DLEnhancementOperator(Operator):
-    """Enhances each selected series with the cascaded U-Net (CUDA when present, else CPU).
+    """Enhances each selected series with the cascaded U-Net (CUDA when present, else CPU),
+    then keeps of its change only what looks like noise (do-no-harm guard) at the
+    configured strength (models/guard.py).
 
     Named inputs:
         study_selected_series_list: list of StudySelectedSeries (selection name = role).
@@ -54,9 +67,11 @@ class DLEnhancementOperator(Operator):
         enhanced_series: list of EnhancedSeries.
     """
 
-    def __init__(self, fragment: Fragment, *args, model_dir: Path, batch_size: int = 4, **kwargs) -> None:
+    def __init__(self, fragment: Fragment, *args, model_dir: Path, batch_size: int = 4,
+                 strength: StrengthSetting = StrengthSetting(), **kwargs) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.model_dir = Path(model_dir)
+        self.strength = strength
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -88,7 +103,7 @@ class DLEnhancementOperator(Operator):
         op_output.emit(self.enhance(selections), Ports.ENHANCED_SERIES)
 
     def enhance(self, selections: list[StudySelectedSeries]) -> list[EnhancedSeries]:
-        from models.inference import enhance_volume
+        from models.inference import enhance_series
 
         out: list[EnhancedSeries] = []
         if not any(s.selected_series for s in selections):
@@ -99,11 +114,15 @@ class DLEnhancementOperator(Operator):
                 start = time.perf_counter()
                 datasets = sorted_instances(selected.series)
                 volume = stored_value_volume(datasets)
-                enhanced = enhance_volume(self._model, volume, batch_size=self.batch_size)
-                pixels = to_source_dtype(enhanced, volume.dtype)
+                level = self.strength.level_for(selected.selection_name)
+                result = enhance_series(self._model, volume, level, batch_size=self.batch_size)
+                pixels = to_source_dtype(result.images, volume.dtype)
                 seconds = time.perf_counter() - start
-                self._logger.info("%s: %d slices %dx%d enhanced in %.1f s", selected.selection_name,
-                                  *volume.shape, seconds)
+                held = [round(float(h), 4) for h in result.held_back]
+                self._logger.info("%s: %d slices %dx%d enhanced in %.1f s, strength %s, guard held back %.0f %% "
+                                  "of the network's change (worst slice %.0f %%)", selected.selection_name,
+                                  *volume.shape, seconds, strength_label(level), 100 * np.mean(held), 100 * max(held))
                 out.append(EnhancedSeries(selected.selection_name, datasets, volume, pixels, seconds,
-                                          self.model_description, f"{self._device} ({self._model.runtime})"))
+                                          self.model_description, f"{self._device} ({self._model.runtime})",
+                                          strength_label(level), held))
         return out

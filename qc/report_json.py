@@ -32,6 +32,10 @@ def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[di
             "worst_slice_original": None if qc.original.worst_slice is None else qc.original.worst_slice + 1,
             "motion_flag": qc.motion_flag,
             "dl_accentuated": qc.dl_accentuated,
+            "dl_strength": w.strength if w else None,
+            # share of the network's change the do-no-harm guard withheld (mean over slices, and per slice)
+            "dl_held_back_percent": w.held_back_percent if w else None,
+            "dl_held_back_slices_percent": [round(100 * h, 1) for h in w.held_back] if w else None,
             "notes": qc.notes,
         })
     return entries

@@ -55,14 +55,15 @@ def render_pdf(results: list[SeriesQC], written: list[WrittenSeries], model: str
             fig.text(0.05, y, "No series flagged.", fontsize=10, color="green")
             y -= 0.025
         columns = ["Role", "Series", "DL series", "SNR orig", "SNR DL", "CNR orig", "CNR DL", "Motion orig",
-                   "Motion DL", "Flag", "DL accent."]
+                   "Motion DL", "Flag", "DL accent.", "Strength", "Held back"]
         rows = []
         for qc in results:
             w = by_source.get(qc.source_series_instance_uid)
             rows.append([qc.role, str(qc.series_number), str(w.series_number if w else "-"), fmt(qc.original.snr),
                          fmt(qc.dl.snr), fmt(qc.original.cnr), fmt(qc.dl.cnr), fmt(qc.original.motion_score),
                          fmt(qc.dl.motion_score), "YES" if qc.motion_flag else "no",
-                         "YES" if qc.dl_accentuated else "no"])
+                         "YES" if qc.dl_accentuated else "no", (w.strength.split(" ")[0] if w and w.strength else "-"),
+                         (f"{w.held_back_percent:.0f} %" if w and w.held_back_percent is not None else "-")])
         ax = fig.add_axes([0.03, y - 0.05 - 0.03 * len(rows), 0.94, 0.04 + 0.03 * len(rows)])
         ax.axis("off")
         table = ax.table(cellText=rows, colLabels=columns, loc="upper center", cellLoc="center")
@@ -76,7 +77,9 @@ def render_pdf(results: list[SeriesQC], written: list[WrittenSeries], model: str
                     "|disc - C3 marrow| / SD, ROIs located automatically (see notes and the outlines on the next "
                     "pages). Motion score 0-1: the larger of the ghosting in the air along the phase-encode direction "
                     "and the motion detector (CNN), each calibrated to 0.5 at its flag threshold; flag at >= 0.5. "
-                    "Motion DL: ghosting score of the DL output.")
+                    "Motion DL: ghosting score of the DL output. Strength: share of the DL change applied "
+                    "(low 0.60, medium 0.85, high 1.00). Held back: share of the network's change the do-no-harm guard "
+                    "withheld because it did not look like noise (mean over slices; per slice in qc.json).")
         fig.text(0.05, 0.04, "\n".join(textwrap.wrap(footnote, 150)), fontsize=6.5)
         pdf.savefig(fig)
         plt.close(fig)

@@ -68,7 +68,8 @@ def short_description(source: str, role: str | None = None) -> str:
 
 def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: str, sop_uid: str,
                           series_number: int, window: tuple[float, float], model_name: str,
-                          model_version: str, model_sha256: str, now: datetime, role: str | None = None) -> Dataset:
+                          model_version: str, model_sha256: str, now: datetime, role: str | None = None,
+                          strength: str = "") -> Dataset:
     """A derived classic MR Image (same geometry) from one source slice (a frame view) and
     its enhanced pixels ``(rows, columns)``.
 
@@ -91,6 +92,7 @@ def build_derived_dataset(source: Dataset, pixels: np.ndarray, *, series_uid: st
     ds.DerivationDescription = (
         f"{SOFTWARE_NAME}: deep-learning enhancement (cascaded U-Net with image-domain data consistency) "
         f"of an accelerated acquisition; model {model_name} {model_version} sha256:{model_sha256[:16]}"
+        + (f"; strength {strength}, do-no-harm guard" if strength else "")
     )
     lossy = lossy_compression_note(source)
     if lossy is not None:  # LossyImageCompression 01 is copied: once lossy, always marked lossy

@@ -70,6 +70,7 @@ def test_derived_series_follow_the_dicom_conventions(app_run, accelerated_study)
             assert (d.Rows, d.Columns) == (src.Rows, src.Columns)
             assert list(d.ImageType[:2]) == ["DERIVED", "SECONDARY"]
             assert model["name"] in d.DerivationDescription and model["version"] in d.DerivationDescription
+            assert "strength medium (0.85), do-no-harm guard" in d.DerivationDescription  # the default
             purpose = d.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0]
             assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("121322", "DCM")
             assert d.ContributingEquipmentSequence[-1].ManufacturerModelName == "CervicalDLEnhance"
@@ -193,6 +194,33 @@ def test_truncated_slice_skips_its_series_only(tmp_path, accelerated_study):
     summary = json.loads((tmp_path / "out" / "run_summary.json").read_text())
     assert [d["role"] for d in summary["derived"]] == ["AX_T2"]
     assert any(s["status"] == "skipped" and "truncated" in s["reason"] for s in summary["series"])
+
+
+def test_strength_per_role_reaches_headers_summary_and_qc(tmp_path, accelerated_study):
+    for name in ("501_ax_t2", "301_sag_t1"):
+        shutil.copytree(accelerated_study / name, tmp_path / "in" / name)
+    out = tmp_path / "out"
+    result = run_app(tmp_path / "in", out, extra_env={"CERVICAL_DL_STRENGTH": "high, SAG_T1=low"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    expected = {"AX_T2": "high (1.00)", "SAG_T1": "low (0.60)"}
+    assert {e["role"]: e["strength"] for e in summary["derived"]} == expected
+    for entry in summary["derived"]:
+        assert 0.0 <= entry["guard_held_back_percent"] <= 100.0
+        for d in _read_series(out / "derived" / entry["folder"]):
+            assert f"strength {expected[entry['role']]}, do-no-harm guard" in d.DerivationDescription
+    qc = {e["role"]: e for e in json.loads((out / "qc.json").read_text())}
+    for entry in summary["derived"]:
+        assert qc[entry["role"]]["dl_strength"] == expected[entry["role"]]
+        per_slice = qc[entry["role"]]["dl_held_back_slices_percent"]
+        assert len(per_slice) == entry["n_instances"] and all(0 <= h <= 100 for h in per_slice)
+
+
+@pytest.mark.parametrize("value", ["extreme", "1.5", "medium,SAG_T9=low"])
+def test_unusable_strength_setting_is_a_usage_error(tmp_path, accelerated_study, value):
+    shutil.copytree(accelerated_study / "501_ax_t2", tmp_path / "in")
+    result = run_app(tmp_path / "in", tmp_path / "out", extra_env={"CERVICAL_DL_STRENGTH": value})
+    _assert_failed(result, tmp_path / "out", 2, "CERVICAL_DL_STRENGTH")
 
 
 def test_corrupt_model_is_refused(tmp_path, accelerated_study):

@@ -315,17 +315,24 @@ def test_docker_mode_command(tmp_path):
     """The MAP run mode cannot run here (no Docker engine): check the command it would run."""
     from cervical_pacs.runner import AppRunner
 
+    site = tmp_path / "site.env"
+    site.write_text("CERVICAL_DL_STRENGTH=low\nCERVICAL_DL_OUTPUT_SYNTAX=rle-lossless\n")
     settings = Settings.from_env(env={"CPACS_RUN_MODE": "docker", "CPACS_MAP_IMAGE": "cervical-dl:0.1",
-                                      "CPACS_DOCKER_ARGS": "--gpus all", "CPACS_MODEL_PATH": str(tmp_path / "m")},
-                                 config_file=tmp_path / "none")
+                                      "CPACS_DOCKER_ARGS": "--gpus all", "CPACS_MODEL_PATH": str(tmp_path / "m"),
+                                      "CERVICAL_DL_STRENGTH": "medium,SAG_CE_T1=low"},
+                                 config_file=site)
     argv, _, _ = AppRunner(settings).command(tmp_path / "in", tmp_path / "out", "cervical-dl-w1-j2-1")
     assert argv[:3] == ["docker", "run", "--rm"] and argv[-3:] == ["--gpus", "all", "cervical-dl:0.1"]
     assert ["--network", "none"] == argv[argv.index("--network"):argv.index("--network") + 2]
     assert f"{tmp_path / 'in'}:/var/holoscan/input:ro" in argv and f"{tmp_path / 'out'}:/var/holoscan/output" in argv
     assert f"{tmp_path / 'm'}:/opt/holoscan/models:ro" in argv
     assert "HOLOSCAN_MODEL_PATH=/opt/holoscan/models" in argv and "cervical-dl-w1-j2-1" in argv
-    python_mode = Settings.from_env(env={"CPACS_MODEL_PATH": "/x/models"}, config_file=tmp_path / "none")
+    # the application's own settings reach the container (the environment wins over the site file)
+    assert "CERVICAL_DL_STRENGTH=medium,SAG_CE_T1=low" in argv and "CERVICAL_DL_OUTPUT_SYNTAX=rle-lossless" in argv
+    assert argv[argv.index("CERVICAL_DL_STRENGTH=medium,SAG_CE_T1=low") - 1] == "-e"
+    python_mode = Settings.from_env(env={"CPACS_MODEL_PATH": "/x/models"}, config_file=site)
     argv, env, cwd = AppRunner(python_mode).command(tmp_path / "in", tmp_path / "out", "n")
+    assert env["CERVICAL_DL_STRENGTH"] == "low"
     assert argv[1:] == ["-m", "app", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", "/x/models"]
     # the project is installed in the venv (pip install -e .): the runner adds no PYTHONPATH
     assert cwd == ROOT and env.get("PYTHONPATH") == os.environ.get("PYTHONPATH")

@@ -188,7 +188,7 @@ def test_hanging_protocol_original_and_dl_side_by_side(browser, stage):
     overlays = state["overlays"]
     assert overlays, "no ORIGINAL / DL ENHANCED overlay on the viewports"
     assert overlays["cervical-orig"]["text"] == "ORIGINAL"
-    assert overlays["cervical-dl"]["text"] == f"DL ENHANCED {MODEL_INFO['name']} {MODEL_INFO['version']}"
+    assert overlays["cervical-dl"]["text"] == f"DL ENHANCED {MODEL_INFO['name']} {MODEL_INFO['version']}, medium"
     assert overlays["cervical-orig"]["color"] != overlays["cervical-dl"]["color"]
     for vp in (orig, dl):  # drawn, not blank, opened at the middle slice (OHIF's "middle": n // 2)
         assert vp["std"] > 5 and vp["nImages"] >= 5, vp

@@ -285,6 +285,80 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+REAL_METHODS = ("accelerated", "conventional", "nlm", "bm3d", "dl_network", "dl_low", "dl_medium", "dl_high")
+REAL_NAMES = {"accelerated": "accelerated input", "conventional": "conventional (full time)", "nlm": "NLM",
+              "bm3d": "BM3D (true noise SD)", "dl_network": "DL network alone",
+              "dl_low": "DL + guard, low", "dl_medium": "**DL + guard, medium (default)**", "dl_high": "DL + guard, high"}
+
+
+def real_groups(rows: list[dict], methods: list[str]) -> dict[str, dict]:
+    """Summaries per acceleration kind, per source, per noise level, and over all slices."""
+    from models.evaluation.real_mr import summarize_real
+
+    groups = {}
+    for key, label in (("kind", "{}"), ("source", "{}"), ("snr", "conventional SNR {:.0f}")):
+        for value in dict.fromkeys(r[key] for r in rows):
+            groups[label.format(value)] = summarize_real([r for r in rows if r[key] == value], methods)
+    groups["ALL slices"] = summarize_real(rows, methods)
+    return groups
+
+
+def print_real_table(groups: dict[str, dict], methods: list[str]) -> None:
+    print(f"\n{'group':<34} {'n':>4}  " + "  ".join(f"{m:^31}" for m in methods))
+    print(f"{'':<34} {'':>4}  " + "  ".join(f"{'SSIMb  PSNR  >=conv <input bias%':^31}" for _ in methods))
+    for name, g in groups.items():
+        cells = [f"{g[m]['ssim_body']:.3f} {g[m]['psnr']:5.1f} {100 * g[m]['ge_conventional']:5.0f}% "
+                 f"{100 * g[m]['below_input']:4.0f}% {g[m]['bias_pct']:+5.1f}" for m in methods]
+        print(f"{name:<34} {g['n']:>4}  " + "  ".join(f"{c:^31}" for c in cells))
+
+
+def real_markdown(record: dict) -> str:
+    """README table of a ``model_evaluation_real.json`` record (SSIM over the body, share of
+    slices >= conventional and below the input by that SSIM, tissue bias, per group)."""
+    methods = record["methods"]
+    lines = ["| group | slices | " + " | ".join(REAL_NAMES.get(m, m) for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for name, g in record["groups"].items():
+        cells = []
+        for m in methods:
+            cell = f"{g[m]['ssim_body']:.3f}"
+            if m not in ("conventional",):
+                cell += f", {100 * g[m]['ge_conventional']:.0f} % >= conv."
+            if m not in ("accelerated", "conventional"):
+                cell += f", {100 * g[m]['below_input']:.0f} % < input"
+            cell += f", bias {g[m]['bias_pct']:+.1f} %"
+            cells.append(cell)
+        lines.append(f"| {name} | {g['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_real(args, model, record_base: dict) -> int:
+    from models.evaluation.real_mr import calibration_series, evaluate_real, evaluation_series
+
+    series = evaluation_series() if args.sources == "evaluation" else calibration_series()
+    from models.guard import STRENGTHS, guard_series
+
+    def enhance(volume: np.ndarray) -> dict[str, np.ndarray]:
+        network = enhance_volume(model, volume)
+        out = {"dl_network": network}
+        for level in STRENGTHS:
+            out[f"dl_{level}"] = guard_series(volume, network, level).images
+        return out
+
+    rows = evaluate_real(enhance, series, use_bm3d=not args.no_bm3d, quick=args.quick, metrics=slice_metrics)
+    methods = [m for m in REAL_METHODS if all(m in r["metrics"] for r in rows)]
+    methods += [m for m in rows[0]["metrics"] if m not in methods]
+    groups = real_groups(rows, methods)
+    print_real_table(groups, methods)
+    record = record_base | {"sources": [f"{s.source}: {s.slices.shape[0]} slices" for s in series],
+                            "methods": methods, "groups": groups, "slices": rows}
+    name = "model_evaluation_real.json" if args.sources == "evaluation" else "model_calibration_real.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / name).write_text(json.dumps(record, indent=1) + "\n")
+    print(f"\nwrote {args.out / name} in {time.perf_counter() - args.t0:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--markdown", type=Path, help="print README tables from a model_evaluation.json and exit")
@@ -294,17 +368,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bm3d", action="store_true", help="skip BM3D (about 10 s per 512x512 slice)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs", help="folder for model_evaluation.json and plots")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--real", action="store_true",
+                    help="the real-MR generalization evaluation (models/evaluation/real_mr.py) instead of the phantom's")
+    ap.add_argument("--sources", choices=("evaluation", "calibration"), default="evaluation",
+                    help="--real: the evaluation-only sources (default) or the training-allowed calibration slices")
+    ap.add_argument("--quick", action="store_true", help="--real: one matrix per series")
     args = ap.parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+        record = json.loads(args.markdown.read_text())
+        print(real_markdown(record) if "methods" in record else markdown(record))
         return 0
     import torch
 
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
+    t0 = args.t0 = time.perf_counter()
     model = load_model(WEIGHTS_DIR)
     device = f"{model.device} ({model.runtime})"
     info = json.loads((WEIGHTS_DIR / "model_info.json").read_text())
+    if args.real:
+        return run_real(args, model, {
+            "date": _dt.date.today().isoformat(),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, device {device}",
+            "model": {"file": info.get("file"), "version": info.get("version"), "sha256": info.get("sha256")},
+            "command": "python -m models.evaluation.enhancement " + " ".join(
+                argv if argv is not None else __import__("sys").argv[1:])})
     use_bm3d = not args.no_bm3d
     res, snr_rows, example = evaluate_phantom(model, list(PATIENT_SEEDS[: args.patients]),
                                               [DEFAULT_ACCELERATION], use_bm3d)

@@ -67,7 +67,7 @@ class AppRunner:
         self.s = settings
 
     def command(self, in_dir: Path, out_dir: Path, name: str) -> tuple[list[str], dict[str, str], Path]:
-        env = dict(os.environ)
+        env = dict(os.environ) | self.s.app_environment
         if self.s.run_mode == "docker":
             if not self.s.map_image:
                 raise ValueError("CPACS_RUN_MODE=docker needs CPACS_MAP_IMAGE")
@@ -75,6 +75,7 @@ class AppRunner:
                     "--user", f"{os.getuid()}:{os.getgid()}",
                     "-e", f"HOLOSCAN_INPUT_PATH={MAP_INPUT}", "-e", f"HOLOSCAN_OUTPUT_PATH={MAP_OUTPUT}",
                     "-e", f"HOLOSCAN_MODEL_PATH={MAP_MODELS}",
+                    *(a for k, v in sorted(self.s.app_environment.items()) for a in ("-e", f"{k}={v}")),
                     "-v", f"{in_dir}:{MAP_INPUT}:ro", "-v", f"{out_dir}:{MAP_OUTPUT}",
                     "-v", f"{Path(self.s.model_path).resolve()}:{MAP_MODELS}:ro",
                     *shlex.split(self.s.docker_args), self.s.map_image]

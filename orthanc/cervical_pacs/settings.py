@@ -66,6 +66,9 @@ class Settings:
     forward_port: int = 104
     # Plugin
     plugin_pythonpath: list[str] = field(default_factory=list)
+    # The application's own settings (CERVICAL_DL_*, e.g. CERVICAL_DL_STRENGTH), from the site file
+    # or the environment, passed to every run (python and docker modes alike)
+    app_environment: dict[str, str] = field(default_factory=dict)
 
     ENV = {  # attribute -> environment variable
         "http_port": "CPACS_HTTP_PORT", "dicom_port": "CPACS_DICOM_PORT", "aet": "CPACS_AET",
@@ -88,8 +91,9 @@ class Settings:
         env = dict(os.environ if env is None else env)
         path = config_file or env.get("CPACS_CONFIG") or (ORTHANC_DIR / "site.env")
         values = dict(read_env_file(path)) if Path(path).is_file() else {}
-        values.update({k: v for k, v in env.items() if k.startswith("CPACS_")})
+        values.update({k: v for k, v in env.items() if k.startswith(("CPACS_", "CERVICAL_DL_"))})
         s = cls()
+        s.app_environment = {k: v for k, v in values.items() if k.startswith("CERVICAL_DL_")}
         types = {f.name: f.type for f in fields(cls)}
         for attr, var in cls.ENV.items():
             if var not in values or values[var] == "":

@@ -1,0 +1,182 @@
+"""Do no harm: keep only the part of the DL change that looks like noise (issue 12).
+
+What the network takes away from a slice -- the method noise ``input - output`` -- should
+be noise: no local mean (else tissue signal shifts), and locally no more energy than the
+slice's noise (else it removed structure or texture). Per slice:
+
+1. **Signal level.** The method noise's local mean (Gaussian, ``mean_sigma`` px) is given
+   back: the output keeps the input's local signal level, the DL only removes detail.
+2. **Structure.** The remaining method noise's local variance (Gaussian, ``window_sigma``
+   px) is compared with the slice's noise variance ``sigma**2``. Where it exceeds
+   ``low`` x ``sigma**2`` the change is withheld progressively, fully above ``high`` x.
+   ``sigma`` is the smaller of two estimates: the median local variance of the method
+   noise over the tissue (what the network removes almost everywhere is noise) and a
+   robust estimate from the input alone (median absolute neighbour differences along the
+   less band-limited axis), so a noise-free or non-MR image (nothing to remove) keeps its
+   detail.
+3. **Strength.** The kept change is scaled by the strength (low / medium / high), like
+   a vendor's DL reconstruction levels.
+
+    result = guard_series(source, enhanced, strength=STRENGTHS["medium"])
+    result.images           # float32 (S, H, W), input units
+    result.held_back        # (S,) share of the DL change withheld on each slice (0..1)
+
+The parameters were set on the training-allowed calibration slices only
+(``python -m models.evaluation.enhancement --real --sources calibration``), never on the
+evaluation-only sources.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["STRENGTHS", "DEFAULT_STRENGTH", "GuardParameters", "GuardResult", "guard_slice", "guard_series", "input_noise_sd",
+           "strength_value", "strength_label", "StrengthSetting"]
+
+#: Share of the (guarded) DL change applied at each strength level.
+STRENGTHS: dict[str, float] = {"low": 0.6, "medium": 0.85, "high": 1.0}
+#: The level used unless configured (the best on the calibration slices).
+DEFAULT_STRENGTH = "medium"
+
+
+def strength_value(level: str | float) -> float:
+    """The fraction for a named level (``low``, ``medium``, ``high``) or a number in [0, 1]."""
+    if isinstance(level, str) and level.strip().lower() in STRENGTHS:
+        return STRENGTHS[level.strip().lower()]
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise ValueError(f"strength must be one of {', '.join(STRENGTHS)} or a number in [0, 1], got {level!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {value}")
+    return value
+
+
+def strength_label(level: str | float) -> str:
+    """How a strength is written in DerivationDescription and the run summary:
+    ``medium (0.85)`` for a named level, ``0.70`` for a number."""
+    value = strength_value(level)
+    name = level.strip().lower() if isinstance(level, str) and level.strip().lower() in STRENGTHS else None
+    return f"{name} ({value:.2f})" if name else f"{value:.2f}"
+
+
+@dataclass(frozen=True)
+class StrengthSetting:
+    """The configured strength: one default and optional per-role overrides (levels or numbers)."""
+
+    default: str = DEFAULT_STRENGTH
+    per_role: tuple[tuple[str, str], ...] = ()
+
+    def level_for(self, role: str) -> str:
+        return dict(self.per_role).get(role, self.default)
+
+    @classmethod
+    def parse(cls, text: str | None, roles: tuple[str, ...]) -> "StrengthSetting":
+        """``"medium"``, ``"0.7"``, or ``"medium,SAG_CE_T1=low,AX_T2=0.9"`` (a default and/or
+        ``ROLE=level`` items; roles from ``roles``). Raises ``ValueError`` with the reason."""
+        default, per_role = DEFAULT_STRENGTH, {}
+        for item in (t.strip() for t in (text or "").split(",")):
+            if not item:
+                continue
+            if "=" in item:
+                role, level = (x.strip() for x in item.split("=", 1))
+                if role.upper() not in roles:
+                    raise ValueError(f"unknown role {role!r} in strength setting (roles: {', '.join(roles)})")
+                strength_value(level)
+                per_role[role.upper()] = level.lower()
+            else:
+                strength_value(item)
+                default = item.lower()
+        return cls(default, tuple(sorted(per_role.items())))
+
+
+@dataclass(frozen=True)
+class GuardParameters:
+    """Guard settings: Gaussian widths in pixels, thresholds as ratios to the noise
+    variance; ``input_factor`` scales the input-only noise estimate (it reads band-limited
+    noise low); ``restore_mean`` gives the method noise's local mean back."""
+
+    mean_sigma: float = 8.0
+    window_sigma: float = 2.5
+    low: float = 1.5
+    high: float = 3.0
+    input_factor: float = 2.0
+    restore_mean: bool = True
+
+
+@dataclass
+class GuardResult:
+    """Guarded series ``(S, H, W)`` float32 and, per slice, the share of the DL change
+    withheld by the guard (before the strength is applied) and the noise SD used."""
+
+    images: np.ndarray
+    held_back: np.ndarray
+    noise_sd: np.ndarray
+
+
+def input_noise_sd(image: np.ndarray, tissue: np.ndarray | None = None) -> float:
+    """Robust noise SD of a magnitude image from neighbour differences (``(H, W)``).
+
+    The median absolute difference of horizontal and of vertical neighbours (over
+    ``tissue`` if given) is turned into an SD assuming white Gaussian noise; the larger of
+    the two axes is used, since one axis (phase encode) is band-limited and its
+    neighbours correlate. Texture and edges are sparse enough for the median to ignore.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    estimates = []
+    for axis in (0, 1):
+        d = np.abs(np.diff(x, axis=axis))
+        if tissue is not None:
+            m = tissue[1:, :] & tissue[:-1, :] if axis == 0 else tissue[:, 1:] & tissue[:, :-1]
+            d = d[m]
+        if d.size:
+            estimates.append(float(np.median(d)) / (0.6745 * np.sqrt(2.0)))
+    return max(estimates) if estimates else 0.0
+
+
+def _tissue(image: np.ndarray) -> np.ndarray:
+    peak = float(np.percentile(image, 99))
+    m = image > 0.1 * peak
+    return m if m.sum() >= 100 else np.ones_like(m)
+
+
+def guard_slice(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
+                params: GuardParameters = GuardParameters()) -> tuple[np.ndarray, float, float]:
+    """Guard one slice ``(H, W)``; returns (image float32, share withheld, noise SD)."""
+    x = np.asarray(source, dtype=np.float64)
+    y = np.asarray(enhanced, dtype=np.float64)
+    r = x - y
+    r_detail = r - ndimage.gaussian_filter(r, params.mean_sigma) if params.restore_mean else r
+    local_var = np.maximum(ndimage.gaussian_filter(r_detail**2, params.window_sigma)
+                           - ndimage.gaussian_filter(r_detail, params.window_sigma) ** 2, 0.0)
+    tissue = _tissue(x)
+    var_method = float(np.median(local_var[tissue]))
+    var_input = (params.input_factor * input_noise_sd(x, tissue)) ** 2
+    noise_var = min(var_method, var_input)
+    if noise_var <= 1e-12:
+        return x.astype(np.float32), 1.0, 0.0
+    ratio = local_var / noise_var
+    keep = np.clip((params.high - ratio) / (params.high - params.low), 0.0, 1.0)
+    change = np.abs(r_detail)
+    total = float(change[tissue].sum())
+    held = 1.0 - float((keep * change)[tissue].sum()) / total if total > 0 else 0.0
+    out = x - strength * keep * r_detail
+    return np.clip(out, 0.0, None).astype(np.float32), held, float(np.sqrt(noise_var))
+
+
+def guard_series(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
+                 params: GuardParameters = GuardParameters()) -> GuardResult:
+    """Guard every slice of a series ``(S, H, W)`` (``source`` and ``enhanced`` alike)."""
+    src = np.asarray(source)
+    enh = np.asarray(enhanced)
+    if src.shape != enh.shape or src.ndim != 3:
+        raise ValueError(f"source {src.shape} and enhanced {enh.shape} must be the same (S, H, W)")
+    strength = strength_value(strength)
+    images = np.empty(src.shape, dtype=np.float32)
+    held = np.zeros(src.shape[0])
+    sd = np.zeros(src.shape[0])
+    for i in range(src.shape[0]):
+        images[i], held[i], sd[i] = guard_slice(src[i], enh[i], strength, params)
+    return GuardResult(images, held, sd)

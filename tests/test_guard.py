@@ -1,0 +1,88 @@
+"""The do-no-harm guard and the strength levels (models/guard.py) with the shipped model.
+
+Inputs the model was never meant for (a photograph, a CT slice written as MR, a noise-free
+MR image) must come out within the input's noise of the input; a real accelerated series
+keeps most of the DL change and ends closer to the truth than the input.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data
+from skimage.metrics import structural_similarity
+
+from models import WEIGHTS_DIR
+from models.guard import STRENGTHS, guard_series, input_noise_sd, strength_value
+from models.inference import enhance_series, enhance_volume, load_model
+from simulation.dicom_study import simulate_series
+from simulation.phantom import PhantomPatient, Tissue, render_plane, sagittal_geometry
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(WEIGHTS_DIR)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    patient = PhantomPatient.from_seed(4242, protocol="hivd")
+    geometry = sagittal_geometry(n_slices=1)
+    rendered = [render_plane(patient, p) for p in geometry]
+    accelerated = simulate_series(patient, "SAG_T2", geometry, rendered, acquisition="accelerated", seed=4242)
+    return rendered[0], accelerated
+
+
+def _ct_slice_as_mr(rendered) -> np.ndarray:
+    """Hounsfield units + 1024 from the phantom's tissue fractions, CT-like white noise."""
+    hu = {Tissue.AIR: -1000, Tissue.LUNG: -800, Tissue.FAT: -100, Tissue.CORTICAL_BONE: 1200, Tissue.MARROW: 300}
+    f = rendered.fractions
+    ct = sum(f[t] * hu.get(Tissue(t), 40) for t in range(f.shape[0])) + 1024
+    return np.clip(ct + np.random.default_rng(1).normal(0, 8, ct.shape), 0, None)
+
+
+def _never_meant_for(name: str, rendered, accelerated) -> np.ndarray:
+    if name == "photograph":
+        return data.camera().astype(np.float64) * 8
+    if name == "CT slice as MR":
+        return _ct_slice_as_mr(rendered)
+    return accelerated.references[0]  # noise-free MR
+
+
+@pytest.mark.parametrize("name", ["photograph", "CT slice as MR", "noise-free MR"])
+def test_inputs_the_model_was_never_meant_for_stay_within_their_noise(model, phantom, name):
+    image = np.rint(_never_meant_for(name, *phantom)).astype(np.uint16)[None]
+    network = enhance_volume(model, image)
+    result = guard_series(image, network, STRENGTHS["high"])
+    change = float(np.sqrt(np.mean((result.images[0] - image[0]) ** 2)))
+    network_change = float(np.sqrt(np.mean((network[0] - image[0]) ** 2)))
+    noise = input_noise_sd(image[0].astype(np.float64))
+    assert change <= noise, f"{name}: guarded change {change:.1f} RMS > input noise {noise:.1f}"
+    assert change <= 0.4 * network_change, f"{name}: guard let {change / network_change:.0%} of the change through"
+    assert result.held_back[0] >= 0.5
+
+
+def test_accelerated_series_keeps_the_enhancement_and_beats_its_input(model, phantom):
+    _, accelerated = phantom
+    truth, image = accelerated.references, accelerated.images.astype(np.uint16)
+    result = enhance_series(model, image, "medium")
+    peak = float(np.percentile(truth, 99.9))
+    ssim = {k: structural_similarity(v[0].astype(np.float64), truth[0], data_range=peak)
+            for k, v in (("input", image), ("guarded", result.images))}
+    assert ssim["guarded"] > ssim["input"] + 0.05, ssim
+    assert result.held_back[0] < 0.3
+    body = truth[0] > 0.2 * peak
+    bias = float(result.images[0][body].mean() / truth[0][body].mean() - 1)
+    assert abs(bias) < 0.02, f"tissue signal bias {bias:+.1%}"
+
+
+def test_strength_orders_the_change_and_validates(model, phantom):
+    _, accelerated = phantom
+    image = accelerated.images.astype(np.uint16)
+    network = enhance_volume(model, image)
+    changes = [float(np.abs(guard_series(image, network, level).images - image).mean()) for level in ("low", "medium", "high")]
+    assert changes[0] < changes[1] < changes[2]
+    assert np.allclose(guard_series(image, network, 0.0).images, image, atol=0.5)
+    assert strength_value("Medium") == STRENGTHS["medium"] and strength_value("0.3") == 0.3
+    for bad in ("extreme", 1.5, -0.1, None):
+        with pytest.raises(ValueError):
+            strength_value(bad)
