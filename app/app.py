@@ -54,5 +54,6 @@ class CervicalDLEnhanceApp(Application):
         self.add_flow(selector, writer, {(Ports.SERIES_REPORTS, Ports.SERIES_REPORTS)})
         self.add_flow(enhancer, writer, {(Ports.ENHANCED_SERIES, Ports.ENHANCED_SERIES)})
         self.add_flow(enhancer, quality, {(Ports.ENHANCED_SERIES, Ports.ENHANCED_SERIES)})
+        self.add_flow(quality, writer, {(Ports.QC_RESULTS, Ports.QC_RESULTS)})  # verdict on every derived image
         self.add_flow(quality, qc_writer, {(Ports.QC_RESULTS, Ports.QC_RESULTS)})
         self.add_flow(writer, qc_writer, {(Ports.WRITTEN_SERIES, Ports.WRITTEN_SERIES)})

@@ -12,6 +12,9 @@
  * manager that OHIF publishes as window.services and adds the protocol before the viewer route
  * resolves the URL's hangingprotocolId.
  */
+// "QC: MOTION FLAGGED. Slices 1-3 of 13. Read the original." -> one line per sentence
+const qcSentences = text => String(text || '').split(/(?<=\.)\s+/).filter(Boolean);
+
 window.config = {
   name: 'cervical-dl',
   routerBasename: '/',
@@ -37,16 +40,34 @@ window.config = {
               Boolean(i) && i.Modality === 'MR' && !/CervicalDLEnhance/.test(String(i.DerivationDescription || '')),
             contentF: () => 'ORIGINAL',
           },
+          // DL: what it is and its strength first (the overlay cuts long lines), the model under it
           {
             id: 'cervicalDL', inheritsFrom: 'ohif.overlayItem', title: 'DL-enhanced derived series', color: '#ffb020',
             condition: ({ referenceInstance: i }) => /CervicalDLEnhance/.test(String(i?.DerivationDescription || '')),
             contentF: ({ referenceInstance: i }) => {
-              const d = String(i.DerivationDescription);
-              const model = (/model (\S+ \S+)/.exec(d) || [])[1] || '';
-              const strength = (/strength (\w+)/.exec(d) || [])[1];
-              return `DL ENHANCED ${model}${strength ? `, ${strength}` : ''}`.trim();
+              const strength = (/strength (\w+)/.exec(String(i.DerivationDescription)) || [])[1];
+              return `DL ENHANCED${strength ? `, ${strength}` : ''}`;
             },
           },
+          {
+            id: 'cervicalDLModel', inheritsFrom: 'ohif.overlayItem', title: 'DL model', color: '#ffb020',
+            condition: ({ referenceInstance: i }) => /CervicalDLEnhance.*model \S+ \S+/.test(String(i?.DerivationDescription || '')),
+            contentF: ({ referenceInstance: i }) => /model (\S+ \S+)/.exec(String(i.DerivationDescription))[1],
+          },
+          // Under them, on the DL viewport of every stage: the quality check's verdict for this series
+          // (the writer puts it in ImageComments), one sentence per line: red when flagged, else green.
+          ...[0, 1, 2].map(k => ({
+            id: `cervicalQC${k}`, inheritsFrom: 'ohif.overlayItem', title: 'Quality check of this series',
+            color: k === 0 ? undefined : '#ff5c5c',
+            condition: ({ referenceInstance: i }) => /^QC: /.test(String(i?.ImageComments || '')) &&
+              qcSentences(i.ImageComments).length > k,
+            contentF: ({ referenceInstance: i }) => qcSentences(i.ImageComments)[k],
+          })).map(item => (item.color ? item : [
+            { ...item, id: `${item.id}Flag`, color: '#ff5c5c',
+              condition: a => item.condition(a) && /(FLAGGED|ACCENTUATED)/.test(String(a.referenceInstance.ImageComments)) },
+            { ...item, id: `${item.id}Clear`, color: '#5cd65c',
+              condition: a => item.condition(a) && !/(FLAGGED|ACCENTUATED)/.test(String(a.referenceInstance.ImageComments)) },
+          ])).flat(),
         ],
       },
     },

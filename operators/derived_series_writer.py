@@ -17,8 +17,9 @@ import pydicom
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 from pydicom.uid import ExplicitVRLittleEndian
 
-from app.contracts import DERIVED_FOLDER, EnhancedSeries, Ports, SeriesReport, WrittenSeries, derived_uid
+from app.contracts import DERIVED_FOLDER, EnhancedSeries, Ports, SeriesQC, SeriesReport, WrittenSeries, derived_uid
 from app.run_summary import summary_of, write_summary
+from qc.report_json import verdict_line
 from series.derived import build_derived_dataset, derived_series_number, output_syntax, series_window
 from series.frames import instance_label
 
@@ -31,6 +32,8 @@ class DerivedSeriesWriterOperator(Operator):
 
     Named inputs:
         enhanced_series: list of EnhancedSeries.
+        qc_results: list of SeriesQC; each derived image carries its series' verdict in
+            ImageComments (the viewer shows it on the DL viewport).
         series_reports: list of SeriesReport (optional; for the summary).
     Named outputs:
         written_series: list of WrittenSeries (optional; for the QC report).
@@ -45,15 +48,19 @@ class DerivedSeriesWriterOperator(Operator):
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input(Ports.ENHANCED_SERIES)
+        spec.input(Ports.QC_RESULTS)
         spec.input(Ports.SERIES_REPORTS).condition(ConditionType.NONE)
         spec.output(Ports.WRITTEN_SERIES).condition(ConditionType.NONE)
 
     def compute(self, op_input, op_output, context) -> None:
         enhanced: list[EnhancedSeries] = op_input.receive(Ports.ENHANCED_SERIES) or []
+        results: list[SeriesQC] = op_input.receive(Ports.QC_RESULTS) or []
         reports: list[SeriesReport] = op_input.receive(Ports.SERIES_REPORTS) or []
-        op_output.emit(self.write(enhanced, reports), Ports.WRITTEN_SERIES)
+        op_output.emit(self.write(enhanced, reports, results), Ports.WRITTEN_SERIES)
 
-    def write(self, enhanced: list[EnhancedSeries], reports: list[SeriesReport]) -> list[WrittenSeries]:
+    def write(self, enhanced: list[EnhancedSeries], reports: list[SeriesReport],
+              results: list[SeriesQC] | None = None) -> list[WrittenSeries]:
+        verdicts = {qc.source_series_instance_uid: verdict_line(qc) for qc in results or []}
         self.output_folder.mkdir(parents=True, exist_ok=True)
         now = datetime.now()
         taken = {r.series_number for r in reports if r.series_number is not None}
@@ -61,7 +68,8 @@ class DerivedSeriesWriterOperator(Operator):
         written, series = [], []
         try:
             for item in enhanced:
-                entry, record = self._write_series(item, staging, taken, now)
+                entry, record = self._write_series(item, staging, taken, now,
+                                                   verdicts.get(str(item.datasets[0].SeriesInstanceUID)))
                 written.append(entry)
                 series.append(record)
             final_root = self.output_folder / DERIVED_FOLDER
@@ -78,7 +86,7 @@ class DerivedSeriesWriterOperator(Operator):
         return series
 
     def _write_series(self, item: EnhancedSeries, staging: Path, taken: set[int],
-                      now: datetime) -> tuple[dict, WrittenSeries]:
+                      now: datetime, verdict: str | None = None) -> tuple[dict, WrittenSeries]:
         first = item.datasets[0]
         source_uid = str(first.SeriesInstanceUID)
         series_uid = derived_uid(source_uid, item.model.name, item.model.version)
@@ -94,6 +102,8 @@ class DerivedSeriesWriterOperator(Operator):
                                        series_number=number, window=window, model_name=item.model.name,
                                        model_version=item.model.version, model_sha256=item.model.sha256, now=now,
                                        role=item.role, strength=item.strength)
+            if verdict:
+                ds.ImageComments = verdict
             if self.transfer_syntax != ExplicitVRLittleEndian:
                 ds.compress(self.transfer_syntax, pix, generate_instance_uid=False)
             pydicom.dcmwrite(staging / folder / f"IM{i + 1:04d}.dcm", ds, enforce_file_format=True)
@@ -107,5 +117,5 @@ class DerivedSeriesWriterOperator(Operator):
                  "seconds": round(item.seconds, 2), "device": item.device}
         record = WrittenSeries(item.role, source_uid, series_uid, number, f"{item.model.name} {item.model.version}",
                                item.datasets, headers, item.pixels, item.strength, list(item.held_back))
-        entry |= {"strength": item.strength, "guard_held_back_percent": record.held_back_percent}
+        entry |= {"strength": item.strength, "guard_held_back_percent": record.held_back_percent, "qc_verdict": verdict}
         return entry, record

@@ -3,6 +3,7 @@ and the label every QC object carries."""
 from __future__ import annotations
 
 from app.contracts import SeriesQC, WrittenSeries
+from qc.measures import slice_ranges
 
 
 def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[dict]:
@@ -39,6 +40,24 @@ def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[di
             "notes": qc.notes,
         })
     return entries
+
+
+def verdict_line(qc: SeriesQC) -> str:
+    """The QC verdict of one series, for the derived images' ImageComments: short sentences
+    (the viewer shows one per line on the DL viewport of every stage).
+
+    "QC: no motion flag." | "QC: MOTION FLAGGED. Slices 1-3, 11-13 of 13. Read the original." |
+    "QC: MOTION FLAGGED, DL ACCENTUATED. Slices ... Read the original." | "QC: DL ACCENTUATED. Read the original."
+    """
+    flags = [text for on, text in ((qc.motion_flag, "MOTION FLAGGED"), (qc.dl_accentuated, "DL ACCENTUATED")) if on]
+    if not flags:
+        return "QC: no motion flag."
+    where = qc.original.flagged_slices if qc.motion_flag else []
+    sentences = [f"QC: {', '.join(flags)}."]
+    if where:
+        sentences.append(f"Slices {slice_ranges(where)} of {len(qc.original.slice_motion_scores)}.")
+    sentences.append("Read the original.")
+    return " ".join(sentences)
 
 
 def report_label(results: list[SeriesQC]) -> str:

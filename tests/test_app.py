@@ -71,6 +71,7 @@ def test_derived_series_follow_the_dicom_conventions(app_run, accelerated_study)
             assert list(d.ImageType[:2]) == ["DERIVED", "SECONDARY"]
             assert model["name"] in d.DerivationDescription and model["version"] in d.DerivationDescription
             assert "strength medium (0.85), do-no-harm guard" in d.DerivationDescription  # the default
+            assert d.ImageComments == entry["qc_verdict"]  # the QC verdict the viewer shows
             purpose = d.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0]
             assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("121322", "DCM")
             assert d.ContributingEquipmentSequence[-1].ManufacturerModelName == "CervicalDLEnhance"

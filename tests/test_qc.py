@@ -109,6 +109,15 @@ def test_a_motion_flag_names_the_slices_that_raised_it(ce_t1_planes):
     assert f"of {len(pixels)} score >= 0.5" in note, note
     from qc.measures import slice_ranges
     assert slice_ranges([0, 1, 2, 10, 12]) == "1-3, 11, 13" and slice_ranges([4]) == "5"
+    # the one-line verdict the derived images carry (ImageComments) and the viewer shows
+    from dataclasses import replace
+
+    from qc.report_json import verdict_line
+    line = verdict_line(qc)
+    head = "QC: MOTION FLAGGED, DL ACCENTUATED." if qc.dl_accentuated else "QC: MOTION FLAGGED."
+    assert line == f"{head} Slices {slice_ranges(qc.original.flagged_slices)} of {len(pixels)}. Read the original."
+    assert verdict_line(replace(qc, motion_flag=False, dl_accentuated=False)) == "QC: no motion flag."
+    assert verdict_line(replace(qc, motion_flag=False, dl_accentuated=True)) == "QC: DL ACCENTUATED. Read the original."
 
 
 def test_missing_phase_encode_direction_is_noted(ce_t1_planes):

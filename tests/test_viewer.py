@@ -62,8 +62,10 @@ def outputs(tmp_path_factory) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted(study.rglob("*.dcm")) + sorted(out.rglob("*.dcm"))
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    summary = json.loads((out / "run_summary.json").read_text())
     return {"base": base, "files": files, "study_uid": first.StudyInstanceUID,
-            "study_description": str(first.StudyDescription)}
+            "study_description": str(first.StudyDescription),
+            "verdicts": {e["series_number"]: e["qc_verdict"] for e in summary["derived"]}}
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +178,7 @@ def test_study_list_shows_study_and_series(browser, stack):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_hanging_protocol_original_and_dl_side_by_side(browser, stage):
+def test_hanging_protocol_original_and_dl_side_by_side(browser, stack, stage):
     _no_error(browser)
     state = browser["stages"][stage]
     assert state["protocol"] == "cervicalDL"
@@ -187,9 +189,18 @@ def test_hanging_protocol_original_and_dl_side_by_side(browser, stage):
     # and on the image: ORIGINAL and DL ENHANCED (with the model) in two colours
     overlays = state["overlays"]
     assert overlays, "no ORIGINAL / DL ENHANCED overlay on the viewports"
-    assert overlays["cervical-orig"]["text"] == "ORIGINAL"
-    assert overlays["cervical-dl"]["text"] == f"DL ENHANCED {MODEL_INFO['name']} {MODEL_INFO['version']}, medium"
+    assert overlays["cervical-orig"]["text"] == "ORIGINAL" and overlays["cervical-dl"]["text"] == "DL ENHANCED, medium"
     assert overlays["cervical-orig"]["color"] != overlays["cervical-dl"]["color"]
+    # DL corner, top to bottom: label with strength, model, then this series' QC verdict one sentence per line
+    # (red when flagged, the slices named; green when not); nothing cut off by the overlay's width
+    lines = overlays["cervical-dl"]["lines"]
+    verdict = stack["verdicts"][dl["number"]]
+    assert [line["text"] for line in lines] == [
+        "DL ENHANCED, medium", f"{MODEL_INFO['name']} {MODEL_INFO['version']}", *verdict.replace(". ", ".\n").split("\n")]
+    assert not any(line["clipped"] for line in lines), lines
+    flagged = "FLAGGED" in verdict or "ACCENTUATED" in verdict
+    assert {line["color"] for line in lines[2:]} == {"rgb(255, 92, 92)" if flagged else "rgb(92, 214, 92)"}
+    assert [line["text"] for line in overlays["cervical-orig"]["lines"]] == ["ORIGINAL"]  # originals never changed
     for vp in (orig, dl):  # drawn, not blank, opened at the middle slice (OHIF's "middle": n // 2)
         assert vp["std"] > 5 and vp["nImages"] >= 5, vp
         assert vp["index"] == vp["nImages"] // 2, vp

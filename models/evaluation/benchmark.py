@@ -81,12 +81,15 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     torch.set_num_threads(threads)
     data = test_slices(slices + 1, size)
-    if method == "dl":
-        from models.inference import enhance_volume
+    if method in ("dl", "dl+guard"):
+        from models.inference import enhance_series, enhance_volume
 
         device = torch.device(device_name)
         model = _load_dl(path_kind if device.type == "cpu" else "torch", device)
-        fn = lambda vol: enhance_volume(model, vol, batch_size=8)  # noqa: E731
+        if method == "dl":  # the network alone
+            fn = lambda vol: enhance_volume(model, vol, batch_size=8)  # noqa: E731
+        else:  # the product: network, do-no-harm guard, default strength
+            fn = lambda vol: enhance_series(model, vol, batch_size=8)  # noqa: E731
     elif method == "qc":  # the quality check of one series: masks, C3 ROIs, measures + detector on original and DL
         from models.motion_detector import load_motion_detector
         from qc.calibration import QCCalibration
@@ -121,7 +124,7 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
     rss_ready = _rss_mib()
     fn(data[:1])  # warm-up (and torch.compile's compilation)
     times = []
-    if method == "dl" and device_name == "cuda":
+    if method.startswith("dl") and device_name == "cuda":
         torch.cuda.synchronize()
         t = time.perf_counter()
         fn(data[1:])
@@ -138,7 +141,7 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
             fn(data[k : k + 1])
             times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    path_kind = path_kind if method == "dl" else "-"
+    path_kind = path_kind if method.startswith("dl") else "-"
     return {"method": method, "size": size, "path": path_kind, "device": device_name, "slices": slices,
             "s_per_slice": statistics.median(times), "peak_rss_mib": peak, "rss_ready_mib": rss_ready}
 
@@ -156,14 +159,14 @@ def run_child(method: str, size: int, slices: int, path_kind: str = "torch", dev
 
 def _row(r: dict, ref: dict | None) -> str:
     if "error" in r:
-        return f"{r['method']:<6} {r['path']:<12} {r['device']:<5} {r['size']:>5}  failed: {r['error']}"
+        return f"{r['method']:<8} {r['path']:<12} {r['device']:<5} {r['size']:>5}  failed: {r['error']}"
     sps = 1.0 / r["s_per_slice"]
     ratio = f"{ref['s_per_slice'] / r['s_per_slice']:8.2f}x" if ref and "error" not in ref else f"{'':>9}"
-    return (f"{r['method']:<6} {r['path']:<12} {r['device']:<5} {r['size']:>5}  {r['s_per_slice']:9.3f} {sps:9.2f}"
+    return (f"{r['method']:<8} {r['path']:<12} {r['device']:<5} {r['size']:>5}  {r['s_per_slice']:9.3f} {sps:9.2f}"
             f" {r['peak_rss_mib']:9.0f} {r['peak_rss_mib'] - r['rss_ready_mib']:9.0f} {ratio}")
 
 
-HEADER = (f"{'method':<6} {'path':<12} {'dev':<5} {'size':>5}  {'s/slice':>9} {'slices/s':>9} {'peakMiB':>9} "
+HEADER = (f"{'method':<8} {'path':<12} {'dev':<5} {'size':>5}  {'s/slice':>9} {'slices/s':>9} {'peakMiB':>9} "
           f"{'+MiB':>9} {'DL speed-up':>9}")
 
 
@@ -196,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", type=Path, help="print the README table from a model_benchmark.json and exit")
     ap.add_argument("--qc-only", action="store_true",
                     help="time only the quality check, against its ghost-measure-only baseline (docs/qc_benchmark.json)")
+    ap.add_argument("--guard-only", action="store_true",
+                    help="time only the product path (network + guard) against the network alone (docs/guard_benchmark.json)")
     ap.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.markdown:
@@ -220,19 +225,31 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes = []
         if args.out == ROOT / "docs" / "model_benchmark.json":
             args.out = ROOT / "docs" / "qc_benchmark.json"
+    if args.guard_only:
+        for size in args.sizes:
+            base = run_child("dl", size, args.slices, threads=args.threads)
+            full = run_child("dl+guard", size, args.slices, threads=args.threads)
+            print(_row(base, None) + "   (baseline: the network alone)")
+            print(_row(full, base if "error" not in base else None) + "   (the product: network + do-no-harm guard)")
+            rows += [base, full]
+        args.sizes = []
+        if args.out == ROOT / "docs" / "model_benchmark.json":
+            args.out = ROOT / "docs" / "guard_benchmark.json"
     for size in args.sizes:
         dl = run_child("dl", size, args.slices, threads=args.threads)
+        product = run_child("dl+guard", size, args.slices, threads=args.threads)
         others = [run_child("bm3d", size, args.bm3d_slices, threads=args.threads),
                   run_child("nlm", size, args.slices, threads=args.threads)]
         qc = run_child("qc", size, args.slices, threads=args.threads)
         dl["speedup_vs"] = {o["method"]: (o["s_per_slice"] / dl["s_per_slice"]) for o in others
                             if "error" not in o and "error" not in dl}
         print(_row(dl, None))
+        print(_row(product, dl if "error" not in dl else None) + "   (the product: network + do-no-harm guard)")
         for o in others:
             print(_row(o, None) + (f"   DL is {dl['speedup_vs'][o['method']]:.1f}x faster"
                                    if o["method"] in dl.get("speedup_vs", {}) else ""))
         print(_row(qc, None) + "   (quality check, original + DL, per slice)")
-        rows += [dl] + others + [qc]
+        rows += [dl, product] + others + [qc]
         if cuda:
             g = run_child("dl", size, max(args.slices, 16), path_kind="torch", device="cuda", threads=args.threads)
             print(_row(g, None))

@@ -16,7 +16,8 @@ Per slice, against the noiseless conventional reference ``G``: PSNR (peak = the 
 only (the SSIM map where ``G`` is above 5 % of the peak, dilated 5 px: background noise,
 which every denoiser removes, does not count), and NMSE. Methods: the accelerated input,
 the conventional acquisition, BM3D and non-local means on the accelerated input (with the
-oracle noise SD), and DL(accelerated) through the product's ``enhance_volume``.
+oracle noise SD), the network alone (``dl_network``, ``enhance_volume``) and the product's
+output (``dl``: network, do-no-harm guard, default strength; ``models.guard``).
 The paper's SNR = SI(C3-C4 disc) / SD(background) and CNR = |SI(disc) - SI(C3 marrow)| /
 SD(background) use the phantom's known labels (ROIs eroded 1 px, background = air at
 least 15 px from any tissue), on the middle sagittal slice.
@@ -38,6 +39,7 @@ from tqdm import tqdm
 
 from models import WEIGHTS_DIR
 from models.evaluation.baselines import bm3d_denoise, nlm_denoise, oracle_noise_sd
+from models.guard import DEFAULT_STRENGTH, guard_series
 from models.inference import enhance_volume, load_model
 from simulation import acquisition as acq
 from simulation.dicom_study import ROLE_PHASE_ENCODE, simulate_series
@@ -52,7 +54,7 @@ from simulation.phantom import (
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("SAG_T1", "SAG_T2", "SAG_DIXON_W", "AX_T2", "SAG_CE_T1")
-METHODS = ("accelerated", "conventional", "nlm", "bm3d", "dl")
+METHODS = ("accelerated", "conventional", "nlm", "bm3d", "dl_network", "dl")
 #: Acceleration settings relative to the conventional protocol (scan time ratio in the label).
 ACCELERATIONS: dict[str, acq.AcquisitionProtocol] = {
     "x0.50 (default: 75% PE lines, 2/3 NEX)": acq.DEFAULT_ACCELERATED,
@@ -105,8 +107,9 @@ def paper_snr_cnr(image: np.ndarray, label: np.ndarray, level: np.ndarray) -> di
 
 def _run_methods(series_acc: np.ndarray, series_conv: np.ndarray, sigma: float,
                  model, use_bm3d: bool) -> dict[str, np.ndarray]:
+    network = enhance_volume(model, series_acc)
     out = {"accelerated": series_acc.astype(np.float32), "conventional": series_conv.astype(np.float32),
-           "dl": enhance_volume(model, series_acc)}
+           "dl_network": network, "dl": guard_series(series_acc, network, DEFAULT_STRENGTH).images}
     out["nlm"] = np.stack([nlm_denoise(s, sigma) for s in series_acc])
     if use_bm3d:
         out["bm3d"] = np.stack([bm3d_denoise(s, sigma) for s in series_acc])
@@ -271,7 +274,8 @@ def snr_summary(rows: list[dict]) -> list[dict]:
 
 def markdown(record: dict) -> str:
     """README tables from a ``model_evaluation.json`` record."""
-    names = {"accelerated": "accelerated", "conventional": "conventional", "nlm": "NLM", "bm3d": "BM3D", "dl": "**DL**"}
+    names = {"accelerated": "accelerated", "conventional": "conventional", "nlm": "NLM", "bm3d": "BM3D",
+             "dl_network": "DL network alone", "dl": "**DL (product: + guard, medium)**"}
     lines = ["| group | slices | " + " | ".join(names[m] for m in METHODS) + " |",
              "|---|---|" + "---|" * len(METHODS)]
     for g, s in record["groups"].items():

@@ -118,8 +118,16 @@ try {
           return c.left >= b.left - 2 && c.right <= b.right + 2 && c.top >= b.top - 2 && c.bottom <= b.bottom + 2;
         });
         if (!hit) return false;
-        r[id] = { text: hit.innerText.trim(), color: getComputedStyle(hit).color };
+        // every line of the top-right corner (ours: label, model, QC verdict), top to bottom; clipped = cut by CSS
+        const corner = [...document.querySelectorAll('.overlay-item')].filter(x => {
+          const c = x.getBoundingClientRect();
+          return c.left >= b.left + b.width / 2 && c.right <= b.right + 2 && c.top >= b.top - 2 && c.bottom <= b.top + b.height / 3;
+        }).sort((x, y) => x.getBoundingClientRect().top - y.getBoundingClientRect().top);
+        r[id] = { text: hit.innerText.trim(), color: getComputedStyle(hit).color,
+                  lines: corner.map(x => ({ text: x.innerText.trim(), color: getComputedStyle(x).color,
+                                            clipped: x.scrollWidth > x.clientWidth + 1 })) };
       }
+      if (!r['cervical-dl'].lines.some(l => /^QC: /.test(l.text))) return false;  // wait for the verdict too
       return r;
     }, null, { timeout: 15000, polling: 250 }).then(h => h.jsonValue()).catch(() => null);
     lap(`viewer-${stage}`, t);
