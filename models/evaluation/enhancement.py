@@ -317,21 +317,18 @@ def print_real_table(groups: dict[str, dict], methods: list[str]) -> None:
 
 
 def real_markdown(record: dict) -> str:
-    """README table of a ``model_evaluation_real.json`` record (SSIM over the body, share of
-    slices >= conventional and below the input by that SSIM, tissue bias, per group)."""
-    methods = record["methods"]
+    """README table of a ``model_evaluation_real.json`` record. Cells: SSIM over the body /
+    share of slices at or above the conventional's / share below the accelerated input's
+    (both by body SSIM) / tissue-signal bias."""
+    methods = [m for m in record["methods"] if m != "dl_low"]
     lines = ["| group | slices | " + " | ".join(REAL_NAMES.get(m, m) for m in methods) + " |",
              "|---|---|" + "---|" * len(methods)]
     for name, g in record["groups"].items():
         cells = []
         for m in methods:
-            cell = f"{g[m]['ssim_body']:.3f}"
-            if m not in ("conventional",):
-                cell += f", {100 * g[m]['ge_conventional']:.0f} % >= conv."
-            if m not in ("accelerated", "conventional"):
-                cell += f", {100 * g[m]['below_input']:.0f} % < input"
-            cell += f", bias {g[m]['bias_pct']:+.1f} %"
-            cells.append(cell)
+            ge = "-" if m == "conventional" else f"{100 * g[m]['ge_conventional']:.0f} %"
+            below = "-" if m in ("accelerated", "conventional") else f"{100 * g[m]['below_input']:.0f} %"
+            cells.append(f"{g[m]['ssim_body']:.3f} / {ge} / {below} / {g[m]['bias_pct']:+.1f} %")
         lines.append(f"| {name} | {g['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
