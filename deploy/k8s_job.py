@@ -67,7 +67,8 @@ def build_job(*, image: str, job_id: int | str, attempt: int = 1, namespace: str
               variant: str = "gpu", timeout_s: int = 1800, ttl_seconds: int = 3600,
               run_as_user: int = 1000, run_as_group: int = 1000, model_version: str | None = None,
               node_selector: dict[str, str] | None = None, name: str | None = None,
-              input_name: str = "in", output_name: str = "out") -> client.V1Job:
+              input_name: str = "in", output_name: str = "out",
+              app_environment: dict[str, str] | None = None) -> client.V1Job:
     """One Job running the MAP on one series. ``job_dir`` is the job's folder on the shared claim
     (default ``jobs/<job_id>-<attempt>``), relative to the claim's root, holding ``in/`` (written by
     the worker) and ``out/`` (the worker's per-job temp folder layout: worker.py ``tmp/in``, ``tmp/out``).
@@ -112,6 +113,11 @@ def build_job(*, image: str, job_id: int | str, attempt: int = 1, namespace: str
     env = [client.V1EnvVar(name=k, value=v) for k, v in (
         ("HOLOSCAN_INPUT_PATH", MAP_INPUT), ("HOLOSCAN_OUTPUT_PATH", MAP_OUTPUT),
         ("HOLOSCAN_MODEL_PATH", MAP_MODELS), ("MPLCONFIGDIR", "/tmp/matplotlib"), ("HOME", "/tmp"))]
+    # The application's own settings (CERVICAL_DL_STRENGTH, CERVICAL_DL_OUTPUT_SYNTAX, ...)
+    for k, v in sorted((app_environment or {}).items()):
+        if not k.startswith("CERVICAL_DL_"):
+            raise ValueError(f"app_environment: only CERVICAL_DL_* settings, not {k!r}")
+        env.append(client.V1EnvVar(name=k, value=v))
 
     container = client.V1Container(
         name="map", image=image, image_pull_policy="IfNotPresent",
@@ -196,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job-id", default="example")
     ap.add_argument("--namespace", default="cervical-dl")
     ap.add_argument("--models-claim", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="CERVICAL_DL_X=VALUE",
+                    help="an application setting for the Job's environment, e.g. CERVICAL_DL_STRENGTH=low (repeatable)")
     args = ap.parse_args(argv)
     job = build_job(image=args.image, job_id=args.job_id, variant=args.variant, namespace=args.namespace,
-                    models_claim=args.models_claim)
+                    models_claim=args.models_claim,
+                    app_environment=dict(item.split("=", 1) for item in args.set))
     print(json.dumps({"apiVersion": "v1", "kind": "List",
                       "items": [to_dict(build_network_policy(args.namespace)), to_dict(job)]}, indent=2))
     return 0

@@ -252,6 +252,12 @@ def test_k8s_job_fields_resources_volumes_security():
     assert named.metadata.name == "cervical-dl-w123-j42-2"
     with pytest.raises(ValueError):
         k8s_job.build_job(image="x:1", job_id=42, name="Not_Valid")
+    # the application's own settings reach the container; nothing else may be slipped in that way
+    tuned = k8s_job.to_dict(k8s_job.build_job(image="x:1", job_id=42, app_environment={"CERVICAL_DL_STRENGTH": "low"}))
+    tuned_env = {e["name"]: e["value"] for e in tuned["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert tuned_env["CERVICAL_DL_STRENGTH"] == "low" and tuned_env["HOLOSCAN_MODEL_PATH"] == "/opt/holoscan/models"
+    with pytest.raises(ValueError):
+        k8s_job.build_job(image="x:1", job_id=42, app_environment={"HOLOSCAN_MODEL_PATH": "/elsewhere"})
     res = c["resources"]
     assert res["limits"]["nvidia.com/gpu"] == "1" and res["limits"]["memory"] == res["requests"]["memory"]
     # models from a versioned claim (upgrade / rollback without rebuilding)
