@@ -215,26 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     rows: list[dict] = []
     print(HEADER)
-    if args.qc_only:
+    # A method against its baseline only, both per size, ratio in the same run (its own JSON).
+    paired = {"qc_only": ("qc_ghost", "ghost measure only", "qc", "ROIs + detector + ghost measure", "qc_benchmark.json"),
+              "guard_only": ("dl", "the network alone", "dl+guard", "the product: network + do-no-harm guard",
+                             "guard_benchmark.json")}
+    for option, (base_method, base_note, method, note, out_name) in paired.items():
+        if not getattr(args, option):
+            continue
         for size in args.sizes:
-            base = run_child("qc_ghost", size, args.slices, threads=args.threads)
-            full = run_child("qc", size, args.slices, threads=args.threads)
-            print(_row(base, None) + "   (baseline: ghost measure only)")
-            print(_row(full, base if "error" not in base else None) + "   (ROIs + detector + ghost measure)")
+            base = run_child(base_method, size, args.slices, threads=args.threads)
+            full = run_child(method, size, args.slices, threads=args.threads)
+            print(_row(base, None) + f"   (baseline: {base_note})")
+            print(_row(full, base if "error" not in base else None) + f"   ({note})")
             rows += [base, full]
         args.sizes = []
         if args.out == ROOT / "docs" / "model_benchmark.json":
-            args.out = ROOT / "docs" / "qc_benchmark.json"
-    if args.guard_only:
-        for size in args.sizes:
-            base = run_child("dl", size, args.slices, threads=args.threads)
-            full = run_child("dl+guard", size, args.slices, threads=args.threads)
-            print(_row(base, None) + "   (baseline: the network alone)")
-            print(_row(full, base if "error" not in base else None) + "   (the product: network + do-no-harm guard)")
-            rows += [base, full]
-        args.sizes = []
-        if args.out == ROOT / "docs" / "model_benchmark.json":
-            args.out = ROOT / "docs" / "guard_benchmark.json"
+            args.out = ROOT / "docs" / out_name
     for size in args.sizes:
         dl = run_child("dl", size, args.slices, threads=args.threads)
         product = run_child("dl+guard", size, args.slices, threads=args.threads)

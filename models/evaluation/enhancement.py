@@ -335,9 +335,9 @@ def real_markdown(record: dict) -> str:
 
 def run_real(args, model, record_base: dict) -> int:
     from models.evaluation.real_mr import calibration_series, evaluate_real, evaluation_series
+    from models.guard import STRENGTHS
 
     series = evaluation_series() if args.sources == "evaluation" else calibration_series()
-    from models.guard import STRENGTHS, guard_series
 
     def enhance(volume: np.ndarray) -> dict[str, np.ndarray]:
         network = enhance_volume(model, volume)

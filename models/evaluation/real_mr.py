@@ -14,7 +14,8 @@ pixel sizes from its own field of view) and acquired in k-space at about half th
 conventional scan time in three ways -- half the averages; 75 % of the phase-encode lines
 with 2/3 of the averages; R = 2 SENSE with 8 coils (g-factor noise) -- at two noise levels
 (conventional SNR 30 and 15 in the body), as stored 16-bit integers. Every slice of the
-series goes through the product's ``enhance_volume`` as one series.
+series goes through the network (``enhance_volume``) as one series, then through the
+product's guard at each strength level.
 
 Per slice, against the noiseless conventional image (the truth): PSNR, SSIM (whole image
 and body), and the tissue-signal bias (mean over the body, % of the truth); per group, the
