@@ -3,23 +3,53 @@
  * - One data source: Orthanc's DICOMweb through the same origin (/dicom-web, proxied by nginx,
  *   which adds Orthanc's credentials server-side and splits the comma-separated includefield).
  * - First-visit tour and investigational-use dialog off.
- * - Hanging protocol "cervicalDL" (open with ?hangingprotocolId=cervicalDL, stage with &stageId=):
- *   original | DL-enhanced of the same role side by side, VOI and slice synchronised.
- *   Stage 1 is the CE T1 pair with the QC report (PDF, red flag line) in a third viewport:
- *   the post-contrast sagittal T1 is the series the motion check flags most often.
+ * - Mode "Cervical DL" (route /cervical-dl, first button of every MR study in the study list):
+ *   OHIF's basic viewer (its layout, tools and panels) with the hanging protocol "cervicalDL".
+ *   The protocol can also be asked for in any mode: /viewer?...&hangingprotocolId=cervicalDL.
+ * - Hanging protocol "cervicalDL" (stage with &stageId=ce|t2|t1|ax; OHIF's "." and "," keys step
+ *   through the stages): original | DL-enhanced of the same role side by side, VOI and slice
+ *   synchronised, opened at the middle slice, or at the slice the quality check scored worst
+ *   when it flagged the series. Stage 1 is the CE T1 pair with the QC report (PDF) in a third
+ *   viewport: the post-contrast sagittal T1 is the series the motion check is for.
  *   Other stages: SAG_T2 (Dixon water / in-phase / plain T2), SAG_T1, AX_T2.
- * The protocol is registered from this file (no OHIF rebuild): the page polls for the service
- * manager that OHIF publishes as window.services and adds the protocol before the viewer route
- * resolves the URL's hangingprotocolId.
+ * Everything is registered from this file (no OHIF rebuild): the mode is a plain object in
+ * `modes` (OHIF loads objects as they are), built on the bundled @ohif/mode-basic.
  */
 // "QC: MOTION FLAGGED. Slices 1-3 of 13. Read the original." -> one line per sentence
 const qcSentences = text => String(text || '').split(/(?<=\.)\s+/).filter(Boolean);
+// The writer ends the verdict of the flagged series' worst DL image with this sentence.
+const WORST_SLICE_SENTENCE = 'Worst slice.';
+
+/** The study list's launch entry: OHIF's basic viewer opened with the cervicalDL protocol. */
+const cervicalDLMode = {
+  id: 'cervical-dl',
+  async modeFactory({ modeConfiguration, loadModules }) {
+    const [basic] = await loadModules(['@ohif/mode-basic']);
+    const base = await basic.modeFactory.call(basic, { modeConfiguration });
+    return {
+      ...base,
+      id: 'cervical-dl',
+      routeName: 'cervical-dl',
+      displayName: 'Cervical DL',  // the study list's buttons show about 14 characters
+      hide: false,
+      hangingProtocol: 'cervicalDL',
+      isValidMode({ modalities }) {
+        const valid = String(modalities || '').split('\\').includes('MR');
+        return { valid, description: valid ? 'MR study' : 'Cervical DL reads MR studies only' };
+      },
+      onModeEnter(context) {
+        registerCervicalDL(context.servicesManager.services);
+        return base.onModeEnter.call(this, context);
+      },
+    };
+  },
+};
 
 window.config = {
   name: 'cervical-dl',
   routerBasename: '/',
   extensions: [],
-  modes: [],
+  modes: [cervicalDLMode],
   showStudyList: true,
   maxNumberOfWebWorkers: 2,
   showWarningMessageForCrossOrigin: false,
@@ -100,7 +130,11 @@ window.config = {
   ],
 };
 
-(function registerCervicalHangingProtocol() {
+const registeredServices = new WeakSet();
+/** Adds the cervicalDL protocol and its custom attributes to OHIF's services, once; true when done. */
+function registerCervicalDL(services) {
+  if (!services || !services.hangingProtocolService) return false;
+  if (registeredServices.has(services)) return true;
   const CE_RE = /(\+\s*c\b|\bpost\b|_post|\bgd\b|_gd\b|gado|\bkm\b|contrast|\bce\b|\+gd|\bc\+)/i;
   const DIXON_RE = /(dixon|ideal|flex)/i;
   const LOCALIZER_RE = /(survey|locali[sz]er|\bloc\b|scout|3[- ]?pl|tri[- ]?pilot|\bpilot\b|calibration|refscan)/i;
@@ -154,7 +188,6 @@ window.config = {
   /** Role of any display set; a DL series takes the role of its source (SeriesNumber - 50). */
   function cervicalRole(ds) {
     if (!isDL(ds)) return roleOfOriginal(ds) || 'NONE';
-    const services = window.services;
     const number = Number(ds.SeriesNumber ?? first(ds).SeriesNumber) - 50;
     const source = (services?.displaySetService?.getActiveDisplaySets() || []).find(
       o => o.StudyInstanceUID === ds.StudyInstanceUID && Number(o.SeriesNumber) === number && !isDL(o)
@@ -240,17 +273,15 @@ window.config = {
     ],
   };
 
-  let registered = false;
-  const tryRegister = () => {
-    const hp = window.services && window.services.hangingProtocolService;
-    if (!hp || registered) return registered;
-    hp.addCustomAttribute('cervicalRole', 'Cervical DL role', ds => cervicalRole(ds));
-    hp.addCustomAttribute('cervicalKind', 'Original or DL', ds => (isDL(ds) ? 'DL' : 'ORIG'));
-    hp.addProtocol(protocol.id, protocol);
-    registered = true;
-    window.cervicalDLProtocolRegistered = true;
-    return true;
-  };
-  const timer = setInterval(() => { if (tryRegister()) clearInterval(timer); }, 5);
-  setTimeout(() => clearInterval(timer), 120000);
-})();
+  const hp = services.hangingProtocolService;
+  hp.addCustomAttribute('cervicalRole', 'Cervical DL role', ds => cervicalRole(ds));
+  hp.addCustomAttribute('cervicalKind', 'Original or DL', ds => (isDL(ds) ? 'DL' : 'ORIG'));
+  hp.addProtocol(protocol.id, protocol);
+  registeredServices.add(services);
+  return true;
+}
+
+// The protocol in other modes too (/viewer?...&hangingprotocolId=cervicalDL): OHIF publishes its
+// services as window.services; the protocol must be there before the route reads the URL.
+const registerTimer = setInterval(() => { if (registerCervicalDL(window.services)) clearInterval(registerTimer); }, 5);
+setTimeout(() => clearInterval(registerTimer), 120000);

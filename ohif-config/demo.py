@@ -71,8 +71,9 @@ def main(argv: list[str]) -> int:
     fr = front_mod.Front()
     user, _ = fr.viewer_login()
     print(f"demo: {done} series enhanced; results in Orthanc")
-    print(f"OHIF: {fr.url}/viewer?StudyInstanceUIDs={uid}&hangingprotocolId=cervicalDL")
-    print(f"      (stages: &stageId=ce|t2|t1|ax; study list {fr.url}/)")
+    print(f"OHIF: {fr.url}/cervical-dl?StudyInstanceUIDs={uid}")
+    print(f"      (or the study list {fr.url}/: select the study, then \"Cervical DL\", or double-click it;")
+    print("       \".\" and \",\" step through the stages CE T1, T2, T1, axial T2)")
     print(f"login: user {user}, password in {fr.local / 'viewer-credentials.json'}")
     return 0
 

@@ -177,6 +177,21 @@ def test_study_list_shows_study_and_series(browser, stack):
     assert browser["timings"]["studyList"] < 60
 
 
+def test_one_click_from_the_study_list_opens_the_comparison(browser, stack):
+    """The selected study's first "Launch workflow" button is our mode; clicking it opens the
+    cervicalDL protocol at its first stage (the CE T1 pair), "." steps to the next stage, and a
+    double click on the study row opens the same."""
+    _no_error(browser)
+    buttons = browser["modeButtons"]
+    assert buttons and buttons[0] == {"text": "Cervical DL", "disabled": False}, buttons
+    assert {"text": "Basic Viewer", "disabled": False} in buttons, buttons  # OHIF's own modes stay available
+    assert browser["launchUrl"].startswith(f"/cervical-dl?StudyInstanceUIDs={stack['study_uid']}"), browser["launchUrl"]
+    first = browser["stages"][STAGES[0]]
+    assert (first["protocol"], first["stage"]) == ("cervicalDL", STAGES[0])
+    assert browser["nextStageKey"] == {"protocol": "cervicalDL", "stage": STAGES[1]}
+    assert browser["doubleClickUrl"].startswith(f"/cervical-dl?StudyInstanceUIDs={stack['study_uid']}")
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_hanging_protocol_original_and_dl_side_by_side(browser, stack, stage):
     _no_error(browser)

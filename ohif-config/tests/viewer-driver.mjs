@@ -56,14 +56,26 @@ try {
     results.studyListExpandedText = await page.evaluate(() => document.body.innerText);
     await page.screenshot({ path: path.join(cfg.outDir, 'study-list-expanded.png') });
     results.qido = qido.slice(0, 5);
+    // the "Launch workflow" buttons of the selected study (OHIF 3.13: one per mode, title = its name)
+    results.modeButtons = await page.evaluate(() => {
+      const head = [...document.querySelectorAll('span')].find(x => x.innerText.trim() === 'Launch workflow');
+      const panel = head && head.parentElement && head.parentElement.parentElement;
+      return panel ? [...panel.querySelectorAll('button[title]')].map(b => ({ text: b.title, disabled: Boolean(b.disabled) })) : [];
+    });
   }
 
-  // 3. viewer with our hanging protocol, one page load per stage
+  // 3. viewer with our hanging protocol: the first stage by one click on the study list's
+  // "Cervical DL" button (the row is still expanded), the others by URL, one page load each
   results.stages = {};
   for (const stage of cfg.stages) {
     const t = Date.now();
-    const url = `${cfg.baseUrl}/viewer?StudyInstanceUIDs=${cfg.studyUID}&hangingprotocolId=cervicalDL&stageId=${stage}`;
-    await page.goto(url);
+    if (stage === cfg.stages[0]) {
+      await page.locator('button[title="Cervical DL"]').first().click({ timeout: 30000 });
+      await page.waitForURL(/\/cervical-dl\?/, { timeout: 30000 });
+      results.launchUrl = page.url().slice(cfg.baseUrl.length);
+    } else {
+      await page.goto(`${cfg.baseUrl}/cervical-dl?StudyInstanceUIDs=${cfg.studyUID}&stageId=${stage}`);
+    }
     const info = await page.waitForFunction(() => { try { // services may not be ready yet
       const s = window.services;
       if (!s) return false;
@@ -171,6 +183,24 @@ try {
     state.before = Object.fromEntries(Object.entries(before).map(([k, v]) => [k, v.index]));
     await page.screenshot({ path: path.join(cfg.outDir, `viewer-${stage}-scrolled.png`) });
     results.stages[stage] = state;
+    if (stage === cfg.stages[0]) {  // OHIF's "." key: the next stage of the protocol, without a reload
+      await page.keyboard.press('.');
+      results.nextStageKey = await page.waitForFunction(first => {
+        const a = window.services.hangingProtocolService.getActiveProtocol?.() || {};
+        const id = a.stage?.id ?? a.stageIndex;
+        return id !== undefined && id !== first ? { protocol: a.protocol?.id, stage: id } : false;
+      }, stage, { timeout: 10000, polling: 250 }).then(h => h.jsonValue()).catch(() => null);
+    }
+  }
+
+  // 5. a double click on the study row opens the first workflow that fits the study: ours
+  {
+    await page.goto(cfg.baseUrl + '/');
+    const row = page.getByText(cfg.studyDescription, { exact: false }).first();
+    await row.waitFor({ timeout: 60000 });
+    await row.dblclick();
+    results.doubleClickUrl = await page.waitForURL(/\/cervical-dl\?/, { timeout: 30000 })
+      .then(() => page.url().slice(cfg.baseUrl.length)).catch(() => page.url().slice(cfg.baseUrl.length));
   }
 } catch (e) {
   results.error = String(e && e.stack || e);
