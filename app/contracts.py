@@ -208,3 +208,10 @@ class SeriesQC:
     notes: list[str] = field(default_factory=list)
     roi_confidence: float | None = None  # C3 / C3-C4 localisation confidence (0-1), None when not located
     rois: tuple[int, "VertebralROIs"] | None = None  # (slice index, masks) behind snr/cnr, for the report
+    # per slice (the series' order along the slice normal): the number a viewer shows for its image,
+    # InstanceNumber (a multi-frame source's frame number), or the 1-based position when it has none
+    image_numbers: list[int] = field(default_factory=list)
+
+    def image_number(self, index: int) -> int:
+        """What a reader calls slice ``index`` (0-based, order along the normal)."""
+        return self.image_numbers[index] if index < len(self.image_numbers) else index + 1

@@ -15,10 +15,12 @@
  * Everything is registered from this file (no OHIF rebuild): the mode is a plain object in
  * `modes` (OHIF loads objects as they are), built on the bundled @ohif/mode-basic.
  */
-// "QC: MOTION FLAGGED. Slices 1-3 of 13. Read the original." -> one line per sentence
+// "QC: MOTION FLAGGED. Images 1-3 of 13. Read the original." -> one line per sentence
 const qcSentences = text => String(text || '').split(/(?<=\.)\s+/).filter(Boolean);
 // The writer ends the verdict of the flagged series' worst DL image with this sentence.
 const WORST_SLICE_SENTENCE = 'Worst slice.';
+// The series' verdict (the same on every image of the series), without the per-image sentence
+const verdictSentences = text => qcSentences(text).filter(x => x !== WORST_SLICE_SENTENCE);
 
 /** The study list's launch entry: OHIF's basic viewer opened with the cervicalDL protocol. */
 const cervicalDLMode = {
@@ -90,14 +92,20 @@ window.config = {
             id: `cervicalQC${k}`, inheritsFrom: 'ohif.overlayItem', title: 'Quality check of this series',
             color: k === 0 ? undefined : '#ff5c5c',
             condition: ({ referenceInstance: i }) => /^QC: /.test(String(i?.ImageComments || '')) &&
-              qcSentences(i.ImageComments).length > k,
-            contentF: ({ referenceInstance: i }) => qcSentences(i.ImageComments)[k],
+              verdictSentences(i.ImageComments).length > k,
+            contentF: ({ referenceInstance: i }) => verdictSentences(i.ImageComments)[k],
           })).map(item => (item.color ? item : [
             { ...item, id: `${item.id}Flag`, color: '#ff5c5c',
               condition: a => item.condition(a) && /(FLAGGED|ACCENTUATED)/.test(String(a.referenceInstance.ImageComments)) },
             { ...item, id: `${item.id}Clear`, color: '#5cd65c',
               condition: a => item.condition(a) && !/(FLAGGED|ACCENTUATED)/.test(String(a.referenceInstance.ImageComments)) },
           ])).flat(),
+          // and on the image the QC scored worst in a flagged series (the one shown, not the series')
+          {
+            id: 'cervicalQCWorst', inheritsFrom: 'ohif.overlayItem', title: 'Worst slice of the quality check', color: '#ff5c5c',
+            condition: ({ instance: i }) => qcSentences(i?.ImageComments).includes(WORST_SLICE_SENTENCE),
+            contentF: () => WORST_SLICE_SENTENCE,
+          },
         ],
       },
     },
@@ -209,7 +217,8 @@ function registerCervicalDL(services) {
     ],
   });
   const pairViewport = (key, side) => ({
-    // open at the middle slice (the midline of a sagittal stack), not at the far-lateral first one
+    // open at the middle slice (the midline of a sagittal stack), not at the far-lateral first one;
+    // a flagged series then moves to its worst slice (openAtWorstSlice)
     viewportOptions: {
       viewportId: `cervical-${side}`, toolGroupId: 'default', allowUnmatchedView: true, syncGroups: sync,
       initialImageOptions: { preset: 'middle' },
@@ -277,7 +286,42 @@ function registerCervicalDL(services) {
   hp.addCustomAttribute('cervicalRole', 'Cervical DL role', ds => cervicalRole(ds));
   hp.addCustomAttribute('cervicalKind', 'Original or DL', ds => (isDL(ds) ? 'DL' : 'ORIG'));
   hp.addProtocol(protocol.id, protocol);
+  // A pair opens at the middle slice (initialImageOptions). When the quality check flagged the
+  // series, its worst DL image says so ("Worst slice."): both viewports of the pair go there
+  // once both are mounted (the original by the DL image's SourceImageSequence).
+  const cvs = services.cornerstoneViewportService;
+  let pending = null;
+  cvs.subscribe(cvs.EVENTS.VIEWPORT_DATA_CHANGED, ({ viewportId }) => {
+    if (viewportId !== 'cervical-orig' && viewportId !== 'cervical-dl') return;
+    clearTimeout(pending);
+    pending = setTimeout(() => openAtWorstSlice(services), 150);
+  });
   registeredServices.add(services);
+  return true;
+}
+
+/** Moves the pair to the flagged series' worst slice; true when it did. */
+function openAtWorstSlice(services) {
+  const { viewportGridService, displaySetService, cornerstoneViewportService: cvs } = services;
+  const viewports = viewportGridService.getState().viewports;
+  const displaySetOf = id => {
+    const uid = viewports.get(id)?.displaySetInstanceUIDs?.[0];
+    return uid ? displaySetService.getDisplaySetByUID(uid) : null;
+  };
+  const dl = displaySetOf('cervical-dl'), orig = displaySetOf('cervical-orig');
+  const worst = (dl?.images || []).find(i => qcSentences(i.ImageComments).includes(WORST_SLICE_SENTENCE));
+  if (!worst) return false;
+  const source = [].concat(worst.SourceImageSequence || [])[0]?.ReferencedSOPInstanceUID;
+  const moves = [['cervical-dl', dl, worst.SOPInstanceUID], ['cervical-orig', orig, source]];
+  for (const [id, ds, sopUID] of moves) {
+    const viewport = cvs.getCornerstoneViewport(id);
+    const image = (ds?.images || []).find(i => i.SOPInstanceUID === sopUID);
+    if (!viewport?.getImageIds || !image) continue;
+    const ids = viewport.getImageIds();
+    let index = ids.indexOf(image.imageId);
+    if (index < 0 && ids.length === ds.images.length) index = ds.images.indexOf(image);
+    if (index >= 0 && index !== viewport.getCurrentImageIdIndex()) viewport.setImageIdIndex(index);
+  }
   return true;
 }
 

@@ -19,7 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from app.contracts import DERIVED_FOLDER, EnhancedSeries, Ports, SeriesQC, SeriesReport, WrittenSeries, derived_uid
 from app.run_summary import summary_of, write_summary
-from qc.report_json import verdict_line
+from qc.report_json import image_comments, verdict_line
 from series.derived import build_derived_dataset, derived_series_number, output_syntax, series_window
 from series.frames import instance_label
 
@@ -60,7 +60,7 @@ class DerivedSeriesWriterOperator(Operator):
 
     def write(self, enhanced: list[EnhancedSeries], reports: list[SeriesReport],
               results: list[SeriesQC] | None = None) -> list[WrittenSeries]:
-        verdicts = {qc.source_series_instance_uid: verdict_line(qc) for qc in results or []}
+        checks = {qc.source_series_instance_uid: qc for qc in results or []}
         self.output_folder.mkdir(parents=True, exist_ok=True)
         now = datetime.now()
         taken = {r.series_number for r in reports if r.series_number is not None}
@@ -69,7 +69,7 @@ class DerivedSeriesWriterOperator(Operator):
         try:
             for item in enhanced:
                 entry, record = self._write_series(item, staging, taken, now,
-                                                   verdicts.get(str(item.datasets[0].SeriesInstanceUID)))
+                                                   checks.get(str(item.datasets[0].SeriesInstanceUID)))
                 written.append(entry)
                 series.append(record)
             final_root = self.output_folder / DERIVED_FOLDER
@@ -86,7 +86,7 @@ class DerivedSeriesWriterOperator(Operator):
         return series
 
     def _write_series(self, item: EnhancedSeries, staging: Path, taken: set[int],
-                      now: datetime, verdict: str | None = None) -> tuple[dict, WrittenSeries]:
+                      now: datetime, qc: SeriesQC | None = None) -> tuple[dict, WrittenSeries]:
         first = item.datasets[0]
         source_uid = str(first.SeriesInstanceUID)
         series_uid = derived_uid(source_uid, item.model.name, item.model.version)
@@ -102,8 +102,8 @@ class DerivedSeriesWriterOperator(Operator):
                                        series_number=number, window=window, model_name=item.model.name,
                                        model_version=item.model.version, model_sha256=item.model.sha256, now=now,
                                        role=item.role, strength=item.strength)
-            if verdict:
-                ds.ImageComments = verdict
+            if qc is not None:
+                ds.ImageComments = image_comments(qc, i)
             if self.transfer_syntax != ExplicitVRLittleEndian:
                 ds.compress(self.transfer_syntax, pix, generate_instance_uid=False)
             pydicom.dcmwrite(staging / folder / f"IM{i + 1:04d}.dcm", ds, enforce_file_format=True)
@@ -117,5 +117,5 @@ class DerivedSeriesWriterOperator(Operator):
                  "seconds": round(item.seconds, 2), "device": item.device}
         record = WrittenSeries(item.role, source_uid, series_uid, number, f"{item.model.name} {item.model.version}",
                                item.datasets, headers, item.pixels, item.strength, list(item.held_back))
-        entry |= {"strength": item.strength, "guard_held_back_percent": record.held_back_percent, "qc_verdict": verdict}
+        entry |= {"strength": item.strength, "guard_held_back_percent": record.held_back_percent, "qc_verdict": None if qc is None else verdict_line(qc)}
         return entry, record

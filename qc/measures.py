@@ -99,17 +99,33 @@ def with_vertebral_rois(quality: ImageQuality, volume: np.ndarray, rois: tuple[i
     return replace(quality, snr=_round(disc / quality.noise_sd), cnr=_round(abs(disc - marrow) / quality.noise_sd))
 
 
-def slice_ranges(indices: list[int]) -> str:
-    """0-based slice indices as 1-based ranges for a reader: [0, 1, 2, 10, 12] -> "1-3, 11, 13"."""
+def number_ranges(numbers: list[int]) -> str:
+    """Image numbers as ranges for a reader: [1, 2, 3, 11, 13] -> "1-3, 11, 13"."""
     parts, run = [], []
-    for i in sorted(indices):
+    for i in sorted(set(numbers)):
         if run and i != run[-1] + 1:
-            parts.append(f"{run[0] + 1}-{run[-1] + 1}" if len(run) > 1 else f"{run[0] + 1}")
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
             run = []
         run.append(i)
     if run:
-        parts.append(f"{run[0] + 1}-{run[-1] + 1}" if len(run) > 1 else f"{run[0] + 1}")
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
     return ", ".join(parts)
+
+
+def slice_ranges(indices: list[int]) -> str:
+    """0-based slice indices as 1-based ranges: [0, 1, 2, 10, 12] -> "1-3, 11, 13"."""
+    return number_ranges([i + 1 for i in indices])
+
+
+def image_numbers(datasets: list) -> list[int]:
+    """Per slice, the number viewers show: InstanceNumber, else the 1-based position."""
+    numbers = []
+    for i, ds in enumerate(datasets):
+        try:
+            numbers.append(int(ds.get("InstanceNumber")))
+        except (TypeError, ValueError):
+            numbers.append(i + 1)
+    return numbers if len(set(numbers)) == len(numbers) else list(range(1, len(datasets) + 1))
 
 
 def _percentile75(values: list[float | None]) -> float | None:
@@ -160,6 +176,7 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     motion detector looks at it too. ``detector``: the motion network (without it, the ghost measure alone scores motion).
     """
     axis, direction, note = phase_encode_axis(item.datasets)
+    numbers = image_numbers(item.datasets)
     source = item.source_pixels
     masks = series_masks(source if mask_source is None else mask_source, axis)
     original = measure_series(source, axis, calibration, masks, detector, mask_source)
@@ -185,7 +202,7 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
         elif rois is not None:
             original = with_vertebral_rois(original, source, rois)
             dl = with_vertebral_rois(dl, item.pixels, rois)
-            notes.append(f"SNR/CNR in the C3-C4 disc and C3 marrow located automatically on slice {rois[0] + 1} "
+            notes.append(f"SNR/CNR in the C3-C4 disc and C3 marrow located automatically on image {numbers[rois[0]]} "
                          f"(confidence {rois[1].confidence:.2f})")
         else:
             notes.append("C3 / C3-C4 not located with confidence: SNR is the whole-body foreground SNR, "
@@ -199,9 +216,9 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
                                          calibration.ghost_score(original.ghost)),
                                         ("motion detector", calibration.detector_score(original.detector)))
                if score is not None and score >= 0.5]
-        where = original.flagged_slices
+        where = [numbers[i] for i in original.flagged_slices]
         notes.append("motion artifacts: " + " and ".join(why)
-                     + (f"; slices {slice_ranges(where)} of {len(source)} score >= 0.5" if where else ""))
+                     + (f"; images {number_ranges(where)} of {len(source)} score >= 0.5" if where else ""))
     if accentuated:
         notes.append("DL accentuated artifacts; read the original")
     if original.noise_sd is None:
@@ -209,7 +226,8 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     number = item.datasets[0].get("SeriesNumber")
     return SeriesQC(item.role, str(item.datasets[0].SeriesInstanceUID),
                     int(number) if number not in (None, "") else None, direction,
-                    original, dl, flag, accentuated, notes, None if rois is None else rois[1].confidence, rois)
+                    original, dl, flag, accentuated, notes, None if rois is None else rois[1].confidence, rois,
+                    numbers)
 
 
 def _positions(item: EnhancedSeries) -> list[tuple[float, ...]]:

@@ -3,7 +3,7 @@ and the label every QC object carries."""
 from __future__ import annotations
 
 from app.contracts import SeriesQC, WrittenSeries
-from qc.measures import slice_ranges
+from qc.measures import number_ranges
 
 
 def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[dict]:
@@ -31,6 +31,10 @@ def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[di
             "slice_motion_scores_dl": qc.dl.slice_motion_scores,
             "flagged_slices_original": [i + 1 for i in qc.original.flagged_slices],
             "worst_slice_original": None if qc.original.worst_slice is None else qc.original.worst_slice + 1,
+            # the same slices by the numbers a viewer shows (InstanceNumber; frame number of a multi-frame source)
+            "image_numbers_original": qc.image_numbers,
+            "flagged_images_original": [qc.image_number(i) for i in qc.original.flagged_slices],
+            "worst_image_original": None if qc.original.worst_slice is None else qc.image_number(qc.original.worst_slice),
             "motion_flag": qc.motion_flag,
             "dl_accentuated": qc.dl_accentuated,
             "dl_strength": w.strength if w else None,
@@ -44,10 +48,11 @@ def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[di
 
 def verdict_line(qc: SeriesQC) -> str:
     """The QC verdict of one series, for the derived images' ImageComments: short sentences
-    (the viewer shows one per line on the DL viewport of every stage).
+    (the viewer shows one per line on the DL viewport of every stage). Slices are named by the
+    image numbers a viewer shows (:attr:`SeriesQC.image_numbers`).
 
-    "QC: no motion flag." | "QC: MOTION FLAGGED. Slices 1-3, 11-13 of 13. Read the original." |
-    "QC: MOTION FLAGGED, DL ACCENTUATED. Slices ... Read the original." | "QC: DL ACCENTUATED. Read the original."
+    "QC: no motion flag." | "QC: MOTION FLAGGED. Images 1-3, 11-13 of 13. Read the original." |
+    "QC: MOTION FLAGGED, DL ACCENTUATED. Images ... Read the original." | "QC: DL ACCENTUATED. Read the original."
     """
     flags = [text for on, text in ((qc.motion_flag, "MOTION FLAGGED"), (qc.dl_accentuated, "DL ACCENTUATED")) if on]
     if not flags:
@@ -55,9 +60,22 @@ def verdict_line(qc: SeriesQC) -> str:
     where = qc.original.flagged_slices if qc.motion_flag else []
     sentences = [f"QC: {', '.join(flags)}."]
     if where:
-        sentences.append(f"Slices {slice_ranges(where)} of {len(qc.original.slice_motion_scores)}.")
+        sentences.append(f"Images {number_ranges([qc.image_number(i) for i in where])} "
+                         f"of {len(qc.original.slice_motion_scores)}.")
     sentences.append("Read the original.")
     return " ".join(sentences)
+
+
+# Ends the comments of a flagged series' worst image; the viewer opens the series there.
+WORST_SLICE_SENTENCE = "Worst slice."
+
+
+def image_comments(qc: SeriesQC, index: int) -> str:
+    """ImageComments of the derived image at slice ``index`` (0-based, the series' order):
+    the series' :func:`verdict_line`, and on a motion-flagged series' highest-scoring slice
+    the sentence :data:`WORST_SLICE_SENTENCE` as well."""
+    worst = qc.motion_flag and index == qc.original.worst_slice
+    return verdict_line(qc) + (f" {WORST_SLICE_SENTENCE}" if worst else "")
 
 
 def report_label(results: list[SeriesQC]) -> str:

@@ -98,8 +98,8 @@ def render_pdf(results: list[SeriesQC], written: list[WrittenSeries], model: str
                     if qc.rois is not None:
                         axis.contour(qc.rois[1].c3_marrow, [0.5], colors="yellow", linewidths=0.6)
                         axis.contour(qc.rois[1].c3_c4_disc, [0.5], colors="cyan", linewidths=0.6)
-                    what = "worst motion slice" if worst is not None else "slice"
-                    axis.set_title(f"{qc.role} {title}, {what} {k + 1} of {len(w.sources)}"
+                    what = "worst motion image" if worst is not None else "image"
+                    axis.set_title(f"{qc.role} {title}, {what} {qc.image_number(k)} of {len(w.sources)}"
                                    + ("\nC3 marrow yellow, C3-C4 disc cyan" if qc.rois is not None else ""), fontsize=8,
                                    color="red" if qc.motion_flag or qc.dl_accentuated else "black")
                     axis.axis("off")

@@ -51,8 +51,12 @@ def test_derived_series_follow_the_dicom_conventions(app_run, accelerated_study)
     sources = _source_index(accelerated_study)
     summary = json.loads((out / "run_summary.json").read_text())
     model = summary["model"]
+    qc_by_derived = {e["derived_SeriesInstanceUID"]: e for e in json.loads((out / "qc.json").read_text())}
     for entry in summary["derived"]:
         derived = _read_series(out / "derived" / entry["folder"])
+        qc = qc_by_derived[entry["derived_series_instance_uid"]]
+        worst = [i + 1 for i, d in enumerate(derived) if d.ImageComments.endswith("Worst slice.")]
+        assert worst == ([qc["worst_slice_original"]] if qc["motion_flag"] else []), (entry["role"], worst)
         source_folder = {sources[d.SourceImageSequence[0].ReferencedSOPInstanceUID][1] for d in derived}
         assert len(source_folder) == 1
         source_uids = {uid for uid, (_, folder) in sources.items() if folder in source_folder}
@@ -71,7 +75,8 @@ def test_derived_series_follow_the_dicom_conventions(app_run, accelerated_study)
             assert list(d.ImageType[:2]) == ["DERIVED", "SECONDARY"]
             assert model["name"] in d.DerivationDescription and model["version"] in d.DerivationDescription
             assert "strength medium (0.85), do-no-harm guard" in d.DerivationDescription  # the default
-            assert d.ImageComments == entry["qc_verdict"]  # the QC verdict the viewer shows
+            # the QC verdict the viewer shows, and on a flagged series' worst slice where it opens
+            assert d.ImageComments in (entry["qc_verdict"], f"{entry['qc_verdict']} Worst slice."), d.ImageComments
             purpose = d.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0]
             assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("121322", "DCM")
             assert d.ContributingEquipmentSequence[-1].ManufacturerModelName == "CervicalDLEnhance"

@@ -71,6 +71,7 @@ def _enhanced(images, role="SAG_CE_T1", pe="ROW"):
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         ds.PixelData = images[i].astype(np.uint16).tobytes()
         ds.ImagePositionPatient = [float(i), 0.0, 0.0]
+        ds.InstanceNumber = images.shape[0] - i  # numbered against the normal, as many scanners do
         datasets.append(ds)
     return datasets
 
@@ -107,15 +108,19 @@ def test_a_motion_flag_names_the_slices_that_raised_it(ce_t1_planes):
     assert qc.original.flagged_slices and scores[qc.original.worst_slice] == max(v for v in scores if v is not None)
     note = next(n for n in qc.notes if n.startswith("motion artifacts"))
     assert f"of {len(pixels)} score >= 0.5" in note, note
-    from qc.measures import slice_ranges
-    assert slice_ranges([0, 1, 2, 10, 12]) == "1-3, 11, 13" and slice_ranges([4]) == "5"
+    from qc.measures import number_ranges
+    assert number_ranges([1, 2, 3, 11, 13]) == "1-3, 11, 13" and number_ranges([5]) == "5"
+    assert number_ranges([13, 12, 11, 2]) == "2, 11-13"
+    # the verdict names images as a viewer numbers them (InstanceNumber), not by position along the normal
+    assert qc.image_numbers == [int(ds.InstanceNumber) for ds in datasets]
     # the one-line verdict the derived images carry (ImageComments) and the viewer shows
     from dataclasses import replace
 
     from qc.report_json import verdict_line
     line = verdict_line(qc)
     head = "QC: MOTION FLAGGED, DL ACCENTUATED." if qc.dl_accentuated else "QC: MOTION FLAGGED."
-    assert line == f"{head} Slices {slice_ranges(qc.original.flagged_slices)} of {len(pixels)}. Read the original."
+    flagged = number_ranges([qc.image_numbers[i] for i in qc.original.flagged_slices])
+    assert line == f"{head} Images {flagged} of {len(pixels)}. Read the original."
     assert verdict_line(replace(qc, motion_flag=False, dl_accentuated=False)) == "QC: no motion flag."
     assert verdict_line(replace(qc, motion_flag=False, dl_accentuated=True)) == "QC: DL ACCENTUATED. Read the original."
 
@@ -161,6 +166,9 @@ def test_app_writes_qc_json_sr_and_pdf(app_run, accelerated_study):
         scores = e["slice_motion_scores_original"]
         assert e["flagged_slices_original"] == [i + 1 for i, v in enumerate(scores) if v is not None and v >= 0.5]
         assert scores[e["worst_slice_original"] - 1] == max(v for v in scores if v is not None)
+        numbers = e["image_numbers_original"]  # per slice along the normal: the image number a viewer shows
+        assert e["flagged_images_original"] == [numbers[k - 1] for k in e["flagged_slices_original"]]
+        assert e["worst_image_original"] == numbers[e["worst_slice_original"] - 1]
     # Mild motion was simulated on CE T1 only: only CE T1 is flagged (Dixon water scored
     # through its in-phase partner).
     assert {e["role"] for e in entries if e["motion_flag"]} <= {"SAG_CE_T1"}, [(e["role"], e["notes"]) for e in entries]
@@ -209,7 +217,7 @@ def test_app_writes_qc_json_sr_and_pdf(app_run, accelerated_study):
     for e in entries:  # a flagged series is shown at its worst slice
         if e["motion_flag"]:
             n = next(d["n_instances"] for d in summary["derived"] if d["role"] == e["role"])
-            assert f"{e['role']} original, worst motion slice {e['worst_slice_original']} of {n}" in text, text
+            assert f"{e['role']} original, worst motion image {e['worst_image_original']} of {n}" in text, text
     assert pdf.StudyInstanceUID == pydicom.dcmread(next((out / "derived").rglob("*.dcm"))).StudyInstanceUID
 
 

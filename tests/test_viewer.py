@@ -63,9 +63,12 @@ def outputs(tmp_path_factory) -> dict:
     files = sorted(study.rglob("*.dcm")) + sorted(out.rglob("*.dcm"))
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
     summary = json.loads((out / "run_summary.json").read_text())
+    qc = json.loads((out / "qc.json").read_text())
     return {"base": base, "files": files, "study_uid": first.StudyInstanceUID,
             "study_description": str(first.StudyDescription),
-            "verdicts": {e["series_number"]: e["qc_verdict"] for e in summary["derived"]}}
+            "verdicts": {e["series_number"]: e["qc_verdict"] for e in summary["derived"]},
+            # derived series number -> the image number of the QC's worst slice when it flagged the series
+            "worst": {e["derived_series_number"]: e["worst_image_original"] if e["motion_flag"] else None for e in qc}}
 
 
 @pytest.fixture(scope="module")
@@ -210,15 +213,27 @@ def test_hanging_protocol_original_and_dl_side_by_side(browser, stack, stage):
     # (red when flagged, the slices named; green when not); nothing cut off by the overlay's width
     lines = overlays["cervical-dl"]["lines"]
     verdict = stack["verdicts"][dl["number"]]
+    at_worst = stack["worst"][dl["number"]] is not None  # the flagged series' worst image says so too
     assert [line["text"] for line in lines] == [
-        "DL ENHANCED, medium", f"{MODEL_INFO['name']} {MODEL_INFO['version']}", *verdict.replace(". ", ".\n").split("\n")]
+        "DL ENHANCED, medium", f"{MODEL_INFO['name']} {MODEL_INFO['version']}",
+        *verdict.replace(". ", ".\n").split("\n"), *(["Worst slice."] if at_worst else [])]
     assert not any(line["clipped"] for line in lines), lines
     flagged = "FLAGGED" in verdict or "ACCENTUATED" in verdict
     assert {line["color"] for line in lines[2:]} == {"rgb(255, 92, 92)" if flagged else "rgb(92, 214, 92)"}
     assert [line["text"] for line in overlays["cervical-orig"]["lines"]] == ["ORIGINAL"]  # originals never changed
-    for vp in (orig, dl):  # drawn, not blank, opened at the middle slice (OHIF's "middle": n // 2)
+    for vp in (orig, dl):  # drawn, not blank
         assert vp["std"] > 5 and vp["nImages"] >= 5, vp
-        assert vp["index"] == vp["nImages"] // 2, vp
+    # opened at the middle slice (OHIF's "middle": n // 2), or at the QC's worst slice when it flagged the
+    # series: the DL image that says "Worst slice." and, beside it, the original it was derived from
+    current, worst = state["current"], stack["worst"][dl["number"]]
+    if worst is None:
+        assert current["cervical-orig"]["index"] == current["cervical-dl"]["index"] == dl["nImages"] // 2, current
+        assert not current["cervical-dl"]["comments"].endswith("Worst slice."), current
+    else:
+        assert current["cervical-dl"]["comments"].endswith("Worst slice."), current
+        # the verdict's numbering is the viewer's: OHIF's "I: k (k/n)" of that image is the QC's worst image number
+        assert current["cervical-dl"]["index"] + 1 == worst, (current, worst)
+        assert current["cervical-orig"]["sop"] == current["cervical-dl"]["source"], current
     # VOI synchronised: the same window on both, and a new window on the original reaches the DL
     assert orig["voi"] and orig["voi"] == dl["voi"]
     assert state["afterVoi"]["orig"] == {"lower": 200, "upper": 900}

@@ -116,8 +116,29 @@ try {
       return Object.keys(out.viewports).length >= 2 && out.viewports['cervical-orig'] && out.viewports['cervical-dl'] ? out : false;
     } catch (e) { return false; } }, null, { timeout: 90000, polling: 500 });
     const state = await info.jsonValue();
+    // where each viewport of the pair is now: a flagged series moves to its worst slice once both
+    // are mounted (wait for that, 5 s at most), a clean one stays at the middle
+    const where = () => {
+      const s = window.services, r = {};
+      for (const id of ['cervical-orig', 'cervical-dl']) {
+        const v = s.cornerstoneViewportService.getCornerstoneViewport(id);
+        const uid = s.viewportGridService.getState().viewports.get(id)?.displaySetInstanceUIDs?.[0];
+        const images = s.displaySetService.getDisplaySetByUID(uid)?.images || [];
+        const index = v.getCurrentImageIdIndex(), imageId = v.getImageIds()[index];
+        const image = images.find(i => i.imageId === imageId) || images[index] || {};
+        r[id] = { index, sop: image.SOPInstanceUID, comments: image.ImageComments || null,
+                  source: [].concat(image.SourceImageSequence || [])[0]?.ReferencedSOPInstanceUID || null,
+                  worstIndex: images.findIndex(i => /Worst slice\./.test(String(i.ImageComments || ''))) };
+      }
+      return r;
+    };
+    state.current = await page.waitForFunction(where => {
+      const r = eval(`(${where})`)();
+      const dl = r['cervical-dl'];
+      return dl.worstIndex < 0 || dl.index === dl.worstIndex ? r : false;
+    }, where.toString(), { timeout: 5000, polling: 100 }).then(h => h.jsonValue()).catch(() => page.evaluate(where));
     // the ORIGINAL / DL ENHANCED label of each viewport (app-config.js overlay), text and colour
-    state.overlays = await page.waitForFunction(() => {
+    state.overlays = await page.waitForFunction(comments => {
       const r = {};
       // overlays are drawn beside the viewport element: match them to a viewport by position
       const labels = [...document.querySelectorAll('.overlay-item')].filter(x => /^(ORIGINAL|DL ENHANCED)/.test(x.innerText.trim()));
@@ -139,9 +160,11 @@ try {
                   lines: corner.map(x => ({ text: x.innerText.trim(), color: getComputedStyle(x).color,
                                             clipped: x.scrollWidth > x.clientWidth + 1 })) };
       }
-      if (!r['cervical-dl'].lines.some(l => /^QC: /.test(l.text))) return false;  // wait for the verdict too
+      // wait for the verdict too, as the DL image now shown states it (the overlay follows a jump a moment later)
+      const qcLines = r['cervical-dl'].lines.map(l => l.text).filter(t => !/^(DL ENHANCED|cervical_dl)/.test(t));
+      if (!qcLines.length || (comments && qcLines.join(' ') !== comments)) return false;
       return r;
-    }, null, { timeout: 15000, polling: 250 }).then(h => h.jsonValue()).catch(() => null);
+    }, state.current['cervical-dl'].comments, { timeout: 15000, polling: 250 }).then(h => h.jsonValue()).catch(() => null);
     lap(`viewer-${stage}`, t);
     const qc = state.viewports['cervical-qc'];
     if (qc && qc.pdfUrl) {  // the very document the viewer loaded (blob URL), for the test to read
@@ -157,10 +180,10 @@ try {
     // 4. scroll the original (mouse wheel over it): the DL viewport follows, and VOI is shared
     const box = await page.locator('[data-viewportid="cervical-orig"]').boundingBox();
     await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
-    const before = state.viewports;
-    await page.mouse.wheel(0, 120);
+    const towards = state.current['cervical-orig'].index < state.viewports['cervical-orig'].nImages / 2 ? 120 : -120;
+    await page.mouse.wheel(0, towards);
     await page.waitForTimeout(800);
-    await page.mouse.wheel(0, 120);
+    await page.mouse.wheel(0, towards);
     await page.waitForTimeout(1200);
     state.afterScroll = await page.evaluate(() => {
       const s = window.services, r = {};
@@ -180,7 +203,7 @@ try {
       const d = s.cornerstoneViewportService.getCornerstoneViewport('cervical-dl');
       return { orig: o.getProperties().voiRange, dl: d.getProperties().voiRange };
     });
-    state.before = Object.fromEntries(Object.entries(before).map(([k, v]) => [k, v.index]));
+    state.before = Object.fromEntries(Object.entries(state.current).map(([k, v]) => [k, v.index]));
     await page.screenshot({ path: path.join(cfg.outDir, `viewer-${stage}-scrolled.png`) });
     results.stages[stage] = state;
     if (stage === cfg.stages[0]) {  // OHIF's "." key: the next stage of the protocol, without a reload
