@@ -211,6 +211,9 @@ class SeriesQC:
     # per slice (the series' order along the slice normal): the number a viewer shows for its image,
     # InstanceNumber (a multi-frame source's frame number), or the 1-based position when it has none
     image_numbers: list[int] = field(default_factory=list)
+    # boolean (rows, columns) mask of the background air on the ROI slice (its noise SD is the SNR's
+    # denominator, measured in the same region on every slice); None when no ROIs were located
+    roi_background: "np.ndarray | None" = None
 
     def image_number(self, index: int) -> int:
         """What a reader calls slice ``index`` (0-based, order along the normal)."""

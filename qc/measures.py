@@ -227,7 +227,7 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     return SeriesQC(item.role, str(item.datasets[0].SeriesInstanceUID),
                     int(number) if number not in (None, "") else None, direction,
                     original, dl, flag, accentuated, notes, None if rois is None else rois[1].confidence, rois,
-                    numbers)
+                    numbers, None if rois is None else masks[rois[0]].background)
 
 
 def _positions(item: EnhancedSeries) -> list[tuple[float, ...]]:

@@ -1,12 +1,17 @@
 """The QC results as a TID 1500 Comprehensive 3D SR (highdicom): per series, one measurement
-group for the original and one for the DL images."""
+group for the original and one for the DL images, and, where the paper's SNR/CNR was measured,
+the three regions behind it (C3-C4 disc, C3 marrow, background air) as TID 1410 planar ROIs on
+the image they were placed on, original and DL, so that a viewer draws them with their values."""
 from __future__ import annotations
 
 from datetime import datetime
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from scipy import ndimage
+from skimage.measure import approximate_polygon, find_contours
 
 from app.contracts import MANUFACTURER, SOFTWARE_NAME, SOFTWARE_VERSION, SeriesQC, WrittenSeries, derived_uid
 from qc.report_json import report_label
@@ -55,6 +60,58 @@ def source_image_references(datasets: list) -> list[hd.sr.SourceImageForMeasurem
             for ds in _one_per_instance(datasets)]
 
 
+def mask_outline(mask: np.ndarray, tolerance: float = 0.75) -> np.ndarray | None:
+    """Closed outline of the largest connected part of a boolean ``(rows, columns)`` mask, as
+    SCOORD POLYLINE data: ``(n, 2)`` (column, row) in DICOM pixel coordinates (the top-left
+    pixel's top-left corner is 0, 0), first point = last point; None for an empty mask."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    largest = labels == (1 + int(np.argmax(ndimage.sum(mask, labels, range(1, n + 1)))))
+    # pad so that a region touching the border still gives one closed contour
+    contours = find_contours(np.pad(largest, 1).astype(np.float32), 0.5)
+    outline = max(contours, key=len) - 1.0
+    outline = approximate_polygon(outline, tolerance=tolerance)
+    if not np.array_equal(outline[0], outline[-1]):
+        outline = np.vstack([outline, outline[:1]])
+    return np.ascontiguousarray(outline[:, ::-1] + 0.5, dtype=np.float32)
+
+
+def roi_groups(qc: SeriesQC, label: str, image: Dataset, pixels: np.ndarray, noise_sd: float,
+               algorithm: hd.sr.AlgorithmIdentification, model: str) -> list:
+    """The regions behind the paper's SNR/CNR on one image (``pixels``: its stored values,
+    ``(rows, columns)``), as planar ROI groups: C3-C4 disc (mean, SNR), C3 marrow (mean, CNR),
+    background air (noise SD; measured in that region on every slice of the series)."""
+    _, found = qc.rois
+    pixels = np.asarray(pixels, dtype=np.float64)
+    disc, marrow = float(pixels[found.c3_c4_disc].mean()), float(pixels[found.c3_marrow].mean())
+    frame = source_frame_number(image)
+    source = hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID),
+                                        referenced_frame_numbers=None if frame is None else [frame])
+    regions = (
+        ("C3-C4 disc", found.c3_c4_disc, codes.SCT.C3C4Disc,
+         [(codes.SCT.Mean, disc), (codes.DCM.SignalToNoise, disc / noise_sd)]),
+        ("C3 marrow", found.c3_marrow, codes.SCT.BoneStructureOfC3,
+         [(codes.SCT.Mean, marrow), (CNR_CODE, abs(disc - marrow) / noise_sd)]),
+        ("background air", qc.roi_background, codes.SCT.Air, [(codes.SCT.StandardDeviation, noise_sd)]),
+    )
+    groups = []
+    for name, mask, site, values in regions:
+        outline = None if mask is None else mask_outline(mask)
+        if outline is None or len(outline) < 4:
+            continue
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid("tracking-roi", qc.source_series_instance_uid, label, name, model),
+                identifier=f"{qc.role} {label} {name}"),
+            referenced_region=hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline,
+                                                source_image=source),
+            finding_type=codes.DCM.ImageQuality, finding_sites=[hd.sr.FindingSite(site)], algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(name=code, value=round(float(value), 2), unit=NO_UNITS,
+                                            algorithm_id=algorithm) for code, value in values]))
+    return groups
+
+
 def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, now: datetime) -> hd.sr.Comprehensive3DSR:
     """TID 1500 measurement report: per series, one group for the original images and one
     for the DL images, each with SNR, CNR (when measured), motion score and the
@@ -101,6 +158,10 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
                 qualitative_evaluations=evaluations,
                 source_images=source_image_references(datasets),
             ))
+            if qc.rois is not None and quality.noise_sd:  # the regions behind snr / cnr, on their image
+                k = qc.rois[0]
+                pixels = w.sources[k].pixel_array if label == "original" else w.derived_pixels[k]
+                groups.extend(roi_groups(qc, label, datasets[k], pixels, float(quality.noise_sd), algorithm, model))
             evidence.extend(_header_only(ds) for ds in _one_per_instance(datasets))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
                                      imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)

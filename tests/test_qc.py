@@ -207,6 +207,42 @@ def test_app_writes_qc_json_sr_and_pdf(app_run, accelerated_study):
             assert not per_slice
         referenced = {s.referenced_sop_instance_uid for s in original.source_images}
         assert len(referenced) == next(d["n_instances"] for d in summary["derived"] if d["role"] == e["role"])
+    # the regions behind SNR / CNR, drawn where they were measured: planar ROIs (TID 1410) on the ROI
+    # slice's original and DL images, each with its values (what OHIF's SR viewport draws and labels)
+    rois = {g.tracking_identifier: g for g in sr.content.get_planar_roi_measurement_groups()}
+    derived_from = {ds.SOPInstanceUID: ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+                    for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in (out / "derived").rglob("*.dcm"))}
+    for e in entries:
+        names = [f"{e['role']} {label} {region}" for label in ("original", "DL")
+                 for region in ("C3-C4 disc", "C3 marrow", "background air")]
+        if e["cnr_original"] is None:
+            assert not any(name in rois for name in names), e["role"]
+            continue
+        assert all(name in rois for name in names), (e["role"], sorted(rois))
+        placed_on = {"original": set(), "DL": set()}
+        for label in ("original", "DL"):
+            values = {region: {m.name.meaning: m.value for m in rois[f"{e['role']} {label} {region}"].get_measurements()}
+                      for region in ("C3-C4 disc", "C3 marrow", "background air")}
+            key = "original" if label == "original" else "dl"
+            assert values["C3-C4 disc"]["Signal to noise"] == pytest.approx(e[f"snr_{key}"], abs=0.011)
+            assert values["C3 marrow"]["Contrast to noise ratio"] == pytest.approx(e[f"cnr_{key}"], abs=0.011)
+            assert values["background air"]["Standard Deviation"] == pytest.approx(e[f"noise_sd_{key}"], abs=0.011)
+            for region in ("C3-C4 disc", "C3 marrow", "background air"):
+                roi = rois[f"{e['role']} {label} {region}"].roi
+                assert roi.graphic_type.value == "POLYLINE"
+                assert len(roi.value) >= 4 and np.array_equal(roi.value[0], roi.value[-1])  # a closed outline
+                placed_on[label].add(roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        # every region of a series on one image: the original's ROI slice, and the DL image derived from it
+        sources = _source_uids_along_normal(accelerated_study, e["SeriesInstanceUID"])
+        (original_sop,), (dl_sop,) = placed_on["original"], placed_on["DL"]
+        assert original_sop in sources
+        assert derived_from[dl_sop] == original_sop
+    # the SR and the PDF object are valid DICOM (dicom3tools)
+    if shutil.which("dciodvfy"):
+        for f in (out / "qc" / "sr" / "QC_SR.dcm", out / "qc" / "report" / "QC_REPORT.dcm"):
+            result = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True)
+            errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+            assert not errors, (f.name, errors)
     pdf = pydicom.dcmread(out / "qc" / "report" / "QC_REPORT.dcm")
     assert pdf.SOPClassUID == pydicom.uid.EncapsulatedPDFStorage
     assert bytes(pdf.EncapsulatedDocument[:5]) == b"%PDF-"
