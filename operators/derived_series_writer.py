@@ -117,5 +117,6 @@ class DerivedSeriesWriterOperator(Operator):
                  "seconds": round(item.seconds, 2), "device": item.device}
         record = WrittenSeries(item.role, source_uid, series_uid, number, f"{item.model.name} {item.model.version}",
                                item.datasets, headers, item.pixels, item.strength, list(item.held_back))
-        entry |= {"strength": item.strength, "guard_held_back_percent": record.held_back_percent, "qc_verdict": None if qc is None else verdict_line(qc)}
+        entry |= {"strength": item.strength, "guard_held_back_percent": record.held_back_percent,
+                  "qc_verdict": None if qc is None else verdict_line(qc)}
         return entry, record

@@ -112,11 +112,6 @@ def number_ranges(numbers: list[int]) -> str:
     return ", ".join(parts)
 
 
-def slice_ranges(indices: list[int]) -> str:
-    """0-based slice indices as 1-based ranges: [0, 1, 2, 10, 12] -> "1-3, 11, 13"."""
-    return number_ranges([i + 1 for i in indices])
-
-
 def image_numbers(datasets: list) -> list[int]:
     """Per slice, the number viewers show: InstanceNumber, else the 1-based position."""
     numbers = []

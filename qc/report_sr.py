@@ -13,7 +13,8 @@ from pydicom.sr.codedict import codes
 from scipy import ndimage
 from skimage.measure import approximate_polygon, find_contours
 
-from app.contracts import MANUFACTURER, SOFTWARE_NAME, SOFTWARE_VERSION, SeriesQC, WrittenSeries, derived_uid
+from app.contracts import (MANUFACTURER, SOFTWARE_NAME, SOFTWARE_VERSION, ImageQuality, SeriesQC, WrittenSeries,
+                           derived_uid)
 from qc.report_json import report_label
 from series.derived import processing_equipment
 from series.frames import source_frame_number
@@ -77,11 +78,11 @@ def mask_outline(mask: np.ndarray, tolerance: float = 0.75) -> np.ndarray | None
     return np.ascontiguousarray(outline[:, ::-1] + 0.5, dtype=np.float32)
 
 
-def roi_groups(qc: SeriesQC, label: str, image: Dataset, pixels: np.ndarray, noise_sd: float,
+def roi_groups(qc: SeriesQC, label: str, quality: ImageQuality, image: Dataset, pixels: np.ndarray,
                algorithm: hd.sr.AlgorithmIdentification, model: str) -> list:
-    """The regions behind the paper's SNR/CNR on one image (``pixels``: its stored values,
-    ``(rows, columns)``), as planar ROI groups: C3-C4 disc (mean, SNR), C3 marrow (mean, CNR),
-    background air (noise SD; measured in that region on every slice of the series)."""
+    """The regions behind ``quality``'s SNR/CNR (qc.measures.with_vertebral_rois) on one image
+    (``pixels``: its stored values, ``(rows, columns)``), as planar ROI groups: C3-C4 disc (mean,
+    SNR), C3 marrow (mean, CNR), background air (noise SD; measured in that region on every slice)."""
     _, found = qc.rois
     pixels = np.asarray(pixels, dtype=np.float64)
     disc, marrow = float(pixels[found.c3_c4_disc].mean()), float(pixels[found.c3_marrow].mean())
@@ -90,10 +91,10 @@ def roi_groups(qc: SeriesQC, label: str, image: Dataset, pixels: np.ndarray, noi
                                         referenced_frame_numbers=None if frame is None else [frame])
     regions = (
         ("C3-C4 disc", found.c3_c4_disc, codes.SCT.C3C4Disc,
-         [(codes.SCT.Mean, disc), (codes.DCM.SignalToNoise, disc / noise_sd)]),
+         [(codes.SCT.Mean, disc), (codes.DCM.SignalToNoise, quality.snr)]),
         ("C3 marrow", found.c3_marrow, codes.SCT.BoneStructureOfC3,
-         [(codes.SCT.Mean, marrow), (CNR_CODE, abs(disc - marrow) / noise_sd)]),
-        ("background air", qc.roi_background, codes.SCT.Air, [(codes.SCT.StandardDeviation, noise_sd)]),
+         [(codes.SCT.Mean, marrow), (CNR_CODE, quality.cnr)]),
+        ("background air", qc.roi_background, codes.SCT.Air, [(codes.SCT.StandardDeviation, quality.noise_sd)]),
     )
     groups = []
     for name, mask, site, values in regions:
@@ -158,10 +159,10 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
                 qualitative_evaluations=evaluations,
                 source_images=source_image_references(datasets),
             ))
-            if qc.rois is not None and quality.noise_sd:  # the regions behind snr / cnr, on their image
+            if qc.rois is not None and quality.cnr is not None:  # the regions behind snr / cnr, on their image
                 k = qc.rois[0]
                 pixels = w.sources[k].pixel_array if label == "original" else w.derived_pixels[k]
-                groups.extend(roi_groups(qc, label, datasets[k], pixels, float(quality.noise_sd), algorithm, model))
+                groups.extend(roi_groups(qc, label, quality, datasets[k], pixels, algorithm, model))
             evidence.extend(_header_only(ds) for ds in _one_per_instance(datasets))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
                                      imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)
