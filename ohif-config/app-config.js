@@ -6,12 +6,13 @@
  * - Mode "Cervical DL" (route /cervical-dl, first button of every MR study in the study list):
  *   OHIF's basic viewer (its layout, tools and panels) with the hanging protocol "cervicalDL".
  *   The protocol can also be asked for in any mode: /viewer?...&hangingprotocolId=cervicalDL.
- * - Hanging protocol "cervicalDL" (stage with &stageId=ce|t2|t1|ax; OHIF's "." and "," keys step
+ * - Hanging protocol "cervicalDL" (stage with &stageId=ce|t2|t1|ax|roi; OHIF's "." and "," keys step
  *   through the stages): original | DL-enhanced of the same role side by side, VOI and slice
  *   synchronised, opened at the middle slice, or at the slice the quality check scored worst
  *   when it flagged the series. Stage 1 is the CE T1 pair with the QC report (PDF) in a third
  *   viewport: the post-contrast sagittal T1 is the series the motion check is for.
- *   Other stages: SAG_T2 (Dixon water / in-phase / plain T2), SAG_T1, AX_T2.
+ *   Other stages: SAG_T2 (Dixon water / in-phase / plain T2), SAG_T1, AX_T2, and "roi": the QC
+ *   measurements' ROIs (C3-C4 disc, C3 marrow, background air) with their values, in OHIF's SR viewport.
  * Everything is registered from this file (no OHIF rebuild): the mode is a plain object in
  * `modes` (OHIF loads objects as they are), built on the bundled @ohif/mode-basic.
  */
@@ -21,6 +22,30 @@ const qcSentences = text => String(text || '').split(/(?<=\.)\s+/).filter(Boolea
 const WORST_SLICE_SENTENCE = 'Worst slice.';
 // The series' verdict (the same on every image of the series), without the per-image sentence
 const verdictSentences = text => qcSentences(text).filter(x => x !== WORST_SLICE_SENTENCE);
+
+/** OHIF's SR loader, for each measurement group of a report (customization onBeforeSRAddMeasurement).
+ * It reads coords[0] of every group, and our QC report's series-level groups (SNR, CNR, motion
+ * score of a whole series) have no geometry: an empty one makes OHIF skip them instead of stopping
+ * the whole load. A planar ROI gets one label line, its region and values ("C3-C4 disc: mean
+ * 1352.51, SNR 46.75"): one line each keeps the boxes of the adjacent disc and marrow apart. Changed
+ * in place (OHIF keeps this object), once. */
+const SR_VALUE_NAMES = { 'Signal to noise': 'SNR', 'Contrast to noise ratio': 'CNR', 'Standard Deviation': 'noise SD', Mean: 'mean' };
+function cervicalSRMeasurement({ measurement: m }) {
+  if (!m || m.cervicalTidied) return m;
+  m.cervicalTidied = true;
+  if (!Array.isArray(m.coords) || !m.coords.length) {
+    m.coords = [{}];
+    return m;
+  }
+  const labels = m.labels || [];
+  const site = labels.find(l => l.label === '363698007');  // SCT Finding site
+  // our tracking identifier is "<role> <original|DL> <region>" ("SAG_CE_T1 original C3 marrow")
+  const ours = /^[A-Z0-9_]+ (original|DL) (.+)$/.exec(String(m.TrackingIdentifier || ''));
+  const values = labels.filter(l => l !== site)
+    .map(l => `${SR_VALUE_NAMES[l.label] || l.label} ${String(l.value).replace(/ 1$/, '')}`);
+  m.labels = [{ label: ours ? ours[2] : site?.value || 'ROI', value: values.join(', ') }];
+  return m;
+}
 
 /** The study list's launch entry: OHIF's basic viewer opened with the cervicalDL protocol. */
 const cervicalDLMode = {
@@ -61,6 +86,8 @@ window.config = {
   investigationalUseDialog: { option: 'never' },
   customizationService: [
     { 'ohif.tours': { $set: [] } },
+    // the QC report's ROIs drawn by OHIF's SR viewport (stage "roi")
+    { onBeforeSRAddMeasurement: { $set: cervicalSRMeasurement } },
     // Top right of every viewport: ORIGINAL (cyan) or DL ENHANCED + model + strength (amber), from the
     // image's own header (DerivationDescription names our software), not from the description.
     {
@@ -244,6 +271,13 @@ function registerCervicalDL(services) {
       ],
     },
   };
+  // the QC measurements (TID 1500 SR): its planar ROIs, drawn on the images they were placed on
+  displaySetSelectors.qcMeasurements = {
+    seriesMatchingRules: [
+      { attribute: 'Modality', constraint: { equals: { value: 'SR' } }, required: true },
+      { attribute: 'SeriesDescription', constraint: { contains: 'QC measurements' }, required: true },
+    ],
+  };
   for (const [key, roles] of Object.entries(roleGroups)) {
     displaySetSelectors[`${key}-orig`] = selector(roles, 'ORIG');
     displaySetSelectors[`${key}-dl`] = selector(roles, 'DL');
@@ -279,6 +313,16 @@ function registerCervicalDL(services) {
       stage('t2', 'Sag T2'),
       stage('t1', 'Sag T1'),
       stage('ax', 'Ax T2'),
+      // OHIF's SR viewport opens at the report's first measurement (the writer puts the CE T1
+      // original's C3-C4 disc first) and shows every ROI of that image with its values; its
+      // arrows step to the next measurement, the DL image's ROIs among them.
+      {
+        id: 'roi',
+        name: 'QC ROIs',
+        stageActivation: { enabled: { minViewportsMatched: 1 } },
+        viewportStructure: { layoutType: 'grid', properties: { rows: 1, columns: 1 } },
+        viewports: [{ viewportOptions: { viewportId: 'cervical-sr', allowUnmatchedView: true }, displaySets: [{ id: 'qcMeasurements' }] }],
+      },
     ],
   };
 

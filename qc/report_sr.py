@@ -126,8 +126,10 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     algorithm = hd.sr.AlgorithmIdentification(name=f"{SOFTWARE_NAME} QC", version=SOFTWARE_VERSION)
-    groups, evidence = [], []
-    for qc in results:
+    # OHIF's SR viewport opens at the report's first measurement and shows the image it was placed
+    # on: the planar ROIs come first, CE T1's (the series the QC is for) before the others.
+    roi_groups_first, groups, evidence = [], [], []
+    for qc in sorted(results, key=lambda r: r.role != "SAG_CE_T1"):
         w = by_source[qc.source_series_instance_uid]
         for label, quality, datasets, flag in (
             ("original", qc.original, w.sources, qc.motion_flag),
@@ -162,10 +164,10 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
             if qc.rois is not None and quality.cnr is not None:  # the regions behind snr / cnr, on their image
                 k = qc.rois[0]
                 pixels = w.sources[k].pixel_array if label == "original" else w.derived_pixels[k]
-                groups.extend(roi_groups(qc, label, quality, datasets[k], pixels, algorithm, model))
+                roi_groups_first.extend(roi_groups(qc, label, quality, datasets[k], pixels, algorithm, model))
             evidence.extend(_header_only(ds) for ds in _one_per_instance(datasets))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
-                                     imaging_measurements=groups, title=codes.DCM.ImagingMeasurementReport)
+                                     imaging_measurements=roi_groups_first + groups, title=codes.DCM.ImagingMeasurementReport)
     key = sorted(qc.source_series_instance_uid for qc in results)
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report,

@@ -237,6 +237,14 @@ def test_app_writes_qc_json_sr_and_pdf(app_run, accelerated_study):
         (original_sop,), (dl_sop,) = placed_on["original"], placed_on["DL"]
         assert original_sop in sources
         assert derived_from[dl_sop] == original_sop
+    # OHIF's SR viewport opens at the first measurement group: the planar ROIs come first, CE T1's first
+    (container,) = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    kinds = ["roi" if any(c.ValueType == "SCOORD" for c in g.ContentSequence) else "series"
+             for g in container.ContentSequence]
+    assert kinds == sorted(kinds) and kinds[0] == "roi", kinds
+    first_ids = [c.TextValue for c in container.ContentSequence[0].ContentSequence if c.ValueType == "TEXT"]
+    ce = [e for e in entries if e["role"] == "SAG_CE_T1" and e["cnr_original"] is not None]
+    assert not ce or "SAG_CE_T1 original C3-C4 disc" in first_ids, first_ids
     # the SR and the PDF object are valid DICOM (dicom3tools)
     if shutil.which("dciodvfy"):
         for f in (out / "qc" / "sr" / "QC_SR.dcm", out / "qc" / "report" / "QC_REPORT.dcm"):

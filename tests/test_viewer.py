@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import pytest
 import requests
@@ -67,6 +68,7 @@ def outputs(tmp_path_factory) -> dict:
     return {"base": base, "files": files, "study_uid": first.StudyInstanceUID,
             "study_description": str(first.StudyDescription),
             "verdicts": {e["series_number"]: e["qc_verdict"] for e in summary["derived"]},
+            "qc": qc, "sr": hd.sr.srread(out / "qc" / "sr" / "QC_SR.dcm"),
             # derived series number -> the image number of the QC's worst slice when it flagged the series
             "worst": {e["derived_series_number"]: e["worst_image_original"] if e["motion_flag"] else None for e in qc}}
 
@@ -119,7 +121,7 @@ def browser(stack) -> dict:
     user, password = stack["login"]
     cfg = {"baseUrl": stack["url"], "user": user, "password": password, "studyUID": stack["study_uid"],
            "studyDescription": stack["study_description"], "outDir": str(ARTIFACTS), "stages": list(STAGES),
-           "expectSeries": ["DL sT1W_TSE_GD", "sT1W_TSE_GD"]}
+           "expectSeries": ["DL sT1W_TSE_GD", "sT1W_TSE_GD"], "roiStage": "roi"}
     t = time.monotonic()
     proc = subprocess.run(["node", str(DRIVER), json.dumps(cfg)], capture_output=True, text=True, timeout=540,
                           cwd=DRIVER.parent)
@@ -264,3 +266,43 @@ def test_qc_report_beside_the_ce_t1_pair_with_flag(browser, stack):
                           check=True).stdout
     (ARTIFACTS / "qc-report.txt").write_text(text)
     assert "CE T1: MOTION ARTIFACT FLAGGED" in text, text[:800]
+
+
+def test_qc_rois_drawn_on_the_image_they_were_measured_on(browser, stack):
+    """Stage "roi": OHIF's SR viewport opens the QC measurements at their first ROI (the writer puts
+    CE T1's first) and draws every ROI of that image with its values (those of qc.json)."""
+    _no_error(browser)
+    roi = browser.get("roi") or {}
+    assert "error" not in roi, roi
+    assert (roi["protocol"], roi["stage"], roi["srModality"]) == ("cervicalDL", "roi", "SR"), roi
+    assert roi["srDescription"].startswith("DL QC measurements"), roi
+    groups = {g.tracking_identifier: g for g in stack["sr"].content.get_planar_roi_measurement_groups()}
+    placed = {name: g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+              for name, g in groups.items()}
+    # the image shown: the one the report's first ROI was placed on (CE T1's when it has ROIs; here a flagged
+    # CE T1 reports no CNR, so another series' original), drawn, not blank, with all the ROIs of that image
+    first = next(iter(groups))
+    role = first.split()[0]
+    entry = next(e for e in stack["qc"] if e["role"] == role)
+    assert first == f"{role} original C3-C4 disc" and (role == "SAG_CE_T1" or not any(
+        e["role"] == "SAG_CE_T1" and e["cnr_original"] is not None for e in stack["qc"])), list(groups)
+    assert roi["shown"]["seriesNumber"] == entry["series_number"], roi["shown"]
+    assert roi["shown"]["sop"] == placed[first], roi["shown"]
+    assert roi["std"] > 5, roi
+    # one label line per ROI, its region and values: "C3-C4 disc: mean 1352.51, SNR 46.75"
+    here = {a["labels"][0]["label"]: dict(v.rsplit(" ", 1) for v in a["labels"][0]["value"].split(", "))
+            for a in roi["annotations"] if a["here"]}
+    assert set(here) == {"C3-C4 disc", "C3 marrow", "background air"}, here
+    assert float(here["C3-C4 disc"]["SNR"]) == pytest.approx(entry["snr_original"], abs=0.006)
+    assert float(here["C3 marrow"]["CNR"]) == pytest.approx(entry["cnr_original"], abs=0.006)
+    assert float(here["background air"]["noise SD"]) == pytest.approx(entry["noise_sd_original"], abs=0.006)
+    # drawn on the image: an outline each, and their labels as text
+    assert roi["paths"] >= 3 and all(a["points"] >= 4 for a in roi["annotations"]), roi
+    assert f"C3-C4 disc: mean {float(here['C3-C4 disc']['mean']):.2f}, SNR {entry['snr_original']:.2f}" in roi[
+        "drawnText"], roi["drawnText"]
+    assert f"C3 marrow: mean {float(here['C3 marrow']['mean']):.2f}, CNR {entry['cnr_original']:.2f}" in roi[
+        "drawnText"], roi["drawnText"]
+    assert f"background air: noise SD {entry['noise_sd_original']:.2f}" in roi["drawnText"], roi["drawnText"]
+    # every ROI of the report is loaded on the image it names (the DL images' ones too)
+    loaded = {a["uid"]: a["sop"] for a in roi["annotations"]}
+    assert sorted(loaded.values()) == sorted(placed.values())

@@ -216,7 +216,53 @@ try {
     }
   }
 
-  // 5. a double click on the study row opens the first workflow that fits the study: ours
+  // 5. the QC measurements' ROIs, drawn by OHIF's SR viewport (stage "roi"): what is on the image
+  // shown (annotations of cornerstone's state and the text the SVG layer drew) and on every image
+  if (cfg.roiStage) {
+    const t = Date.now();
+    await page.goto(`${cfg.baseUrl}/cervical-dl?StudyInstanceUIDs=${cfg.studyUID}&stageId=${cfg.roiStage}`);
+    results.roi = await page.waitForFunction(() => { try {
+      const s = window.services, tools = window.cornerstoneTools;
+      if (!s || !tools) return false;
+      const hp = s.hangingProtocolService.getActiveProtocol?.() || {};
+      const vp = s.viewportGridService.getState().viewports.get('cervical-sr');
+      const sr = vp && s.displaySetService.getDisplaySetByUID(vp.displaySetInstanceUIDs?.[0]);
+      const csvp = s.cornerstoneViewportService.getCornerstoneViewport('cervical-sr');
+      const imageId = csvp?.getCurrentImageId?.();
+      if (!sr || !imageId) return false;
+      let shown = null;
+      for (const ds of s.displaySetService.getActiveDisplaySets()) {  // the image's own series, not the SR's key images
+        const image = ds.Modality === 'SR' || ds.SOPClassHandlerId?.includes('dicom-sr') ? null
+          : (ds.images || []).find(i => i.imageId === imageId);
+        if (image && !shown) shown = { seriesNumber: ds.SeriesNumber, description: ds.SeriesDescription, sop: image.SOPInstanceUID };
+      }
+      const sopOf = id => { for (const ds of s.displaySetService.getActiveDisplaySets()) {
+        const image = (ds.images || []).find(i => i.imageId === id); if (image) return image.SOPInstanceUID; } return null; };
+      const all = tools.annotation.state.getAllAnnotations().filter(a => a.metadata?.toolName === 'DICOMSRDisplay');
+      const el = document.querySelector('[data-viewportid="cervical-sr"]');
+      const drawnText = el ? [...el.querySelectorAll('svg text tspan')].map(x => x.textContent.trim()).filter(Boolean) : [];
+      const here = all.filter(a => a.metadata.referencedImageId === imageId);
+      if (!shown || !here.length || !drawnText.length) return false;
+      const c = csvp.getCanvas(), g = document.createElement('canvas');
+      g.width = c.width; g.height = c.height;
+      const ctx2 = g.getContext('2d'); ctx2.drawImage(c, 0, 0);
+      const d = ctx2.getImageData(0, 0, c.width, c.height).data;
+      let n = 0, sum = 0, sum2 = 0;
+      for (let i = 0; i < d.length; i += 16) { n++; sum += d[i]; sum2 += d[i] * d[i]; }
+      return { protocol: hp.protocol?.id, stage: hp.stage?.id ?? hp.stageIndex, srDescription: sr.SeriesDescription,
+               srModality: sr.Modality, shown, std: Math.sqrt(Math.max(0, sum2 / n - (sum / n) ** 2)),
+               drawnText, paths: el.querySelectorAll('svg path, svg polyline').length,
+               annotations: all.map(a => ({ uid: a.annotationUID, sop: sopOf(a.metadata.referencedImageId), here: a.metadata.referencedImageId === imageId,
+                                            points: (a.data?.handles?.points || []).length,
+                                            labels: (a.data?.labels || []).map(l => ({ label: l.label, value: l.value })) })) };
+    } catch (e) { return false; } }, null, { timeout: 90000, polling: 500 }).then(h => h.jsonValue())
+      .catch(e => ({ error: String(e).slice(0, 300) }));
+    lap('viewer-roi', t);
+    await page.waitForTimeout(300);
+    await page.screenshot({ path: path.join(cfg.outDir, 'viewer-roi.png') });
+  }
+
+  // 6. a double click on the study row opens the first workflow that fits the study: ours
   {
     await page.goto(cfg.baseUrl + '/');
     const row = page.getByText(cfg.studyDescription, { exact: false }).first();
