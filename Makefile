@@ -1,5 +1,5 @@
-# Two commands: `make demo` (set up; Orthanc + worker + OHIF front; simulate a study, run the
-# app on it, upload it and print the viewer URL) and `make test`. `make stop` ends the demo.
+# Two commands: `make demo` (set up; Orthanc + worker + OHIF front; simulate a study, upload it,
+# wait for the worker's results and print them and the viewer URL) and `make test`. `make stop` ends the demo.
 SHELL := /bin/bash
 PY := .venv/bin/python
 unexport PYTHONPATH  # the project is installed into .venv (pip install -e ., scripts/setup.sh)
@@ -19,8 +19,7 @@ demo: viewer
 	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	$(PY) -m simulation.make_study --protocol myelopathy --acquisition accelerated --seed 7 \
 		--motion mild --out $(DEMO_DIR)/study
-	ulimit -s $(STACK_KIB); $(PY) -m app -i $(DEMO_DIR)/study -o $(DEMO_DIR)/output -m models/weights
-	@echo "demo: offline run: derived series in $(DEMO_DIR)/output/derived, QC in $(DEMO_DIR)/output/qc.json"
+	@# The results are computed once, by the worker; the summary is read back from Orthanc.
 	@$(PY) ohif-config/demo.py $(DEMO_DIR)/study
 
 test: setup viewer

@@ -1,5 +1,6 @@
-"""Demo helper: upload a study to the running Orthanc, wait for the worker's results, print the
-OHIF URL (our hanging protocol) and the viewer login.
+"""Demo helper: upload a study to the running Orthanc, wait for the worker's results, print one
+line per series (job state, derived series, QC verdict, all read back from Orthanc), the OHIF
+URL (our hanging protocol) and the viewer login.
 
     .venv/bin/python ohif-config/demo.py STUDY_DIR [--timeout 1200]
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import sys
 import time
 import urllib.error
@@ -34,6 +36,28 @@ class Orthanc:
         req = urllib.request.Request(self.url + path, data=data, headers={"Authorization": self.auth})
         with urllib.request.urlopen(req, timeout=60) as r:
             return json.loads(r.read() or b"null")
+
+
+def print_summary(orthanc: Orthanc, series: set[str]) -> None:
+    """One line per uploaded series, from Orthanc: its job and, when enhanced, the derived
+    series and the QC verdict the writer put in its images (what the viewer shows)."""
+    rows = []
+    for s in series:
+        tags = orthanc.call(f"/series/{s}")["MainDicomTags"]
+        job = orthanc.call(f"/cervical-dl/series/{s}")["job"]
+        line = f"  {tags.get('SeriesNumber', '?'):>5}  {tags.get('SeriesDescription', ''):<22} {job['state']:<9}"
+        if job["state"] != "done":
+            line += f" {job.get('reason') or ''}"
+        for d in job.get("derived_series") or []:
+            derived = orthanc.call(f"/series/{d}")
+            if derived["MainDicomTags"].get("Modality") != "MR":
+                continue
+            comments = orthanc.call(f"/instances/{derived['Instances'][0]}/tags?simplify").get("ImageComments", "")
+            verdict = " ".join(x for x in re.split(r"(?<=\.)\s+", comments) if x and x != "Worst slice.")
+            line += f" -> {derived['MainDicomTags'].get('SeriesNumber', '?')} {verdict}"
+        rows.append((int(tags.get("SeriesNumber") or 0), line))
+    for _, line in sorted(rows):
+        print(line)
 
 
 def main(argv: list[str]) -> int:
@@ -68,12 +92,13 @@ def main(argv: list[str]) -> int:
         return 1
     uid = orthanc.call(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
     done = sum(1 for v in states.values() if v == "done")
+    print_summary(orthanc, series)
     fr = front_mod.Front()
     user, _ = fr.viewer_login()
     print(f"demo: {done} series enhanced; results in Orthanc")
     print(f"OHIF: {fr.url}/cervical-dl?StudyInstanceUIDs={uid}")
     print(f"      (or the study list {fr.url}/: select the study, then \"Cervical DL\", or double-click it;")
-    print("       \".\" and \",\" step through the stages CE T1, T2, T1, axial T2)")
+    print("       \".\" and \",\" step through the stages CE T1, T2, T1, axial T2, QC ROIs)")
     print(f"login: user {user}, password in {fr.local / 'viewer-credentials.json'}")
     return 0
 
