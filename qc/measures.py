@@ -88,6 +88,19 @@ def measure_series(volume: np.ndarray, pe_axis: int, calibration: QCCalibration,
     )
 
 
+#: A series is flagged for motion at this motion score (both thresholds map to it).
+MOTION_FLAG_SCORE = 0.5
+
+
+def measure_original(source: np.ndarray, pe_axis: int, calibration: QCCalibration,
+                     detector: "MotionDetector | None" = None,
+                     mask_source: np.ndarray | None = None) -> tuple[list[qm.SliceMasks], ImageQuality]:
+    """Masks (from ``mask_source``, the Dixon in-phase partner, when given) and measures of an
+    original series ``(slices, rows, columns)``, as the product's QC takes them."""
+    masks = series_masks(source if mask_source is None else mask_source, pe_axis)
+    return masks, measure_series(source, pe_axis, calibration, masks, detector, mask_source)
+
+
 def with_vertebral_rois(quality: ImageQuality, volume: np.ndarray, rois: tuple[int, VertebralROIs]) -> ImageQuality:
     """The paper's SNR = SI(C3-C4 disc) / SD(background) and CNR = |SI(disc) - SI(C3
     marrow)| / SD(background), on the slice the ROIs were located on."""
@@ -173,15 +186,14 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     axis, direction, note = phase_encode_axis(item.datasets)
     numbers = image_numbers(item.datasets)
     source = item.source_pixels
-    masks = series_masks(source if mask_source is None else mask_source, axis)
-    original = measure_series(source, axis, calibration, masks, detector, mask_source)
+    masks, original = measure_original(source, axis, calibration, detector, mask_source)
     # The detector learned acquired images; DL output (no noise) is outside what it saw
     # (it scores clean DL output high), so the DL output is scored by the ghost measure.
     dl = measure_series(item.pixels, axis, calibration, masks)
     notes = [note] if note else []
     if item.role == "SAG_DIXON_W" and mask_source is None:
         notes.append("water-only Dixon without its in-phase partner: body outline from dark fat is uncertain")
-    flag = bool(original.motion_score is not None and original.motion_score >= 0.5)
+    flag = bool(original.motion_score is not None and original.motion_score >= MOTION_FLAG_SCORE)
     accentuated = bool(
         original.ghost is not None and dl.ghost is not None
         and dl.ghost - original.ghost > calibration.accentuation_margin

@@ -298,3 +298,34 @@ def test_no_vertebrae_no_rois():
     for image in (skimage.data.camera(), skimage.data.coins(), np.zeros((256, 256))):
         found = locate_c3_rois(image.astype(np.float64), (0.5, 0.5))
         assert found is None or found.confidence == 0.0
+
+
+def test_whole_series_calibration_and_summary():
+    """models.evaluation.qc_series: thresholds just above every clean series' value; false flags
+    and detection counted per role and artifact strength; the AUC of clear artifacts."""
+    from models.evaluation.qc_series import calibrate, summarise
+    from qc.calibration import QCCalibration
+
+    def row(seed, role, severity, ghost, detector, anr, slice_scores):
+        return {"seed": seed, "role": role, "acquisition": "accelerated", "severity": severity, "kind": "rigid",
+                "anr": anr, "ghost": ghost, "detector": detector, "slices": len(slice_scores),
+                "slice_scores": slice_scores}
+
+    rows = [row(7000, "SAG_T1", "none", 0.010, 0.20, 0.0, [0.9, 0.1, 0.1, 0.1, 0.1, 0.1]),
+            row(7001, "AX_T2", "none", 0.015, 0.35, 0.0, [0.1] * 6),
+            row(7000, "SAG_T1", "severe", 0.080, 0.95, 3.0, [0.9] * 6),
+            row(7001, "AX_T2", "mild", 0.012, 0.30, 0.5, [0.3] * 6)]
+    previous = QCCalibration(0.018, 0.009, 2.0, 0.3)
+    cal = calibrate(rows, previous)
+    assert cal.ghost_threshold == pytest.approx(0.015015, abs=1e-5) and cal.detector_threshold == pytest.approx(0.3504, abs=1e-4)
+    assert cal.accentuation_margin == pytest.approx(max(0.009, 0.5 * 0.015015), abs=1e-5)
+    for r in rows:
+        r["motion_score"] = cal.motion_score(r["ghost"], r["detector"])
+        r["flag"] = r["motion_score"] >= 0.5
+    summary = summarise(rows)
+    assert summary["false_flags"]["all"] == {"flagged": 0, "series": 2, "rate": 0.0}
+    assert summary["detection"]["severity severe"]["flagged"] == 1
+    assert summary["detection"]["severity mild"]["flagged"] == 0  # below the clean maximum: not flagged
+    assert summary["auc_clear_artifact"] == 1.0
+    # the first slice of the 6-slice stack is in its edge third, and the only clean slice >= 0.5
+    assert summary["clean_slices_scoring_ge_0.5"] == {"edge third": 0.25, "middle": 0.0}
