@@ -169,6 +169,10 @@ class WrittenSeries:
         return round(100.0 * float(np.mean(self.held_back)), 1) if self.held_back else None
 
 
+#: A series (or slice) is flagged for motion at this motion score (both thresholds map to it).
+MOTION_FLAG_SCORE = 0.5
+
+
 @dataclass(frozen=True)
 class ImageQuality:
     """Measures of one series (original or DL). ``None`` = not measurable."""
@@ -186,7 +190,7 @@ class ImageQuality:
     @property
     def flagged_slices(self) -> list[int]:
         """0-based indices of the slices whose own motion score reaches the flag threshold."""
-        return [i for i, v in enumerate(self.slice_motion_scores) if v is not None and v >= 0.5]
+        return [i for i, v in enumerate(self.slice_motion_scores) if v is not None and v >= MOTION_FLAG_SCORE]
 
     @property
     def worst_slice(self) -> int | None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from app.contracts import EnhancedSeries, ImageQuality, SeriesQC
+from app.contracts import MOTION_FLAG_SCORE, EnhancedSeries, ImageQuality, SeriesQC
 from qc import metrics as qm
 from qc.calibration import QCCalibration
 from qc.landmarks import MIN_CONFIDENCE, VertebralROIs, locate_c3_rois
@@ -88,8 +88,9 @@ def measure_series(volume: np.ndarray, pe_axis: int, calibration: QCCalibration,
     )
 
 
-#: A series is flagged for motion at this motion score (both thresholds map to it).
-MOTION_FLAG_SCORE = 0.5
+def motion_flagged(score: float | None) -> bool:
+    """Whether a motion score (0-1, None: not measurable) raises the motion flag."""
+    return bool(score is not None and score >= MOTION_FLAG_SCORE)
 
 
 def measure_original(source: np.ndarray, pe_axis: int, calibration: QCCalibration,
@@ -193,7 +194,7 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     notes = [note] if note else []
     if item.role == "SAG_DIXON_W" and mask_source is None:
         notes.append("water-only Dixon without its in-phase partner: body outline from dark fat is uncertain")
-    flag = bool(original.motion_score is not None and original.motion_score >= MOTION_FLAG_SCORE)
+    flag = motion_flagged(original.motion_score)
     accentuated = bool(
         original.ghost is not None and dl.ghost is not None
         and dl.ghost - original.ghost > calibration.accentuation_margin
@@ -222,7 +223,7 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
         why = [name for name, score in (("ghosting in the air along the phase-encode direction",
                                          calibration.ghost_score(original.ghost)),
                                         ("motion detector", calibration.detector_score(original.detector)))
-               if score is not None and score >= 0.5]
+               if motion_flagged(score)]
         where = [numbers[i] for i in original.flagged_slices]
         notes.append("motion artifacts: " + " and ".join(why)
                      + (f"; images {number_ranges(where)} of {len(source)} score >= 0.5" if where else ""))

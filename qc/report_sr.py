@@ -15,6 +15,7 @@ from skimage.measure import approximate_polygon, find_contours
 
 from app.contracts import (MANUFACTURER, SOFTWARE_NAME, SOFTWARE_VERSION, ImageQuality, SeriesQC, WrittenSeries,
                            derived_uid)
+from qc.measures import motion_flagged
 from qc.report_json import report_label
 from series.derived import processing_equipment
 from series.frames import source_frame_number
@@ -133,7 +134,7 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
         w = by_source[qc.source_series_instance_uid]
         for label, quality, datasets, flag in (
             ("original", qc.original, w.sources, qc.motion_flag),
-            ("DL", qc.dl, w.derived_headers, qc.dl.motion_score is not None and qc.dl.motion_score >= 0.5),
+            ("DL", qc.dl, w.derived_headers, motion_flagged(qc.dl.motion_score)),
         ):
             measurements = []
             for code, value in ((codes.DCM.SignalToNoise, quality.snr), (CNR_CODE, quality.cnr),

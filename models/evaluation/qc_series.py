@@ -3,7 +3,8 @@
     python -m models.evaluation.qc_series                     # 40 patients -> table + docs/qc_series.json
     python -m models.evaluation.qc_series --patients 12 --motion none severe   # a quicker look
     python -m models.evaluation.qc_series --calibrate --motion none   # thresholds -> qc/calibration.json
-    python -m models.evaluation.qc_series --acquisitions accelerated --motion-patients 20   # what docs/ holds
+    python -m models.evaluation.qc_series --acquisitions accelerated --motion-patients 20
+    # docs/qc_series.json holds, so far: --patients 8 --acquisitions accelerated --motion none
 
 ``models.evaluation.qc`` scores three central slices per series; the product scores every
 slice of the series, the far-lateral sagittal ones and the top and bottom axial ones
@@ -31,7 +32,7 @@ import numpy as np
 from models import WEIGHTS_DIR
 from models.evaluation.qc import ARTIFACT_BINS, artifact_anr, roc_auc
 from qc.calibration import QCCalibration
-from qc.measures import MOTION_FLAG_SCORE, measure_original
+from qc.measures import measure_original, motion_flagged
 
 ROOT = Path(__file__).resolve().parents[2]
 PATIENT_SEEDS = range(8100, 8140)
@@ -92,7 +93,7 @@ def patient_series(task: tuple[int, tuple[str, ...], tuple[str, ...]]) -> list[d
                 rows.append({"seed": seed, "role": role, "acquisition": acquisition, "severity": severity,
                              "kind": kind, "anr": round(artifact_anr(series), 3), "motion_score": score,
                              "ghost": quality.ghost, "detector": quality.detector,
-                             "flag": bool(score is not None and score >= MOTION_FLAG_SCORE),
+                             "flag": motion_flagged(score),
                              "slices": len(series.images), "slice_scores": quality.slice_motion_scores,
                              "flagged_slices": len(quality.flagged_slices)})
     return rows
@@ -141,7 +142,7 @@ def summarise(rows: list[dict]) -> dict:
         n = r["slices"]
         for i, s in enumerate(r["slice_scores"]):
             edge = "edge third" if min(i, n - 1 - i) < n / 6 else "middle"
-            lateral.setdefault(edge, []).append(s is not None and s >= MOTION_FLAG_SCORE)
+            lateral.setdefault(edge, []).append(motion_flagged(s))
     out["clean_slices_scoring_ge_0.5"] = {k: round(float(np.mean(v)), 4) for k, v in lateral.items()}
     return out
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         # the calibration patients scored with the new thresholds (in-sample: not an evaluation)
         for r in rows:
             r["motion_score"] = calibration.motion_score(r["ghost"], r["detector"])
-            r["flag"] = bool(r["motion_score"] is not None and r["motion_score"] >= MOTION_FLAG_SCORE)
+            r["flag"] = motion_flagged(r["motion_score"])
             r["slice_scores"] = None  # scored with the thresholds before this calibration
         if args.out == ROOT / "docs" / "qc_series.json":
             args.out = ROOT / "docs" / "qc_series_calibration.json"
