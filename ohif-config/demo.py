@@ -58,6 +58,12 @@ def print_summary(orthanc: Orthanc, series: set[str]) -> None:
         rows.append((int(tags.get("SeriesNumber") or 0), line))
     for _, line in sorted(rows):
         print(line)
+    study = orthanc.call(f"/series/{next(iter(series))}")["ParentStudy"]
+    runs = {orthanc.call(f"/cervical-dl/series/{s}")["job"].get("batch") for s in series} - {0, None}
+    for q in orthanc.call(f"/cervical-dl/studies/{study}")["qc_series"]:
+        tags = orthanc.call(f"/series/{q}")["MainDicomTags"]
+        print(f"  {tags.get('SeriesNumber', '?'):>5}  {tags.get('SeriesDescription', '')} (the study's, "
+              f"{len(runs)} study run{'s' if len(runs) != 1 else ''})")
 
 
 def main(argv: list[str]) -> int:
@@ -83,8 +89,7 @@ def main(argv: list[str]) -> int:
             except urllib.error.HTTPError as e:
                 if e.code != 404:
                     raise
-        modalities = {x["MainDicomTags"].get("Modality") for x in orthanc.call(f"/studies/{study}/series")}
-        if len(states) == len(series) and set(states.values()) <= FINAL and "DOC" in modalities:
+        if len(states) == len(series) and set(states.values()) <= FINAL:
             break
         time.sleep(2)
     else:

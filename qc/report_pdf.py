@@ -2,7 +2,7 @@
 
 Encapsulated with pydicom rather than the SDK's DICOMEncapsulatedPDFWriterOperator, because
 that operator gives every run new random UIDs: a rerun must replace the report in the PACS,
-not add a second one, so our UIDs are derived from the source UIDs and the model version.
+not add a second one, so our UIDs are derived from the study's UID and the model version (one report per study).
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def render_pdf(results: list[SeriesQC], written: list[WrittenSeries], model: str
 def build_pdf_dataset(pdf_bytes: bytes, reference: Dataset, results: list[SeriesQC], model: str,
                       now: datetime) -> Dataset:
     """Encapsulated PDF in the study of ``reference`` (patient and study copied)."""
-    key = sorted(qc.source_series_instance_uid for qc in results)
+    key = [str(reference.StudyInstanceUID)]  # one report per study, replaced when the study is re-run
     ds = Dataset()
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
                     "StudyTime", "StudyID", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",

@@ -169,7 +169,9 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
             evidence.extend(_header_only(ds) for ds in _one_per_instance(datasets))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
                                      imaging_measurements=roi_groups_first + groups, title=codes.DCM.ImagingMeasurementReport)
-    key = sorted(qc.source_series_instance_uid for qc in results)
+    # One report per study, replaced in place when the study is run again (the same model): keyed
+    # by the study, not by the series that happened to be in this run.
+    key = [str(written[0].sources[0].StudyInstanceUID)]
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report,
         series_instance_uid=derived_uid("qc-sr-series", *key, model),

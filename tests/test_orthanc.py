@@ -16,9 +16,10 @@ its normal process, fixtures, output capture and exit status. Without root (or w
 kernel refuses), the same stack runs on the host's loopback: random free ports,
 authentication on and ``RemoteAccessAllowed: false`` still apply.
 
-Timing on 2 busy cores: the app needs 6-16 s per series (imports dominate), so each series
-here has 2-3 slices, StableAge is 1 s, and one Orthanc serves the whole module (it is
-restarted only by the tests that are about restarts).
+Timing on 2 busy cores: the app needs 6-16 s per run (imports dominate), so each series
+here has 2-3 slices, StableAge is 1 s, the study quiet time 1 s, and one Orthanc serves the
+whole module (it is restarted only by the tests that are about restarts). The worker runs a
+study at a time: a series arriving in a study already processed runs the whole study again.
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ class Stack:
         env = {
             "CPACS_LOCAL_DIR": str(tmp / "local"), "CPACS_STORAGE_DIR": str(tmp / "data"),
             "CPACS_HTTP_PORT": str(_free_port()), "CPACS_DICOM_PORT": str(_free_port()), "CPACS_AET": "CERVICALTEST",
-            "CPACS_STABLE_AGE": "1", "CPACS_MODEL_PATH": str(_model_path()), "CPACS_APP_PYTHON": sys.executable,
+            "CPACS_STABLE_AGE": "1", "CPACS_STUDY_QUIET_SECONDS": "1", "CPACS_MODEL_PATH": str(_model_path()), "CPACS_APP_PYTHON": sys.executable,
             "CPACS_BACKOFF_SECONDS": "1", "CPACS_LEASE_SECONDS": "20", "CPACS_POLL_SECONDS": "0.3",
             "CPACS_MAX_ATTEMPTS": "2", "CPACS_APP_TIMEOUT": "300", "CPACS_WORK_DIR": str(self.work_dir),
             "CPACS_FORWARD_AET": FORWARD_AET, "CPACS_FORWARD_HOST": "127.0.0.1",
@@ -182,6 +183,9 @@ class Stack:
     def study_series(self, study_id: str) -> list[dict]:
         return self.get(f"/studies/{study_id}/series")
 
+    def study_info(self, study_id: str) -> dict:
+        return self.get(f"/cervical-dl/studies/{study_id}")
+
 
 # -- fixtures -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -239,6 +243,17 @@ def _derived_of(stack: Stack, info: dict) -> list[dict]:
     return [stack.get(f"/series/{d}") for d in info["job"]["derived_series"]]
 
 
+def _qc_series_in_study(stack: Stack, study_id: str) -> list[dict]:
+    """The study's QC objects in Orthanc (SR and PDF report), checked against the study's metadata."""
+    qc = [s for s in stack.study_series(study_id) if s["MainDicomTags"].get("Modality") in ("SR", "DOC")
+          and is_our_output(stack.get(f"/instances/{s['Instances'][0]}/simplified-tags"))]
+    info = stack.study_info(study_id)
+    assert sorted(s["ID"] for s in qc) == sorted(info["qc_series"]), (qc, info)
+    for series in qc:
+        assert stack.get(f"/series/{series['ID']}/metadata?expand")["CervicalDLSourceStudy"] == study_id
+    return qc
+
+
 def _ours_in_study(stack: Stack, study_id: str) -> list[str]:
     """Series of the study holding objects we wrote (derived images, QC objects)."""
     return [s["ID"] for s in stack.study_series(study_id)
@@ -251,6 +266,7 @@ def _assert_done_with_derived(stack: Stack, source_id: str, info: dict, n_instan
     source's study. Returns the derived MR series."""
     job, meta = info["job"], info["metadata"]
     assert job["state"] == "done", job
+    assert "study run of" in job["reason"]
     assert meta["CervicalDLState"] == "done" and meta["CervicalDLJob"] == str(job["id"])
     assert "cervical_dl_recon" in meta["CervicalDLModel"] and meta["CervicalDLModel"] == job["model_version"]
     assert meta["CervicalDLDerivedSeries"].split(",") == job["derived_series"]
@@ -260,10 +276,8 @@ def _assert_done_with_derived(stack: Stack, source_id: str, info: dict, n_instan
         assert series["ParentStudy"] == source["ParentStudy"]  # same study
         assert stack.get(f"/series/{series['ID']}/metadata?expand")["CervicalDLSource"] == source_id
         assert is_our_output(stack.get(f"/instances/{series['Instances'][0]}/simplified-tags"))
-    images = [d for d in uploaded if d["MainDicomTags"].get("Modality") == "MR"]
-    assert len(images) == 1, [d["MainDicomTags"] for d in uploaded]
-    assert {d["MainDicomTags"].get("Modality") for d in uploaded} <= {"MR", "SR", "DOC"}
-    derived = images[0]
+    assert [d["MainDicomTags"].get("Modality") for d in uploaded] == ["MR"]  # QC objects belong to the study
+    derived = uploaded[0]
     assert derived["MainDicomTags"]["SeriesDescription"].startswith("DL ")
     assert len(derived["Instances"]) == n_instances
     tags = stack.get(f"/instances/{derived['Instances'][0]}/simplified-tags")
@@ -288,27 +302,96 @@ def test_job_queue_state_machine(tmp_path):
     grown, created = q.enqueue("s1", "fp2", n_instances=3)
     assert created and q.get(job["id"])["state"] == "superseded"
     q.enqueue("s2", "fpx", state="skipped", reason="localizer")
-    claimed = q.claim("host:1:1", lease_s=30)
-    assert claimed["id"] == grown["id"] and claimed["attempts"] == 1
-    assert q.claim("host:2:2", lease_s=30) is None  # s1 running, s2 skipped: nothing else due
+    [claimed] = q.claim_study("host:1:1", lease_s=30)
+    assert claimed["id"] == grown["id"] and claimed["attempts"] == 1 and claimed["batch"] == grown["id"]
+    assert q.claim_study("host:2:2", lease_s=30) == []  # s1 running, s2 skipped: nothing else due
     assert q.enqueue("s1", "fp2")[1] is False  # a job for this content is running
     assert q.update(claimed["id"], "host:1:1", processed_fingerprint="fp3")
     assert q.enqueue("s1", "fp3")[1] is False  # ...and it processed what the series now holds
     assert not q.heartbeat(claimed["id"], "someone-else", 30)
     assert q.recover_stale(lambda owner: owner == "host:1:1") == [claimed["id"]]
-    again = q.claim("host:2:2", lease_s=30)
+    [again] = q.claim_study("host:2:2", lease_s=30)
     assert again["id"] == grown["id"] and again["attempts"] == 2
     assert q.requeue(again["id"], "host:2:2", delay_s=60, reason="Orthanc down", count_attempt=False)
-    assert q.get(again["id"])["attempts"] == 1 and q.claim("host:2:2", 30) is None  # backing off
+    assert q.get(again["id"])["attempts"] == 1 and q.claim_study("host:2:2", 30) == []  # backing off
     with q._tx() as con:
         con.execute("UPDATE jobs SET not_before=0")
-    done = q.claim("host:2:2", 30)
+    [done] = q.claim_study("host:2:2", 30)
     assert q.finish(done["id"], "host:2:2", "failed", "boom")
     assert not q.finish(done["id"], "host:2:2", "done")  # no longer ours
     assert q.retry("s1")["state"] == "queued" and q.get(done["id"])["attempts"] == 0
     assert q.counts()["queued"] == 1 and q.counts()["skipped"] == 1
     from cervical_pacs.jobqueue import backoff_delay
     assert [backoff_delay(10, n) for n in (1, 2, 3)] == [10, 20, 40] and backoff_delay(10, 30) == 3600
+
+
+def test_job_queue_claims_a_quiet_study_whole(tmp_path):
+    """A study is claimed once its newest job is quiet_s old and none of its series is still
+    arriving; all its queued jobs come together, with the done jobs of its other series (the
+    study is run again when a series arrives late), the oldest queued job leading."""
+    q = JobQueue(tmp_path / "q.sqlite")
+    t1, _ = q.enqueue("t1", "a", study_id="A")
+    ir, _ = q.enqueue("ir", "b", study_id="A")
+    q.enqueue("loc", "c", study_id="A", state="skipped", reason="localizer")
+    other, _ = q.enqueue("x", "d", study_id="B")
+    with q._tx() as con:  # study B's job has been quiet for a while, study A's just arrived
+        con.execute("UPDATE jobs SET created=created-60 WHERE series_id='x'")
+    [b] = q.claim_study("w:1:1", lease_s=30, quiet_s=30)
+    assert b["id"] == other["id"]
+    assert q.claim_study("w:1:1", lease_s=30, quiet_s=30) == []  # A is not quiet yet
+    with q._tx() as con:
+        con.execute("UPDATE jobs SET created=created-60 WHERE study_id='A'")
+    q.add_pending("water", "A")  # a series of A still arriving holds the study back ...
+    assert q.claim_study("w:1:1", lease_s=30, quiet_s=30) == []
+    assert [j["id"] for j in q.claim_study("w:1:1", lease_s=30, quiet_s=30, pending_wait_s=0)] == [t1["id"], ir["id"]]
+    q.remove_pending("water")  # ... for pending_wait_s at most (a lost STABLE_SERIES must not stop it)
+    for j in (t1, ir):
+        assert q.finish(j["id"], "w:1:1", "done", "ok")
+    late, _ = q.enqueue("water", "e", study_id="A")
+    assert q.claim_study("w:1:1", lease_s=30, quiet_s=30) == []  # quiet time again
+    with q._tx() as con:
+        con.execute("UPDATE jobs SET created=created-60 WHERE id=?", (late["id"],))
+    batch = q.claim_study("w:2:2", lease_s=30, quiet_s=30)
+    assert [j["id"] for j in batch] == [late["id"], t1["id"], ir["id"]]  # the whole study, run again
+    assert {j["state"] for j in batch} == {"running"} and {j["batch"] for j in batch} == {late["id"]}
+    assert [j["attempts"] for j in batch] == [1, 1, 1]  # done jobs taken again: a new run
+    assert {j["series_id"]: j["state"] for j in q.jobs_for_study("A")} == {
+        "t1": "running", "ir": "running", "loc": "skipped", "water": "running"}
+    assert q.claim_study("w:3:3", lease_s=30) == []  # one run per study at a time
+    grown, _ = q.enqueue("t1", "a2", study_id="A")  # a series grows during the run: queued for later
+    assert q.claim_study("w:3:3", lease_s=30) == []
+    assert q.finish(late["id"], "w:2:2", "done") and q.finish(t1["id"], "w:2:2", "done")
+    assert q.claim_study("w:3:3", lease_s=30) == []  # ir still running
+    assert q.finish(ir["id"], "w:2:2", "done")
+    assert [j["id"] for j in q.claim_study("w:3:3", lease_s=30)] == [grown["id"], ir["id"], late["id"]]
+
+
+def test_job_queue_of_schema_1_is_upgraded(tmp_path):
+    """A queue file written before study runs (no batch / study columns) opens and works."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript("""CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, series_id TEXT NOT NULL,
+        study_id TEXT NOT NULL DEFAULT '', series_uid TEXT NOT NULL DEFAULT '', series_number TEXT NOT NULL DEFAULT '',
+        role TEXT NOT NULL DEFAULT '', fingerprint TEXT NOT NULL, n_instances INTEGER NOT NULL DEFAULT 0,
+        processed_fingerprint TEXT NOT NULL DEFAULT '', state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0, not_before REAL NOT NULL DEFAULT 0, lease_owner TEXT NOT NULL DEFAULT '',
+        lease_until REAL NOT NULL DEFAULT 0, uploaded TEXT NOT NULL DEFAULT '[]', derived_series TEXT NOT NULL DEFAULT '[]',
+        model_version TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL,
+        started REAL NOT NULL DEFAULT 0, finished REAL NOT NULL DEFAULT 0, UNIQUE (series_id, fingerprint));
+        CREATE TABLE pending_series (series_id TEXT PRIMARY KEY, seen REAL NOT NULL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        INSERT INTO jobs (series_id, study_id, fingerprint, state, created, updated) VALUES ('s', 'A', 'f', 'queued', 0, 0);""")
+    con.commit()
+    con.close()
+    q = JobQueue(path)
+    q.add_pending("p", "B")
+    [job] = q.claim_study("w:1:1", lease_s=30)
+    assert job["series_id"] == "s" and job["batch"] == job["id"]
+    with q._connect() as con:
+        assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
 
 
 def test_docker_mode_command(tmp_path):
@@ -403,12 +486,22 @@ def test_rest_upload_of_a_study_gives_derived_series_in_the_same_study(stack, st
     localizer, sag_t1, ax_t2 = (answers[i]["ParentSeries"] for i in (0, 3, 6))
     loc = stack.wait_job(localizer, states=("skipped",))
     assert loc["job"]["reason"] == "localizer" and loc["metadata"]["CervicalDLState"] == "skipped"
-    n_uploaded = 0
+    n_uploaded, runs = 0, set()
     for source_id in (sag_t1, ax_t2):
         info = stack.wait_job(source_id)
         _assert_done_with_derived(stack, source_id, info, n_instances=3)
         n_uploaded += len(info["job"]["derived_series"])
-    assert len(stack.study_series(study_id)) == 3 + n_uploaded  # nothing else appeared
+        runs.add(info["job"]["batch"])
+    assert len(runs) == 1  # the study was run once, both series together
+    assert len(re.findall(r"job \d+ study \S+ attempt \d+: series .*: started", stack.log_tail("worker.log", 200))) == 1
+    qc = _qc_series_in_study(stack, study_id)  # one SR and one PDF report for the study
+    assert sorted(s["MainDicomTags"]["Modality"] for s in qc) == ["DOC", "SR"]
+    study = stack.study_info(study_id)
+    assert study["state"] == "done" and {j["series_id"] for j in study["series"]} == {localizer, sag_t1, ax_t2}
+    assert stack.job_info(sag_t1)["study_qc_series"] == study["qc_series"]
+    assert len(stack.study_series(study_id)) == 3 + n_uploaded + 2  # nothing else appeared
+    numbers = [s["MainDicomTags"].get("SeriesNumber") for s in stack.study_series(study_id)]
+    assert len(numbers) == len(set(numbers)), numbers  # unique series numbers in the study
     jobs = stack.get("/cervical-dl/jobs")
     assert {j["series_id"] for j in jobs} == {localizer, sag_t1, ax_t2}  # derived series never got a job
 
@@ -449,9 +542,11 @@ def test_dimse_cstore_triggers_and_results_are_forwarded(stack, studies):
 
 def test_grown_series_is_reprocessed_and_its_derived_series_replaced(stack, studies):
     files = _dcm(studies["a"] / "801_sag_ce_t1")
-    source_id = stack.upload(files[:2])[0]["ParentSeries"]
+    answer = stack.upload(files[:2])[0]
+    source_id, study_id = answer["ParentSeries"], answer["ParentStudy"]
     first = stack.wait_job(source_id)
     d1 = _assert_done_with_derived(stack, source_id, first, n_instances=2)
+    qc1 = _qc_series_in_study(stack, study_id)
     stack.upload(files[2:])
     second = stack.wait_job(source_id, n_jobs=2)
     d2 = _assert_done_with_derived(stack, source_id, second, n_instances=3)
@@ -459,6 +554,11 @@ def test_grown_series_is_reprocessed_and_its_derived_series_replaced(stack, stud
     assert [j["state"] for j in second["history"]] == ["done", "done"]
     study = stack.study_series(d2["ParentStudy"])
     assert sum(s["MainDicomTags"].get("SeriesNumber") == d2["MainDicomTags"]["SeriesNumber"] for s in study) == 1
+    # the study's other series were run again with it, and its one QC report replaced in place
+    qc2 = _qc_series_in_study(stack, study_id)
+    assert sorted(s["ID"] for s in qc2) == sorted(s["ID"] for s in qc1) and all(len(s["Instances"]) == 1 for s in qc2)
+    others = [j for j in stack.study_info(study_id)["series"] if j["state"] == "done" and j["series_id"] != source_id]
+    assert len(others) >= 3 and {j["batch"] for j in others} == {second["job"]["batch"]}
 
 
 def test_corrupt_and_non_cervical_series_are_skipped_with_a_reason(stack, studies):

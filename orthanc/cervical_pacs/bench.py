@@ -1,6 +1,7 @@
 """Benchmark of the Orthanc auto-trigger (not run in CI).
 
     PYTHONPATH=.:orthanc .venv/bin/python -m cervical_pacs.bench [--quick] [--out bench.json]
+    PYTHONPATH=.:orthanc .venv/bin/python -m cervical_pacs.bench --study [--out study.json]
 
 Starts its own Orthanc + worker (random ports, private network namespace when root, temp
 folders), uploads simulated studies over REST and measures, per series:
@@ -13,6 +14,10 @@ of N series (default 20: copies of the 15-slice series under new UIDs) -> throug
 worker's resident memory sampled through the burst (goal: no growth: the worker never loads
 images itself beyond one file at a time; the app runs in a child process per job).
 ``--quick`` uses 3-slice series and a burst of 3 (a smoke run of the script itself).
+``--study`` measures only (2), a whole accelerated myelopathy study (13 sagittal slices in
+4 series, 24 axial, 512 and 320 pixels), processed in one study run; it prints the worker's
+memory and ends with the line ``whole study: N.N s from last instance stored to all results
+in Orthanc`` (goal on 2 cores: <= 25 s, of which StableAge + the study quiet time <= 5 s).
 """
 from __future__ import annotations
 
@@ -77,6 +82,7 @@ class Bench:
                "CPACS_HTTP_PORT": str(free_port()), "CPACS_DICOM_PORT": str(free_port()),
                "CPACS_STABLE_AGE": str(args.stable_age), "CPACS_MODEL_PATH": str(args.model_path),
                "CPACS_CONCURRENCY": str(args.concurrency), "CPACS_POLL_SECONDS": "0.2",
+               "CPACS_STUDY_QUIET_SECONDS": str(args.quiet),
                "CPACS_WORK_DIR": str(tmp)}
         self.settings = Settings.from_env(env=env, config_file=tmp / "no-site.env")
         render_orthanc_config(self.settings)
@@ -125,8 +131,11 @@ def _timings(jobs: dict[str, dict], stored_at: float) -> dict:
 
 
 def run(args) -> dict:
-    results: dict = {"settings": {"stable_age_s": args.stable_age, "concurrency": args.concurrency,
-                                  "slices": args.slices, "burst": args.burst, "cpus": os.cpu_count()}}
+    results: dict = {"settings": {"stable_age_s": args.stable_age, "study_quiet_s": args.quiet,
+                                  "concurrency": args.concurrency, "slices": args.slices,
+                                  "axial_slices": args.axial_slices, "burst": args.burst, "cpus": os.cpu_count()}}
+    if args.study:
+        return run_study(args, results)
     with tempfile.TemporaryDirectory(prefix="cervical-dl-bench-") as tmp:
         tmp = Path(tmp)
         print("simulating studies ...", file=sys.stderr)
@@ -182,6 +191,28 @@ def run(args) -> dict:
     return results
 
 
+def run_study(args, results: dict) -> dict:
+    """Only the whole study: one study run, from the last instance stored to all results."""
+    with tempfile.TemporaryDirectory(prefix="cervical-dl-bench-") as tmp:
+        tmp = Path(tmp)
+        print("simulating the study ...", file=sys.stderr)
+        whole = make_study(tmp / "whole", args.slices, args.axial_slices, seed=102)
+        with private_network() as network:
+            results["network"] = network
+            bench = Bench(tmp / "stack", args)
+            try:
+                rss_before = _rss_kib(bench.worker.pid)
+                ids, t = bench.upload(sorted(whole.rglob("*.dcm")))
+                jobs = bench.wait_done(ids, args.timeout)
+                runs = {j["batch"] for j in jobs.values() if j["state"] == "done"}
+                results["whole_study"] = _timings(jobs, t) | {"series": len(ids), "study_runs": len(runs)}
+                results["worker_rss_mib"] = {"before": round(rss_before / 1024, 1),
+                                             "after": round(_rss_kib(bench.worker.pid) / 1024, 1)}
+            finally:
+                bench.close()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cervical_pacs.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3-slice series, burst of 3: checks the script")
@@ -189,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--axial-slices", type=int, default=24)
     parser.add_argument("--burst", type=int, default=20)
     parser.add_argument("--stable-age", type=int, default=2)
+    parser.add_argument("--quiet", type=float, default=2.0, help="CPACS_STUDY_QUIET_SECONDS")
+    parser.add_argument("--study", action="store_true", help="only the whole study (13 sagittal slices)")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--model-path", type=Path, default=Path(os.environ.get("CPACS_MODEL_PATH", REPO_ROOT / "models" / "weights")))
     parser.add_argument("--timeout", type=float, default=300, help="seconds per series")
@@ -196,9 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.slices, args.axial_slices, args.burst = 3, 3, 3
+    elif args.study and args.slices == parser.get_default("slices"):
+        args.slices = 13  # the product's sagittal stacks
     results = run(args)
     text = json.dumps(results, indent=2)
     print(text)
+    if args.study:
+        whole, rss = results["whole_study"], results["worker_rss_mib"]
+        print(f"worker memory: {rss['before']} MiB before, {rss['after']} MiB after")
+        if "stored_to_available_s" in whole:
+            print(f"whole study: {whole['stored_to_available_s']:.1f} s from last instance stored to all results in Orthanc")
+        else:
+            print(f"whole study: no result ({whole.get('states')})")
     if args.out:
         args.out.write_text(text + "\n")
     return 0

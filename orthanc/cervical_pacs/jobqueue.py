@@ -5,13 +5,15 @@ the worker (the project's venv). Every change is one short ``BEGIN IMMEDIATE`` t
 so the plugin (inside Orthanc) and any number of worker threads/processes can share the file.
 
 State machine of a job (one row per source series *content*, i.e. per fingerprint of its
-sorted instance IDs)::
+sorted instance IDs; the worker claims the jobs of one *study* together, see
+:meth:`JobQueue.claim_study`)::
 
-    queued --claim--> running --ok--> done
+    queued --claim_study--> running --ok--> done
       ^                 |  \\--app says nothing to enhance (exit 3/4)--> skipped
       |                 |   \\--permanent error / attempts exhausted----> failed
       +--transient------+  (backoff: not_before = now + base * 2**(attempts-1))
       +--lease expired or worker process gone (recover_stale)
+    done --another series of the study claimed (the study is run again)--> running
     queued --the series grew (new fingerprint enqueued)--> superseded
     failed/skipped/done --POST .../retry--> queued (attempts reset)
 
@@ -21,7 +23,8 @@ Idempotency: ``UNIQUE(series_id, fingerprint)``; a STABLE_SERIES event for conte
 already has a job (any state but superseded), or that a job already processed, adds nothing.
 
 Other tables: ``pending_series`` (instances arrived, STABLE_SERIES not yet seen: evaluated
-after a restart), ``workers`` (heartbeats behind ``/cervical-dl/health``), ``meta``.
+after a restart, and a study with one is not started), ``workers`` (heartbeats behind
+``/cervical-dl/health``), ``meta``.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def instance_fingerprint(instance_ids) -> str:
     """The content key of a series in the queue: SHA-1 of its sorted Orthanc instance IDs."""
     return hashlib.sha1("\n".join(sorted(instance_ids)).encode()).hexdigest()
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 STATES = ("queued", "running", "done", "failed", "skipped", "superseded")
 FINAL_STATES = ("done", "failed", "skipped", "superseded")
 
@@ -66,13 +69,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated REAL NOT NULL,
     started REAL NOT NULL DEFAULT 0,
     finished REAL NOT NULL DEFAULT 0,
+    batch INTEGER NOT NULL DEFAULT 0,        -- id of the lead job of the study run that took it last
     UNIQUE (series_id, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_by_series ON jobs (series_id);
 CREATE TABLE IF NOT EXISTS pending_series (   -- instances arrived (NEW_INSTANCE), STABLE_SERIES not yet
     series_id TEXT PRIMARY KEY,
-    seen REAL NOT NULL
+    seen REAL NOT NULL,
+    study_id TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS workers (
     owner TEXT PRIMARY KEY,
@@ -81,6 +86,12 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+_LATEST_OF_EACH_SERIES = ("SELECT * FROM jobs j WHERE study_id=? AND state!='superseded' AND id=(SELECT MAX(id)"
+                          " FROM jobs k WHERE k.series_id=j.series_id AND k.state!='superseded') ORDER BY id")
+_ADDED_COLUMNS = (("jobs", "batch", "INTEGER NOT NULL DEFAULT 0"),
+                  ("pending_series", "study_id", "TEXT NOT NULL DEFAULT ''"))
 
 
 def backoff_delay(base: float, attempts: int, cap: float = 3600.0) -> float:
@@ -96,6 +107,11 @@ class JobQueue:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            for table, column, ddl in _ADDED_COLUMNS:  # a queue file of schema 1 (series jobs)
+                if column not in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+            con.execute("CREATE INDEX IF NOT EXISTS jobs_by_study ON jobs (study_id, state)")
+            con.execute("UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,))
             con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -155,9 +171,10 @@ class JobQueue:
             row = con.execute("SELECT * FROM jobs WHERE series_id=? AND fingerprint=?", (series_id, fingerprint)).fetchone()
             return self._row(row), True
 
-    def add_pending(self, series_id: str) -> None:
+    def add_pending(self, series_id: str, study_id: str = "") -> None:
         with self._tx() as con:
-            con.execute("INSERT OR IGNORE INTO pending_series (series_id, seen) VALUES (?, ?)", (series_id, time.time()))
+            con.execute("INSERT OR IGNORE INTO pending_series (series_id, seen, study_id) VALUES (?, ?, ?)",
+                        (series_id, time.time(), study_id))
 
     def remove_pending(self, series_id: str) -> None:
         with self._tx() as con:
@@ -180,19 +197,48 @@ class JobQueue:
             return self._row(con.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
 
     # -- worker side --------------------------------------------------------------------------
-    def claim(self, owner: str, lease_s: float) -> dict[str, Any] | None:
-        """Take the oldest due queued job whose series has no running job; None if none."""
+    def claim_study(self, owner: str, lease_s: float, quiet_s: float = 0.0,
+                    pending_wait_s: float = 300.0) -> list[dict[str, Any]]:
+        """Take the jobs of one quiet study: [] if none is due.
+
+        The study of the oldest due queued job whose study has no running job, whose newest
+        queued job is at least ``quiet_s`` old and that has no series still arriving (a
+        ``pending_series`` row younger than ``pending_wait_s``: an older one, whose
+        STABLE_SERIES was lost, does not hold the study back for ever). Claimed together, in
+        one transaction: every due queued job of that study, and the latest ``done`` job of
+        each of its other series, so that the application sees the whole study (the Dixon
+        pair, one QC report) and its results replace the previous ones. The first job of the
+        list is the lead: the upload plan lives in its row, its id is the run's ``batch``.
+        """
         now = time.time()
         with self._tx() as con:
             row = con.execute(
-                "SELECT * FROM jobs j WHERE state='queued' AND not_before<=? AND NOT EXISTS "
-                "(SELECT 1 FROM jobs r WHERE r.series_id=j.series_id AND r.state='running') "
-                "ORDER BY not_before, id LIMIT 1", (now,)).fetchone()
+                "SELECT * FROM jobs j WHERE state='queued' AND not_before<=? "
+                "AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.state='running' AND (r.series_id=j.series_id"
+                "  OR (j.study_id!='' AND r.study_id=j.study_id))) "
+                "AND NOT EXISTS (SELECT 1 FROM jobs q WHERE j.study_id!='' AND q.study_id=j.study_id"
+                "  AND q.state='queued' AND q.created>?) "
+                "AND NOT EXISTS (SELECT 1 FROM pending_series p WHERE j.study_id!='' AND p.study_id=j.study_id"
+                "  AND p.seen>?) "
+                "ORDER BY not_before, id LIMIT 1", (now, now - quiet_s, now - pending_wait_s)).fetchone()
             if row is None:
-                return None
-            con.execute("UPDATE jobs SET state='running', attempts=attempts+1, lease_owner=?, lease_until=?,"
-                        " started=?, updated=? WHERE id=?", (owner, now + lease_s, now, now, row["id"]))
-            return self._row(con.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+                return []
+            if row["study_id"]:
+                queued = con.execute("SELECT * FROM jobs WHERE study_id=? AND state='queued' AND not_before<=? "
+                                     "ORDER BY id", (row["study_id"], now)).fetchall()
+                latest = con.execute(_LATEST_OF_EACH_SERIES, (row["study_id"],)).fetchall()
+                taken = {r["series_id"] for r in queued}
+                companions = [r for r in latest if r["state"] == "done" and r["series_id"] not in taken]
+            else:
+                queued, companions = [row], []
+            ids = [row["id"]] + [r["id"] for r in [*queued, *companions] if r["id"] != row["id"]]
+            again = {r["id"] for r in companions}
+            for job_id in ids:  # a done job taken again starts a new run: its first attempt
+                con.execute("UPDATE jobs SET state='running', attempts=COALESCE(?, attempts+1), lease_owner=?, lease_until=?, started=?,"
+                            " updated=?, finished=0, batch=? WHERE id=?",
+                            (1, owner, now + lease_s, now, now, row["id"], job_id) if job_id in again else
+                            (None, owner, now + lease_s, now, now, row["id"], job_id))
+            return [self._row(con.execute("SELECT * FROM jobs WHERE id=?", (i,)).fetchone()) for i in ids]
 
     def heartbeat(self, job_id: int, owner: str, lease_s: float) -> bool:
         """Extend the lease; False when the job is no longer ours (then stop working on it)."""
@@ -262,6 +308,11 @@ class JobQueue:
     def get(self, job_id: int) -> dict[str, Any] | None:
         with self._connect() as con:
             return self._row(con.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+
+    def jobs_for_study(self, study_id: str) -> list[dict[str, Any]]:
+        """The latest job of each series of the study (superseded ones left out)."""
+        with self._connect() as con:
+            return [self._row(r) for r in con.execute(_LATEST_OF_EACH_SERIES, (study_id,))]
 
     def jobs_for_series(self, series_id: str) -> list[dict[str, Any]]:
         with self._connect() as con:

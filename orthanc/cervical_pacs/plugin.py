@@ -23,6 +23,8 @@ REST routes (behind Orthanc's authentication):
   GET  /cervical-dl/health               queue counts, worker heartbeats
   GET  /cervical-dl/jobs[?state=&limit=] the latest jobs
   GET  /cervical-dl/series/{id}          latest job + history + metadata of a source series
+                                         (+ the Orthanc IDs of its study's QC series)
+  GET  /cervical-dl/studies/{id}         the study's state, the latest job of each series, QC series
   POST /cervical-dl/series/{id}/retry    requeue (or evaluate a series that has no job yet)
 Logs carry Orthanc IDs, series numbers and reasons only: never names or patient IDs.
 """
@@ -84,7 +86,7 @@ def evaluate_series(series_id: str, why: str = "stable") -> dict | None:
     tags = _get(f"/instances/{instances[0]}/simplified-tags")
     main = series.get("MainDicomTags", {})
     number = str(main.get("SeriesNumber", ""))
-    if is_our_output(tags) or "CervicalDLSource" in _get(f"/series/{series_id}/metadata"):
+    if is_our_output(tags) or {"CervicalDLSource", "CervicalDLSourceStudy"} & set(_get(f"/series/{series_id}/metadata")):
         QUEUE.remove_pending(series_id)
         return None  # our own derived series / QC objects never trigger
     decision = classify_series(tags)
@@ -111,7 +113,13 @@ def _mark_pending(instance_id: str) -> None:
         if series_id in _marked_pending:
             return
         _marked_pending.add(series_id)
-    QUEUE.add_pending(series_id)
+    try:  # once per series and burst: the worker holds a study back while one of its series arrives
+        if is_our_output(_get(f"/instances/{instance_id}/simplified-tags")):
+            return  # our uploads (a rolled-back one never becomes stable) must not hold their study back
+        study_id = _get(f"/series/{series_id}")["ParentStudy"]
+    except Exception:
+        study_id = ""
+    QUEUE.add_pending(series_id, study_id)
 
 
 def _recover_pending() -> None:
@@ -130,6 +138,10 @@ def on_change(change_type, level, resource_id):
             _mark_pending(resource_id)
         elif change_type == orthanc.ChangeType.STABLE_SERIES:
             evaluate_series(resource_id)
+        elif change_type == orthanc.ChangeType.DELETED and level == orthanc.ResourceType.SERIES:
+            QUEUE.remove_pending(resource_id)  # deleted before it became stable: nothing to wait for
+            with _lock:
+                _marked_pending.discard(resource_id)
         elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
             threading.Thread(target=_recover_pending, name="cervical-dl-recover", daemon=True).start()
     except Exception as exc:  # noqa: BLE001 - never let an exception escape into Orthanc
@@ -139,7 +151,7 @@ def on_change(change_type, level, resource_id):
 # -- REST routes -------------------------------------------------------------------------------
 _PUBLIC_FIELDS = ("id", "series_id", "study_id", "series_number", "role", "state", "reason", "attempts",
                   "n_instances", "derived_series", "model_version", "created", "updated", "started", "finished",
-                  "not_before")
+                  "not_before", "batch")
 
 
 def _public(job: dict | None) -> dict | None:
@@ -190,7 +202,28 @@ def rest_series(output, uri, **request):
     except Exception:  # noqa: BLE001 - series deleted: the queue still answers
         metadata = {}
     _answer(output, {"series_id": series_id, "job": _public(jobs[-1]), "history": [_public(j) for j in jobs],
-                     "metadata": metadata})
+                     "metadata": metadata, "study_qc_series": _study_qc_series(jobs[-1]["study_id"])})
+
+
+def _study_qc_series(study_id: str) -> list[str]:
+    """Orthanc IDs of the study's QC SR and PDF report (the worker writes them on the study)."""
+    try:
+        return [s for s in orthanc.RestApiGet(f"/studies/{study_id}/metadata/CervicalDLQCSeries").decode().split(",") if s]
+    except Exception:  # noqa: BLE001 - none yet, or the study was deleted
+        return []
+
+
+def rest_study(output, uri, **request):
+    if request["method"] != "GET":
+        return output.SendMethodNotAllowed("GET")
+    study_id = request["groups"][0]
+    jobs = QUEUE.jobs_for_study(study_id)
+    if not jobs:
+        return _answer(output, {"error": "no job for this study"}, 404)
+    states = {j["state"] for j in jobs}
+    state = next((s for s in ("running", "queued", "failed") if s in states), "done" if "done" in states else "skipped")
+    _answer(output, {"study_id": study_id, "state": state, "series": [_public(j) for j in jobs],
+                     "qc_series": _study_qc_series(study_id)})
 
 
 def rest_retry(output, uri, **request):
@@ -217,4 +250,5 @@ orthanc.RegisterRestCallback(f"{PREFIX}/health", rest_health)
 orthanc.RegisterRestCallback(f"{PREFIX}/jobs", rest_jobs)
 orthanc.RegisterRestCallback(f"{PREFIX}/series/([^/]+)", rest_series)
 orthanc.RegisterRestCallback(f"{PREFIX}/series/([^/]+)/retry", rest_retry)
+orthanc.RegisterRestCallback(f"{PREFIX}/studies/([^/]+)", rest_study)
 _log(f"plugin loaded (queue {QUEUE.path.name}, StableAge {STABLE_AGE:g} s)")

@@ -59,6 +59,7 @@ class Settings:
     app_timeout: float = 1800.0
     lease_seconds: float = 60.0
     poll_seconds: float = 1.0
+    study_quiet_seconds: float = 3.0               # a study starts when no series became stable for this long
     work_dir: Path | None = None                   # temp folders for jobs (default: system temp)
     # Forwarding of results (optional)
     forward_aet: str = ""
@@ -81,7 +82,7 @@ class Settings:
         "docker_args": "CPACS_DOCKER_ARGS", "concurrency": "CPACS_CONCURRENCY",
         "max_attempts": "CPACS_MAX_ATTEMPTS", "backoff_seconds": "CPACS_BACKOFF_SECONDS",
         "app_timeout": "CPACS_APP_TIMEOUT", "lease_seconds": "CPACS_LEASE_SECONDS",
-        "poll_seconds": "CPACS_POLL_SECONDS", "work_dir": "CPACS_WORK_DIR", "forward_aet": "CPACS_FORWARD_AET",
+        "poll_seconds": "CPACS_POLL_SECONDS", "study_quiet_seconds": "CPACS_STUDY_QUIET_SECONDS", "work_dir": "CPACS_WORK_DIR", "forward_aet": "CPACS_FORWARD_AET",
         "forward_host": "CPACS_FORWARD_HOST", "forward_port": "CPACS_FORWARD_PORT",
         "plugin_pythonpath": "CPACS_PLUGIN_PYTHONPATH",
     }

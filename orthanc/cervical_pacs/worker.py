@@ -5,21 +5,28 @@ Settings: CPACS_* (see settings.py); credentials: CPACS_USER/CPACS_PASSWORD or t
 credentials file. Restartable at any time; several workers (processes or threads,
 ``CPACS_CONCURRENCY``) can share one queue.
 
-One job, one attempt:
- 1. claim (``state=running``, lease extended by a heartbeat thread while we work);
+One study run, one attempt (a study is the unit a radiologist reads, and the application
+needs all its series at once: the Dixon water image is judged with its in-phase partner, and
+the study gets one QC report):
+ 1. claim the jobs of one quiet study (``JobQueue.claim_study``: its queued jobs, once the
+    newest is ``CPACS_STUDY_QUIET_SECONDS`` old and no series of it is still arriving, plus
+    the latest done job of each of its other series, so the whole study is run again);
+    ``state=running``, leases extended by a heartbeat thread while we work;
  2. roll back what an interrupted earlier attempt may have left (see 6);
- 3. metadata ``running`` on the source series; fetch its instances over REST into a temp dir
-    (the fingerprint of what was fetched is recorded: a later STABLE_SERIES for the same
-    content adds no job);
- 4. run the app (``runner.py``): exit 0 -> upload; 3/4 -> ``skipped`` with the app's
-    one-line reason; 2 -> ``failed``; anything else (1, 5, signal, timeout) -> retried with
-    exponential backoff until CPACS_MAX_ATTEMPTS, then ``failed``;
- 5. validate every ``*.dcm`` under OUT (ours, same study, never the source series' UID);
- 6. record the derived SeriesInstanceUIDs in the job row (the "upload plan") *before* the
-    first upload, upload every file, and only then commit: delete instances of those series
+ 3. metadata ``running`` on the source series; fetch their instances over REST into one temp
+    dir (the fingerprint of what was fetched is recorded per series: a later STABLE_SERIES for
+    the same content adds no job; a series deleted meanwhile fails alone);
+ 4. run the app once (``runner.py``): exit 0 -> upload; 3/4 -> ``skipped`` with the app's
+    one-line reason per series; 2 -> ``failed``; anything else (1, 5, signal, timeout) ->
+    retried with exponential backoff until CPACS_MAX_ATTEMPTS, then ``failed``;
+ 5. validate every ``*.dcm`` under OUT (ours, same study, never a source series' UID);
+ 6. record the derived SeriesInstanceUIDs in the lead job's row (the "upload plan") *before*
+    the first upload, upload every file, and only then commit: delete instances of those series
     not part of this upload (a previous larger result), delete derived series of earlier
-    results that this one replaced, forward (optional), write ``done`` + derived series IDs +
-    model version to the source series' metadata and clear the plan. Any failure in between
+    results that this one replaced (per source series, and the study's earlier QC series),
+    forward (optional), write per source series ``done`` (or ``skipped`` with the app's reason
+    when it derived nothing from it) + derived series IDs + model version to its metadata, the
+    study's QC series IDs to the study's metadata, and clear the plan. Any failure in between
     (or a crash: the next attempt or the maintenance loop finds the plan) deletes the planned
     series entirely: no partial derived series stays in Orthanc.
 Orthanc unreachable or answering 5xx is an infrastructure problem, not the job's: the job is
@@ -117,13 +124,13 @@ class Worker:
                 raise Infrastructure(f"Orthanc answered HTTP {exc.http_status_code}") from exc
             raise Permanent(f"Orthanc refused {method.upper()} {endpoint.split('/')[0]}: HTTP {exc.http_status_code}") from exc
 
-    def _set_metadata(self, series_id: str, **values: str) -> None:
+    def _set_metadata(self, resource_id: str, level: str = "series", **values: str) -> None:
         values.setdefault("CervicalDLUpdated", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
         for name, value in values.items():
             try:
-                self._call("put", f"series/{series_id}/metadata/{name}", data=str(value).encode())
+                self._call("put", f"{level}/{resource_id}/metadata/{name}", data=str(value).encode())
             except oe.ResourceNotFound:
-                return  # the series was deleted: nothing to annotate
+                return  # the series (study) was deleted: nothing to annotate
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -183,34 +190,38 @@ class Worker:
     def _loop(self) -> None:
         while not self.stop.is_set():
             try:
-                job = self.queue.claim(self.owner, self.s.lease_seconds)
+                batch = self.queue.claim_study(self.owner, self.s.lease_seconds, self.s.study_quiet_seconds)
             except Exception:  # noqa: BLE001 - e.g. database locked for too long
                 log.exception("claiming a job failed")
-                job = None
-            if job is None:
+                batch = []
+            if not batch:
                 self.stop.wait(self.s.poll_seconds)
                 continue
             with self._running_lock:
                 self._running += 1
             try:
-                self.process(job)
+                self.process(batch)
             finally:
                 with self._running_lock:
                     self._running -= 1
 
-    # -- one job -----------------------------------------------------------------------------------
-    def process(self, job: dict) -> None:
-        jid, sid = job["id"], job["series_id"]
-        label = f"job {jid} series {job['series_number'] or '?'} ({sid}) attempt {job['attempts']}"
+    # -- one study run -----------------------------------------------------------------------------
+    def process(self, batch: list[dict]) -> None:
+        """Run the application once on the series of ``batch`` (one study, lead first)."""
+        lead = batch[0]
+        jid = lead["id"]
+        label = (f"job {jid} study {lead['study_id'] or '?'} attempt {lead['attempts']}: series "
+                 + ", ".join(f"{j['series_number'] or '?'} ({j['series_id']})" for j in batch))
         lost = threading.Event()
         done_beating = threading.Event()
 
         def beat():
             while not done_beating.wait(max(1.0, self.s.lease_seconds / 4)):
                 try:
-                    if not self.queue.heartbeat(jid, self.owner, self.s.lease_seconds):
-                        lost.set()
-                        return
+                    for job in batch:
+                        if not self.queue.heartbeat(job["id"], self.owner, self.s.lease_seconds):
+                            lost.set()
+                            return
                 except Exception:  # noqa: BLE001
                     log.exception("heartbeat failed")
 
@@ -220,128 +231,200 @@ class Worker:
         start = time.monotonic()
         log.info("%s: started", label)
         try:
-            if job["uploaded"]:
-                self._rollback(job)
-                self.queue.update(jid, self.owner, uploaded=[])
-            self._set_metadata(sid, CervicalDLState="running", CervicalDLReason=f"attempt {job['attempts']}",
-                               CervicalDLJob=str(jid))
+            for job in batch:
+                if job["uploaded"]:
+                    self._rollback(job)
+                    self.queue.update(job["id"], self.owner, uploaded=[])
+                    job["uploaded"] = []
+                self._set_metadata(job["series_id"], CervicalDLState="running",
+                                   CervicalDLReason=f"attempt {job['attempts']}, study run of {len(batch)} series",
+                                   CervicalDLJob=str(job["id"]))
             with tempfile.TemporaryDirectory(prefix=f"cervical-dl-w{os.getpid()}-job{jid}-", dir=self.s.work_dir) as tmp:
                 tmp = Path(tmp)
                 in_dir, out_dir = tmp / "in", tmp / "out"
                 in_dir.mkdir()
-                source = self._fetch(job, in_dir, should_stop)
-                result = self.runner.run(in_dir, out_dir, tmp, f"cervical-dl-w{os.getpid()}-j{jid}-{job['attempts']}",
+                batch[:] = self._fetch(batch, in_dir, should_stop, label)
+                if not batch:
+                    return
+                result = self.runner.run(in_dir, out_dir, tmp, f"cervical-dl-w{os.getpid()}-j{jid}-{lead['attempts']}",
                                          should_stop)
                 if result.interrupted:
                     raise Interrupted(result.reason)
                 model = result.summary.get("model", {})
                 model_version = f"{model.get('name', '?')} {model.get('version', '?')}" if model else ""
                 if result.code in ExitCode.SKIPPED:
-                    self._drop_previous_results(sid)
-                    self._final(job, "skipped", result.reason, model_version=model_version)
+                    reasons = self._series_reasons(result.summary)
+                    for job in batch:
+                        self._drop_previous_results(job["series_id"])
+                        self._final(job, "skipped", reasons.get(job["series_uid"], result.reason),
+                                    model_version=model_version)
                     log.info("%s: skipped (exit %d): %s", label, result.code, result.reason)
                     return
                 if result.code == ExitCode.USAGE:
                     raise Permanent(f"application usage error: {result.reason}")
                 if result.code != ExitCode.OK:
                     raise Retryable(f"application failed (exit {result.code}): {result.reason}")
-                derived = self._upload(job, out_dir, source, should_stop)
-            self._commit(job, source, derived, model_version)
-            n = sum(len(v) for v in derived.values())
-            log.info("%s: done in %.1f s (app %.1f s): %d derived series, %d instances", label,
-                     time.monotonic() - start, result.seconds, len(derived), n)
+                uploaded, series_uids = self._upload(batch, out_dir, should_stop)
+            derived, qc_series = self._commit(batch, uploaded, series_uids, result.summary, model_version)
+            n = sum(len(v) for v in uploaded.values())
+            log.info("%s: done in %.1f s (app %.1f s, one run): %d derived series, %d QC series, %d instances", label,
+                     time.monotonic() - start, result.seconds, derived, qc_series, n)
         except Interrupted as exc:
-            self._abort(job, label, f"requeued: {exc}", delay=0, count_attempt=False, lost=lost.is_set())
+            for job in batch:
+                self._abort(job, label, f"requeued: {exc}", delay=0, count_attempt=False, lost=lost.is_set())
         except Infrastructure as exc:
-            delay = backoff_delay(self.s.backoff_seconds, max(1, job["attempts"]), cap=60)
-            self._abort(job, label, f"waiting for Orthanc: {exc}", delay=delay, count_attempt=False)
+            delay = backoff_delay(self.s.backoff_seconds, max(1, lead["attempts"]), cap=60)
+            for job in batch:
+                self._abort(job, label, f"waiting for Orthanc: {exc}", delay=delay, count_attempt=False)
         except Permanent as exc:
-            self._abort(job, label, str(exc), final=True)
+            for job in batch:
+                self._abort(job, label, str(exc), final=True)
         except Exception as exc:  # noqa: BLE001 - Retryable, or a bug: retry with backoff
             reason = str(exc) if isinstance(exc, Retryable) else f"worker error: {type(exc).__name__}: {exc}"
             if not isinstance(exc, Retryable):
                 log.exception("%s: unexpected error", label)
-            if job["attempts"] >= self.s.max_attempts:
-                self._abort(job, label, f"{reason} (after {job['attempts']} attempts)", final=True)
-            else:
-                self._abort(job, label, reason, delay=backoff_delay(self.s.backoff_seconds, job["attempts"]))
+            for job in batch:
+                if job["attempts"] >= self.s.max_attempts:
+                    self._abort(job, label, f"{reason} (after {job['attempts']} attempts)", final=True)
+                else:
+                    self._abort(job, label, reason, delay=backoff_delay(self.s.backoff_seconds, job["attempts"]))
         finally:
             done_beating.set()
 
-    def _fetch(self, job: dict, in_dir: Path, should_stop) -> dict:
-        try:
-            series = self._call("get_json", f"series/{job['series_id']}")
-        except oe.ResourceNotFound:
-            raise Permanent("the source series is no longer in Orthanc") from None
-        instances = series["Instances"]
-        fp = instance_fingerprint(instances)
-        self.queue.update(job["id"], self.owner, processed_fingerprint=fp, n_instances=len(instances))
-        first = None
-        for i, iid in enumerate(instances):
-            if should_stop():
-                raise Interrupted("stop requested during the download")
-            try:
-                data = self._call("get_binary", f"instances/{iid}/file")
-            except oe.ResourceNotFound:
-                raise Retryable("an instance disappeared during the download") from None
-            (in_dir / f"IM{i:05d}.dcm").write_bytes(data)
-            if first is None:
-                first = in_dir / f"IM{i:05d}.dcm"
-        head = pydicom.dcmread(first, stop_before_pixels=True) if first else None
-        return {"series_id": job["series_id"], "study_id": series["ParentStudy"],
-                "series_uid": str(getattr(head, "SeriesInstanceUID", "")),
-                "study_uid": str(getattr(head, "StudyInstanceUID", ""))}
+    @staticmethod
+    def _series_reasons(summary: dict) -> dict[str, str]:
+        """SeriesInstanceUID -> the application's one-line reason for a series it did not derive."""
+        return {s.get("series_instance_uid", ""): s.get("reason") or "not selected"
+                for s in summary.get("series", []) if s.get("status") != "selected"}
 
-    def _upload(self, job: dict, out_dir: Path, source: dict, should_stop) -> dict[str, list[str]]:
+    def _fetch(self, batch: list[dict], in_dir: Path, should_stop, label: str) -> list[dict]:
+        """Download every series of the batch into ``in_dir``; a series deleted meanwhile fails
+        alone (its job), the others go on. Returns the jobs whose series were fetched."""
+        fetched = []
+        for k, job in enumerate(batch):
+            try:
+                series = self._call("get_json", f"series/{job['series_id']}")
+            except oe.ResourceNotFound:
+                self._abort(job, label, "the source series is no longer in Orthanc", final=True)
+                continue
+            instances = series["Instances"]
+            self.queue.update(job["id"], self.owner, processed_fingerprint=instance_fingerprint(instances),
+                              n_instances=len(instances))
+            first = None
+            for i, iid in enumerate(instances):
+                if should_stop():
+                    raise Interrupted("stop requested during the download")
+                try:
+                    data = self._call("get_binary", f"instances/{iid}/file")
+                except oe.ResourceNotFound:
+                    raise Retryable("an instance disappeared during the download") from None
+                path = in_dir / f"S{k:03d}_IM{i:05d}.dcm"
+                path.write_bytes(data)
+                first = first or path
+            head = pydicom.dcmread(first, stop_before_pixels=True) if first else None
+            job["series_uid"] = str(getattr(head, "SeriesInstanceUID", "")) or job["series_uid"]
+            job["study_uid"] = str(getattr(head, "StudyInstanceUID", ""))
+            job["study_id"] = series["ParentStudy"]
+            fetched.append(job)
+        return fetched
+
+    def _upload(self, batch: list[dict], out_dir: Path, should_stop) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """Validate every output, record the plan in the lead job, upload. Returns Orthanc series
+        ID -> instance IDs, and Orthanc series ID -> SeriesInstanceUID."""
         files = sorted(p for p in out_dir.rglob("*.dcm")
                        if not any(part.startswith(".") for part in p.relative_to(out_dir).parts))
         if not files:
             raise Permanent("the application reported success but wrote no DICOM file")
+        study_uids = {j["study_uid"] for j in batch}
+        source_uids, source_ids = {j["series_uid"] for j in batch}, {j["series_id"] for j in batch}
         plan = set()
         for f in files:  # validate everything before the first upload
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-            if str(ds.StudyInstanceUID) != source["study_uid"]:
+            if len(study_uids) != 1 or str(ds.StudyInstanceUID) not in study_uids:
                 raise Permanent("an output is not in the source study: nothing uploaded")
-            if str(ds.SeriesInstanceUID) == source["series_uid"] or not is_our_output(ds):
-                raise Permanent("an output would overwrite the source or is not ours: nothing uploaded")
+            if str(ds.SeriesInstanceUID) in source_uids or not is_our_output(ds):
+                raise Permanent("an output would overwrite a source or is not ours: nothing uploaded")
             plan.add(str(ds.SeriesInstanceUID))
-        self.queue.update(job["id"], self.owner, uploaded=sorted(plan))
-        job["uploaded"] = sorted(plan)
+        lead = batch[0]
+        self.queue.update(lead["id"], self.owner, uploaded=sorted(plan))
+        lead["uploaded"] = sorted(plan)
         fail_after = int(self.fault.split(":")[1]) if self.fault.startswith("fail-upload-after:") else -1
-        derived: dict[str, list[str]] = {}
+        uploaded: dict[str, list[str]] = {}
+        series_uids: dict[str, str] = {}
         for n, f in enumerate(files):
             if should_stop():
                 raise Interrupted("stop requested during the upload")
             if n == fail_after:
                 raise Retryable(f"injected upload failure after {n} instances (CPACS_FAULT_INJECT)")
             answer = self._call("post", "instances", data=f.read_bytes()).json()
-            if answer.get("ParentStudy") != source["study_id"] or answer.get("ParentSeries") == source["series_id"]:
+            if answer.get("ParentStudy") != lead["study_id"] or answer.get("ParentSeries") in source_ids:
                 raise Permanent("an uploaded object landed outside the source study")
-            derived.setdefault(answer["ParentSeries"], []).append(answer["ID"])
-        return derived
+            uploaded.setdefault(answer["ParentSeries"], []).append(answer["ID"])
+            series_uids.setdefault(answer["ParentSeries"], str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID))
+        return uploaded, series_uids
 
-    def _commit(self, job: dict, source: dict, derived: dict[str, list[str]], model_version: str) -> None:
-        sid = job["series_id"]
-        for series_id, instance_ids in derived.items():  # a previous, larger result: drop extra instances
+    def _commit(self, batch: list[dict], uploaded: dict[str, list[str]], series_uids: dict[str, str], summary: dict,
+                model_version: str) -> tuple[int, int]:
+        """Attribute the uploaded series (derived images to their source, QC objects to the
+        study), delete what they replaced, forward, and finish every job of the batch."""
+        study_id = batch[0]["study_id"]
+        by_uid = {uid: sid for sid, uid in series_uids.items()}
+        derived_of = {j["series_id"]: [by_uid[d["derived_series_instance_uid"]] for d in summary.get("derived", [])
+                                       if d.get("source_series_instance_uid") == j["series_uid"]
+                                       and d.get("derived_series_instance_uid") in by_uid] for j in batch}
+        images = {sid for ids in derived_of.values() for sid in ids}
+        qc_series = sorted(set(uploaded) - images)  # the study's QC SR and PDF report
+        for series_id, instance_ids in uploaded.items():  # a previous, larger result: drop extra instances
             stale = set(self._call("get_json", f"series/{series_id}")["Instances"]) - set(instance_ids)
             for iid in stale:
                 self._delete(f"instances/{iid}")
-            self._set_metadata(series_id, CervicalDLSource=sid)
-        try:
-            previous = self._call("get", f"series/{sid}/metadata/CervicalDLDerivedSeries").text.split(",")
-        except oe.ResourceNotFound:
-            previous = []
-        for old in {p for p in previous if p} - set(derived):  # replaced (e.g. another model version)
-            self._delete_if_ours(old, sid)
-        reason = f"{sum(len(v) for v in derived.values())} instances in {len(derived)} derived series"
+        for source_id, ids in derived_of.items():
+            for series_id in ids:
+                self._set_metadata(series_id, CervicalDLSource=source_id)
+        for series_id in qc_series:
+            self._set_metadata(series_id, CervicalDLSourceStudy=study_id)
+        for job in batch:  # results replaced (another model version, or a series that is no longer derived)
+            for old in set(self._metadata_list(f"series/{job['series_id']}", "CervicalDLDerivedSeries")) - images:
+                self._delete_if_ours(old, job["series_id"])
+        for old in set(self._metadata_list(f"studies/{study_id}", "CervicalDLQCSeries")) - set(qc_series):
+            self._delete_qc_series_of(old, study_id)
+        self._set_metadata(study_id, level="studies", CervicalDLQCSeries=",".join(qc_series),
+                           CervicalDLJob=str(batch[0]["id"]))
+        forwarded = ""
         if self.s.forward_aet:
             try:
                 self._call("post", f"modalities/{FORWARD_MODALITY}/store",
-                           json={"Resources": sorted(derived), "Synchronous": True})
-                reason += f"; forwarded to {self.s.forward_aet}"
+                           json={"Resources": sorted(uploaded), "Synchronous": True})
+                forwarded = f"; forwarded to {self.s.forward_aet}"
             except (Infrastructure, Permanent) as exc:
-                reason += f"; forwarding to {self.s.forward_aet} failed: {exc}"
-        self._final(job, "done", reason, model_version=model_version, derived_series=sorted(derived))
+                forwarded = f"; forwarding to {self.s.forward_aet} failed: {exc}"
+        reasons = self._series_reasons(summary)
+        run = f"study run of {len(batch)} series" + (f", QC report for the study" if qc_series else "")
+        for job in batch:
+            ids = derived_of[job["series_id"]]
+            if ids:
+                n = sum(len(uploaded[i]) for i in ids)
+                self._final(job, "done", f"{n} instances in {len(ids)} derived series ({run}){forwarded}",
+                            model_version=model_version, derived_series=ids)
+            else:  # the application looked at it in the study and derived nothing from it
+                self._drop_previous_results(job["series_id"])
+                self._final(job, "skipped", reasons.get(job["series_uid"], "the application derived no series from it"),
+                            model_version=model_version)
+        return len(images), len(qc_series)
+
+    def _metadata_list(self, resource: str, name: str) -> list[str]:
+        try:
+            return [p for p in self._call("get", f"{resource}/metadata/{name}").text.split(",") if p]
+        except oe.ResourceNotFound:
+            return []
+
+    def _delete_qc_series_of(self, series_id: str, study_id: str) -> None:
+        """Delete a QC series the study's metadata named, only if it says it belongs to it."""
+        try:
+            if self._call("get", f"series/{series_id}/metadata/CervicalDLSourceStudy").text == study_id:
+                self._delete(f"series/{series_id}")
+        except oe.ResourceNotFound:
+            pass
 
     def _final(self, job: dict, state: str, reason: str, **fields) -> None:
         sid = job["series_id"]
@@ -389,11 +472,7 @@ class Worker:
     def _drop_previous_results(self, source_id: str) -> None:
         """A newer content of the series could not be processed: the results of the older
         content no longer match the source, so they go (the metadata then says none)."""
-        try:
-            previous = self._call("get", f"series/{source_id}/metadata/CervicalDLDerivedSeries").text.split(",")
-        except oe.ResourceNotFound:
-            return
-        for old in (p for p in previous if p):
+        for old in self._metadata_list(f"series/{source_id}", "CervicalDLDerivedSeries"):
             self._delete_if_ours(old, source_id)
 
     def _rollback(self, job: dict) -> None:
