@@ -23,7 +23,7 @@ from pathlib import Path
 import front as front_mod  # ohif-config/front.py: this script's folder is first on sys.path
 from cervical_pacs.settings import ADMIN_USER, Settings
 
-FINAL = {"done", "skipped", "failed", "superseded"}
+FINAL = {"done", "skipped", "failed"}  # "superseded" last: a newer job (the series grew or was sent again) is coming
 
 
 class Orthanc:
@@ -62,8 +62,8 @@ def print_summary(orthanc: Orthanc, series: set[str]) -> None:
     runs = {orthanc.call(f"/cervical-dl/series/{s}")["job"].get("batch") for s in series} - {0, None}
     for q in orthanc.call(f"/cervical-dl/studies/{study}")["qc_series"]:
         tags = orthanc.call(f"/series/{q}")["MainDicomTags"]
-        print(f"  {tags.get('SeriesNumber', '?'):>5}  {tags.get('SeriesDescription', '')} (the study's, "
-              f"{len(runs)} study run{'s' if len(runs) != 1 else ''})")
+        print(f"  {tags.get('SeriesNumber', '?'):>5}  {tags.get('SeriesDescription', '')} "
+              f"(for the study; {len(runs)} study run{'s' if len(runs) != 1 else ''})")
 
 
 def main(argv: list[str]) -> int:

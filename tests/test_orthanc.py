@@ -355,8 +355,10 @@ def test_job_queue_claims_a_quiet_study_whole(tmp_path):
     assert [j["id"] for j in batch] == [late["id"], t1["id"], ir["id"]]  # the whole study, run again
     assert {j["state"] for j in batch} == {"running"} and {j["batch"] for j in batch} == {late["id"]}
     assert [j["attempts"] for j in batch] == [1, 1, 1]  # done jobs taken again: a new run
+    assert q.forget(series_id="loc") == 1 and q.forget(study_id="A") == 0  # running jobs are left alone
+    assert q.get(q.jobs_for_series("loc")[-1]["id"])["state"] == "superseded"
     assert {j["series_id"]: j["state"] for j in q.jobs_for_study("A")} == {
-        "t1": "running", "ir": "running", "loc": "skipped", "water": "running"}
+        "t1": "running", "ir": "running", "water": "running"}  # loc: deleted above
     assert q.claim_study("w:3:3", lease_s=30) == []  # one run per study at a time
     grown, _ = q.enqueue("t1", "a2", study_id="A")  # a series grows during the run: queued for later
     assert q.claim_study("w:3:3", lease_s=30) == []
@@ -574,6 +576,13 @@ def test_corrupt_and_non_cervical_series_are_skipped_with_a_reason(stack, studie
     assert info["job"]["derived_series"] == []
     assert _ours_in_study(stack, corrupt[0]["ParentStudy"]) == []  # no partial derived series
     assert len(stack.study_series(knee[0]["ParentStudy"])) == 1
+    # deleted from Orthanc and sent again: new work, not "content unchanged"
+    stack.http.delete(f"{stack.url}/studies/{knee[0]['ParentStudy']}", timeout=30).raise_for_status()
+    stack.wait(lambda: stack.job_info(knee[0]["ParentSeries"])["job"]["state"] == "superseded", "deletion noted", 30)
+    stack.upload(_dcm(studies["knee"]))
+    again = stack.wait_job(knee[0]["ParentSeries"], states=("skipped",))
+    assert again["job"]["reason"] == knee_info["job"]["reason"]
+    assert (stack.logs / "orthanc.log").read_text(errors="replace").count(f"({knee[0]['ParentSeries']}, ") == 2  # evaluated again
 
 
 def test_jpeg_lossless_and_enhanced_mr_stored_in_orthanc_get_their_derived_series(stack, studies):

@@ -15,6 +15,7 @@ sorted instance IDs; the worker claims the jobs of one *study* together, see
       +--lease expired or worker process gone (recover_stale)
     done --another series of the study claimed (the study is run again)--> running
     queued --the series grew (new fingerprint enqueued)--> superseded
+    queued/done/failed/skipped --the series (study) was deleted from Orthanc--> superseded
     failed/skipped/done --POST .../retry--> queued (attempts reset)
 
 Non-candidate series (not MR, not cervical, localizer, ...) get a ``skipped`` row at once
@@ -183,6 +184,18 @@ class JobQueue:
     def pending(self) -> list[str]:
         with self._connect() as con:
             return [r[0] for r in con.execute("SELECT series_id FROM pending_series ORDER BY seen")]
+
+    def forget(self, *, series_id: str = "", study_id: str = "") -> int:
+        """The series (or every series of the study) was deleted from Orthanc: its jobs that are
+        not running become ``superseded``, so that a copy sent again is new work. Returns how many."""
+        column, value = ("series_id", series_id) if series_id else ("study_id", study_id)
+        if not value:
+            return 0
+        with self._tx() as con:
+            cur = con.execute(f"UPDATE jobs SET state='superseded', reason='deleted from Orthanc', updated=? "
+                              f"WHERE {column}=? AND state IN ('queued','done','failed','skipped')", (time.time(), value))
+            con.execute(f"DELETE FROM pending_series WHERE {column}=?", (value,))
+            return cur.rowcount
 
     def retry(self, series_id: str) -> dict[str, Any] | None:
         """Requeue the latest job of a series unless it is queued or running already."""

@@ -138,8 +138,13 @@ def on_change(change_type, level, resource_id):
             _mark_pending(resource_id)
         elif change_type == orthanc.ChangeType.STABLE_SERIES:
             evaluate_series(resource_id)
-        elif change_type == orthanc.ChangeType.DELETED and level == orthanc.ResourceType.SERIES:
-            QUEUE.remove_pending(resource_id)  # deleted before it became stable: nothing to wait for
+        elif change_type == orthanc.ChangeType.DELETED and level in (orthanc.ResourceType.SERIES,
+                                                                       orthanc.ResourceType.STUDY):
+            # Its jobs describe nothing any more: a copy sent again is new work, and a series
+            # deleted before it became stable is no longer waited for.
+            key = "series_id" if level == orthanc.ResourceType.SERIES else "study_id"
+            if QUEUE.forget(**{key: resource_id}):
+                _log(f"{key.split('_')[0]} {resource_id} deleted: its jobs are closed")
             with _lock:
                 _marked_pending.discard(resource_id)
         elif change_type == orthanc.ChangeType.ORTHANC_STARTED:
