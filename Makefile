@@ -35,7 +35,7 @@ train: setup
 train-motion: setup
 	$(PY) -m models.training.train_motion_detector simulate --phantoms 120 --generic 2000 --workers 2
 	$(PY) -m models.training.train_motion_detector train --minutes 20
-	$(PY) -m models.evaluation.qc --calibrate
+	$(PY) -m models.evaluation.qc_series --calibrate --motion none
 
 # Long evaluations and benchmarks (outside CI; results committed under docs/).
 evaluate: setup

@@ -1,6 +1,6 @@
 """Simulate motion-corrupted slices and train the motion detector (models.motion_detector).
 
-    python -m models.training.train_motion_detector simulate --phantoms 120 --generic 2400 --workers 2
+    python -m models.training.train_motion_detector simulate --phantoms 120 --generic 2000 --workers 2
     python -m models.training.train_motion_detector train --minutes 20
     python -m models.training.train_motion_detector simulate ... && ... train ...   (``make train-motion``)
 
@@ -50,7 +50,7 @@ GENERIC_SEEDS = range(20000, 100000)
 ARTIFACT_LABEL_ANR = 0.15
 PHANTOM_ROLES = ("SAG_T1", "SAG_T2", "AX_T2", "SAG_CE_T1", "SAG_DIXON_IP")
 SEVERITY_P = {"none": 0.35, "mild": 0.30, "severe": 0.35}
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 SEED = 20261124
 
 
@@ -74,8 +74,10 @@ def phantom_examples(seed: int) -> list[dict]:
 
     rng = np.random.default_rng([SEED, seed])
     patient = PhantomPatient.from_seed(seed, protocol="myelopathy" if rng.random() < 0.5 else "hivd")
-    geometry = {"sagittal": sagittal_geometry(n_slices=3, x_centre=float(rng.uniform(-4, 4))),
-                "axial": axial_geometry(n_slices=3, z_centre=float(rng.uniform(-50, 10)))}
+    # Slices from anywhere in the product's stacks (13 sagittal slices reach +-20 mm, 24 axial
+    # slices z -60..20 mm): detector 1.0.0 saw +-4 mm only and flagged clean lateral slices.
+    geometry = {"sagittal": sagittal_geometry(n_slices=3, x_centre=float(rng.uniform(-20, 20))),
+                "axial": axial_geometry(n_slices=3, z_centre=float(rng.uniform(-60, 20)))}
     rendered = {k: [render_plane(patient, p) for p in v] for k, v in geometry.items()}
     out = []
     for _ in range(10):
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="simulate training slices")
     sim.add_argument("--phantoms", type=int, default=120)
-    sim.add_argument("--generic", type=int, default=2400)
+    sim.add_argument("--generic", type=int, default=2000)
     sim.add_argument("--workers", type=int, default=2)
     sim.add_argument("--data-dir", type=Path, default=DATA_DIR)
     tr = sub.add_parser("train", help="train on simulated slices")
