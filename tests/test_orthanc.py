@@ -23,6 +23,7 @@ study at a time: a series arriving in a study already processed runs the whole s
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -44,7 +45,7 @@ from cervical_pacs.launcher import start_orthanc, start_worker, wait_orthanc
 from cervical_pacs.sandbox import free_port as _free_port
 from cervical_pacs.sandbox import private_network
 from cervical_pacs.settings import ADMIN_USER, WORKER_USER, Settings, render_orthanc_config
-from conftest import ROOT, make_study
+from conftest import ROOT, make_study, run_app
 from models import WEIGHTS_DIR
 from series.roles import is_our_output
 
@@ -506,6 +507,23 @@ def test_rest_upload_of_a_study_gives_derived_series_in_the_same_study(stack, st
     assert len(numbers) == len(set(numbers)), numbers  # unique series numbers in the study
     jobs = stack.get("/cervical-dl/jobs")
     assert {j["series_id"] for j in jobs} == {localizer, sag_t1, ax_t2}  # derived series never got a job
+    # The same study offline: the same derived instances, pixel for pixel, with the same verdicts.
+    offline_in, offline_out = stack.tmp / "offline-a" / "in", stack.tmp / "offline-a" / "out"
+    offline_in.mkdir(parents=True)
+    for f in _dcm(a / "001_localizer") + _dcm(a / "301_sag_t1") + _dcm(a / "501_ax_t2"):
+        (offline_in / f"{f.parent.name}_{f.name}").write_bytes(f.read_bytes())
+    done = run_app(offline_in, offline_out, _model_path())
+    assert done.returncode == 0, done.stderr[-2000:]
+    offline = {str(ds.SOPInstanceUID): ds for ds in map(pydicom.dcmread, (offline_out / "derived").rglob("*.dcm"))}
+    compared = 0
+    for source_id in (sag_t1, ax_t2):
+        for d in stack.job_info(source_id)["job"]["derived_series"]:
+            for iid in stack.get(f"/series/{d}")["Instances"]:
+                ds = pydicom.dcmread(io.BytesIO(stack.http.get(f"{stack.url}/instances/{iid}/file", timeout=30).content))
+                twin = offline[str(ds.SOPInstanceUID)]
+                assert (ds.pixel_array == twin.pixel_array).all() and ds.ImageComments == twin.ImageComments
+                compared += 1
+    assert compared == 6
 
 
 def test_reupload_and_our_outputs_add_no_job_and_no_duplicate(stack, studies):

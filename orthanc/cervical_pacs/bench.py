@@ -201,6 +201,9 @@ def run_study(args, results: dict) -> dict:
             results["network"] = network
             bench = Bench(tmp / "stack", args)
             try:
+                deadline = time.monotonic() + 60  # the worker's first heartbeat: imports done, idle
+                while not bench.queue.workers() and time.monotonic() < deadline:
+                    time.sleep(0.2)
                 rss_before = _rss_kib(bench.worker.pid)
                 ids, t = bench.upload(sorted(whole.rglob("*.dcm")))
                 jobs = bench.wait_done(ids, args.timeout)
