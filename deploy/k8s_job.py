@@ -9,7 +9,7 @@ cannot switch its network off, so ``build_network_policy`` gives a deny-all (ing
 egress) NetworkPolicy selecting these pods; it needs a CNI that enforces NetworkPolicy.
 
 Volumes: the worker and the Job share one ReadWriteMany PersistentVolumeClaim (``work_claim``);
-the worker writes the series to ``<job-dir>/in`` and reads ``<job-dir>/out``, as it does
+the worker writes the study's series to ``<job-dir>/in`` and reads ``<job-dir>/out``, as it does
 with its local temp folder now. Models come from the image (default) or from a claim holding
 one folder per model version (``models_claim`` + ``models_version``), which is how a site pins
 or rolls back a model without rebuilding (docs/deploy.md).
@@ -69,7 +69,7 @@ def build_job(*, image: str, job_id: int | str, attempt: int = 1, namespace: str
               node_selector: dict[str, str] | None = None, name: str | None = None,
               input_name: str = "in", output_name: str = "out",
               app_environment: dict[str, str] | None = None) -> client.V1Job:
-    """One Job running the MAP on one series. ``job_dir`` is the job's folder on the shared claim
+    """One Job running the MAP on one study (the series of one study run). ``job_dir`` is the job's folder on the shared claim
     (default ``jobs/<job_id>-<attempt>``), relative to the claim's root, holding ``in/`` (written by
     the worker) and ``out/`` (the worker's per-job temp folder layout: worker.py ``tmp/in``, ``tmp/out``).
     ``name``: the Job name; the worker passes the name it gives its docker containers

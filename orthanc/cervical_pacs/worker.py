@@ -337,14 +337,15 @@ class Worker:
             raise Permanent("the application reported success but wrote no DICOM file")
         study_uids = {j["study_uid"] for j in batch}
         source_uids, source_ids = {j["series_uid"] for j in batch}, {j["series_id"] for j in batch}
-        plan = set()
+        uid_of: dict[Path, str] = {}
         for f in files:  # validate everything before the first upload
             ds = pydicom.dcmread(f, stop_before_pixels=True)
             if len(study_uids) != 1 or str(ds.StudyInstanceUID) not in study_uids:
                 raise Permanent("an output is not in the source study: nothing uploaded")
             if str(ds.SeriesInstanceUID) in source_uids or not is_our_output(ds):
                 raise Permanent("an output would overwrite a source or is not ours: nothing uploaded")
-            plan.add(str(ds.SeriesInstanceUID))
+            uid_of[f] = str(ds.SeriesInstanceUID)
+        plan = set(uid_of.values())
         lead = batch[0]
         self.queue.update(lead["id"], self.owner, uploaded=sorted(plan))
         lead["uploaded"] = sorted(plan)
@@ -360,7 +361,7 @@ class Worker:
             if answer.get("ParentStudy") != lead["study_id"] or answer.get("ParentSeries") in source_ids:
                 raise Permanent("an uploaded object landed outside the source study")
             uploaded.setdefault(answer["ParentSeries"], []).append(answer["ID"])
-            series_uids.setdefault(answer["ParentSeries"], str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID))
+            series_uids.setdefault(answer["ParentSeries"], uid_of[f])
         return uploaded, series_uids
 
     def _commit(self, batch: list[dict], uploaded: dict[str, list[str]], series_uids: dict[str, str], summary: dict,
@@ -399,7 +400,7 @@ class Worker:
             except (Infrastructure, Permanent) as exc:
                 forwarded = f"; forwarding to {self.s.forward_aet} failed: {exc}"
         reasons = self._series_reasons(summary)
-        run = f"study run of {len(batch)} series" + (f", QC report for the study" if qc_series else "")
+        run = f"study run of {len(batch)} series" + (", QC report for the study" if qc_series else "")
         for job in batch:
             ids = derived_of[job["series_id"]]
             if ids:
