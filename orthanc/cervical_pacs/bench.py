@@ -213,6 +213,10 @@ def run_study(args, results: dict) -> dict:
                                              "after": round(_rss_kib(bench.worker.pid) / 1024, 1)}
             finally:
                 bench.close()
+                log_file = tmp / "stack" / "worker.log"
+                done_lines = [ln for ln in log_file.read_text().splitlines() if ": done in " in ln] if log_file.exists() else []
+                if done_lines:  # the worker's own breakdown of the study run (no patient data in it)
+                    results["worker_breakdown"] = done_lines[-1].split(": done in ", 1)[1]
     return results
 
 
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.study:
         whole, rss = results["whole_study"], results["worker_rss_mib"]
         print(f"worker memory: {rss['before']} MiB before, {rss['after']} MiB after")
+        if results.get("worker_breakdown"):
+            print(f"worker: done in {results['worker_breakdown']}")
         if "stored_to_available_s" in whole:
             print(f"whole study: {whole['stored_to_available_s']:.1f} s from last instance stored to all results in Orthanc")
         else:

@@ -246,6 +246,7 @@ class Worker:
                 batch[:] = self._fetch(batch, in_dir, should_stop, label)
                 if not batch:
                     return
+                fetched = time.monotonic()
                 result = self.runner.run(in_dir, out_dir, tmp, f"cervical-dl-w{os.getpid()}-j{jid}-{lead['attempts']}",
                                          should_stop)
                 if result.interrupted:
@@ -264,11 +265,15 @@ class Worker:
                     raise Permanent(f"application usage error: {result.reason}")
                 if result.code != ExitCode.OK:
                     raise Retryable(f"application failed (exit {result.code}): {result.reason}")
+                upload_start = time.monotonic()
                 uploaded, series_uids = self._upload(batch, out_dir, should_stop)
+            commit_start = time.monotonic()
             derived, qc_series = self._commit(batch, uploaded, series_uids, result.summary, model_version)
             n = sum(len(v) for v in uploaded.values())
-            log.info("%s: done in %.1f s (app %.1f s, one run): %d derived series, %d QC series, %d instances", label,
-                     time.monotonic() - start, result.seconds, derived, qc_series, n)
+            end = time.monotonic()
+            log.info("%s: done in %.1f s (fetch %.1f s, app %.1f s in one run, upload %.1f s, commit %.1f s): "
+                     "%d derived series, %d QC series, %d instances", label, end - start, fetched - start,
+                     result.seconds, commit_start - upload_start, end - commit_start, derived, qc_series, n)
         except Interrupted as exc:
             for job in batch:
                 self._abort(job, label, f"requeued: {exc}", delay=0, count_attempt=False, lost=lost.is_set())
