@@ -41,10 +41,12 @@ class Orthanc:
 def print_summary(orthanc: Orthanc, series: set[str]) -> None:
     """One line per uploaded series, from Orthanc: its job and, when enhanced, the derived
     series and the QC verdict the writer put in its images (what the viewer shows)."""
-    rows = []
+    rows, runs, study = [], set(), ""
     for s in series:
-        tags = orthanc.call(f"/series/{s}")["MainDicomTags"]
+        info = orthanc.call(f"/series/{s}")
+        tags, study = info["MainDicomTags"], info["ParentStudy"]
         job = orthanc.call(f"/cervical-dl/series/{s}")["job"]
+        runs.add(job.get("batch") or 0)
         line = f"  {tags.get('SeriesNumber', '?'):>5}  {tags.get('SeriesDescription', ''):<22} {job['state']:<9}"
         if job["state"] != "done":
             line += f" {job.get('reason') or ''}"
@@ -58,8 +60,7 @@ def print_summary(orthanc: Orthanc, series: set[str]) -> None:
         rows.append((int(tags.get("SeriesNumber") or 0), line))
     for _, line in sorted(rows):
         print(line)
-    study = orthanc.call(f"/series/{next(iter(series))}")["ParentStudy"]
-    runs = {orthanc.call(f"/cervical-dl/series/{s}")["job"].get("batch") for s in series} - {0, None}
+    runs.discard(0)  # jobs the plugin skipped never ran
     for q in orthanc.call(f"/cervical-dl/studies/{study}")["qc_series"]:
         tags = orthanc.call(f"/series/{q}")["MainDicomTags"]
         print(f"  {tags.get('SeriesNumber', '?'):>5}  {tags.get('SeriesDescription', '')} "
