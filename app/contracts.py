@@ -186,6 +186,11 @@ class ImageQuality:
     detector: float | None  # motion detector's probability for the series (75th percentile)
     motion_score: float | None  # 0-1, 0.5 = flag threshold
     slice_motion_scores: list[float | None]  # per slice, in the series' order along the slice normal
+    # per slice, the raw measures behind those scores (for evaluation and calibration): the ghost
+    # measure, the detector's probability, and the share of the image the body covers (0-1)
+    slice_ghosts: list[float | None] = field(default_factory=list)
+    slice_detector: list[float | None] = field(default_factory=list)
+    slice_body_fraction: list[float] = field(default_factory=list)
 
     @property
     def flagged_slices(self) -> list[int]:

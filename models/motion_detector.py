@@ -52,20 +52,40 @@ def prepare_volume(volume: np.ndarray, phase_encode_axis: int) -> np.ndarray:
 
     ``volume``: ``(slices, rows, columns)`` stored values; ``phase_encode_axis``: 1 when
     phase encoding runs along the rows' direction (DICOM ``ROW``), 0 for ``COL``.
+    Zero-filled edge bands are cropped, then the image is averaged down with one factor for
+    both axes (its aspect ratio kept: ghost spacing and anatomy are not stretched) so that
+    its longer side is ``INPUT_SIZE``, and centred on a zero square.
     """
     vol = np.asarray(volume, dtype=np.float32)
     if vol.ndim != 3:
         raise ValueError(f"volume must be (slices, rows, columns), got shape {vol.shape}")
     if phase_encode_axis not in (0, 1):
         raise ValueError("phase_encode_axis must be 0 or 1")
+    vol = _without_zero_borders(vol)
     if phase_encode_axis == 0:
         vol = vol.transpose(0, 2, 1)
+    rows, cols = vol.shape[1:]
+    scale = INPUT_SIZE / max(rows, cols)
+    size = (max(1, min(INPUT_SIZE, round(rows * scale))), max(1, min(INPUT_SIZE, round(cols * scale))))
     x = torch.from_numpy(np.ascontiguousarray(vol))[:, None]
-    x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="area")
+    x = F.interpolate(x, size=size, mode="area")
     flat = x.reshape(x.shape[0], -1)
     hi = torch.quantile(flat[:, :: max(1, flat.shape[1] // 16384)], 0.995, dim=1).clamp_min(1e-6)
     x = (x / hi[:, None, None, None]).clamp(0.0, 1.5)
+    r0, c0 = (INPUT_SIZE - size[0]) // 2, (INPUT_SIZE - size[1]) // 2
+    x = F.pad(x, (c0, INPUT_SIZE - size[1] - c0, r0, INPUT_SIZE - size[0] - r0))
     return torch.cat([x, x.sqrt()], dim=1).numpy()
+
+
+def _without_zero_borders(vol: np.ndarray) -> np.ndarray:
+    """The series cropped to its rows and columns that hold any signal: zero-filled bands at
+    the field-of-view edge (cropped oversampling, filtered edges) are not part of the
+    acquired image. Unchanged when no edge row or column is zero on every slice."""
+    rows = np.flatnonzero(vol.any(axis=(0, 2)))
+    cols = np.flatnonzero(vol.any(axis=(0, 1)))
+    if rows.size < 8 or cols.size < 8:
+        return vol
+    return vol[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def prepare_slice(image: np.ndarray, phase_encode_axis: int) -> np.ndarray:

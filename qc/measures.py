@@ -78,13 +78,16 @@ def measure_series(volume: np.ndarray, pe_axis: int, calibration: QCCalibration,
     noise_sd = qm.rician_noise_sd(np.concatenate(background)) if background else None
     fg = float(np.mean(body_means)) if body_means else None
     snr_fg = fg / noise_sd if (fg is not None and noise_sd) else None
-    ghost = _percentile75(ghosts)
-    probability = _percentile75(probabilities)
+    body_fractions = [float(m.body.mean()) for m in masks_per_slice]
+    ghost = series_value(ghosts, body_fractions)
+    probability = series_value(probabilities, body_fractions)
     return ImageQuality(
         snr_foreground=_round(snr_fg), snr=_round(snr_fg), cnr=None, noise_sd=_round(noise_sd),
         ghost=_round(ghost, 5), ghost_score=_round(calibration.ghost_score(ghost), 4), detector=_round(probability, 4),
         motion_score=_round(calibration.motion_score(ghost, probability), 4),
         slice_motion_scores=[_round(calibration.motion_score(g, p), 4) for g, p in zip(ghosts, probabilities)],
+        slice_ghosts=[_round(g, 5) for g in ghosts], slice_detector=[_round(p, 4) for p in probabilities],
+        slice_body_fraction=[round(f, 4) for f in body_fractions],
     )
 
 
@@ -137,9 +140,29 @@ def image_numbers(datasets: list) -> list[int]:
     return numbers if len(set(numbers)) == len(numbers) else list(range(1, len(datasets) + 1))
 
 
-def _percentile75(values: list[float | None]) -> float | None:
-    valid = [v for v in values if v is not None]
-    return float(np.percentile(valid, 75)) if valid else None
+#: Slices are combined into the series value by this percentile, each slice weighted by its anatomy.
+SERIES_PERCENTILE = 75.0
+
+
+def series_value(values: list[float | None], body_fractions: list[float] | None = None,
+                 percentile: float = SERIES_PERCENTILE) -> float | None:
+    """The series' value of a per-slice measure: its ``percentile`` over the slices, each
+    slice weighted by its body area relative to the series' largest (``body_fractions``:
+    share of each slice the body covers; None = equal weights). Motion in 2-D multi-slice
+    scans hits every slice, but the far-lateral slices of a sagittal stack, mostly partial
+    volume and air, show it least and score least reliably. ``None``: nothing measurable."""
+    pairs = [(float(v), 1.0 if body_fractions is None else float(f))
+             for v, f in zip(values, body_fractions or [1.0] * len(values)) if v is not None]
+    if not pairs:
+        return None
+    top = max(w for _, w in pairs)
+    pairs = sorted((v, w / top if top > 0 else 1.0) for v, w in pairs)
+    weights = np.array([w for _, w in pairs])
+    if weights.sum() <= 0:
+        weights = np.ones_like(weights)
+    # weighted percentile: each slice sits at the centre of its share of the total weight
+    centres = (np.cumsum(weights) - 0.5 * weights) / weights.sum()
+    return float(np.interp(percentile / 100.0, centres, [v for v, _ in pairs]))
 
 
 def _round(value: float | None, digits: int = 2) -> float | None:
@@ -184,6 +207,7 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     (the in-phase partner of a water-only Dixon series, where fat is as dark as air); the
     motion detector looks at it too. ``detector``: the motion network (without it, the ghost measure alone scores motion).
     """
+    calibration = calibration.for_role(item.role)
     axis, direction, note = phase_encode_axis(item.datasets)
     numbers = image_numbers(item.datasets)
     source = item.source_pixels

@@ -73,7 +73,8 @@ def slice_masks(image: np.ndarray, threshold: float, margin: int = 20) -> SliceM
     least a tenth of its size), closed, with holes filled, and filled along every row
     and column between its outermost pixels: air inside the body that reaches the image
     edge (airway, mouth) is not background. Ghosts that float free of the body are
-    dropped, so they stay in the background where they are measured.
+    dropped, so they stay in the background where they are measured. Zero-filled areas
+    are never background.
     """
     body = image > threshold
     labels, n = ndimage.label(body)
@@ -85,6 +86,14 @@ def slice_masks(image: np.ndarray, threshold: float, margin: int = 20) -> SliceM
     body = _fill_between_extremes(body, axis=0) | _fill_between_extremes(body, axis=1)
     near = ndimage.binary_dilation(body, iterations=margin) if body.any() else body
     background = ~near
+    # Zero-filled regions (cropped oversampling, filtered field-of-view edges, suppressed air)
+    # hold no noise: they are not air to measure noise or ghosts in. Runs of zeros only: a
+    # single zero is possible (rarely) in Rayleigh noise.
+    zero = image <= 0
+    if zero.any():
+        zero = ndimage.binary_opening(zero, structure=np.ones((3, 3), dtype=bool))
+        if zero.any():
+            background &= ~ndimage.binary_dilation(zero, iterations=2)
     # Keep away from the image border (some scanners leave zero or filtered edges).
     edge = max(2, image.shape[0] // 100)
     background[:edge, :] = background[-edge:, :] = False

@@ -39,6 +39,21 @@ def test_prepare_volume_turns_phase_encoding_to_columns_and_normalises():
         prepare_volume(vol, 2)
 
 
+def test_prepare_volume_keeps_the_aspect_ratio_and_drops_zero_filled_bands():
+    """A non-square image is not stretched (ghost spacing and anatomy keep their shape): it
+    fills INPUT_SIZE along its longer side, centred on zeros; zero-filled edge bands are
+    cropped first, so the same image with and without them gives the same input."""
+    rng = np.random.default_rng(1)
+    vol = rng.uniform(100, 1000, size=(1, 256, 128)).astype(np.float32)
+    x = prepare_volume(vol, 1)[0, 0]
+    filled = np.flatnonzero(x.any(axis=0))
+    assert x.any(axis=1).all() and filled.size == INPUT_SIZE // 2
+    assert filled[0] == INPUT_SIZE // 4  # centred
+    banded = np.zeros((1, 300, 128), dtype=np.float32)
+    banded[:, 22:278] = vol
+    np.testing.assert_allclose(prepare_volume(banded, 1), prepare_volume(vol, 1), atol=1e-6)
+
+
 def test_corrupt_or_missing_detector_is_refused(tmp_path):
     for name in (MOTION_WEIGHTS_FILE, MOTION_SHA256_FILE, MOTION_INFO_FILE):
         shutil.copy(MODEL_DIR / name, tmp_path / name)

@@ -44,6 +44,52 @@ def test_background_sd_estimate_matches_rayleigh():
     assert qm.rician_noise_sd(np.zeros(1000)) is None
 
 
+def test_zero_filled_bands_are_not_air(ce_t1_planes):
+    """Zero-filled bands at the field-of-view edge (cropped oversampling) hold no noise: they
+    must neither lower the noise SD nor look like ghosting (their lines have no body signal
+    and zero background, which a slope fit reads as ghosts rising with the body)."""
+    clean = _series(ce_t1_planes, "none").images.astype(np.float32)
+    axis = 1  # the test series' phase encoding runs along the rows (ROW)
+    banded = clean.copy()
+    n = clean.shape[1] // 10
+    banded[:, :n, :] = 0
+    banded[:, -n:, :] = 0
+    masks = series_masks(banded, axis)
+    assert not any(m.background[:n].any() or m.background[-n:].any() for m in masks)
+    q_clean = measure_series(clean, axis, CALIBRATION, series_masks(clean, axis))
+    q_banded = measure_series(banded, axis, CALIBRATION, masks)
+    assert q_banded.noise_sd == pytest.approx(q_clean.noise_sd, rel=0.1)
+    assert q_banded.ghost < CALIBRATION.for_role("SAG_CE_T1").ghost_threshold
+    # Air suppressed to zero everywhere: nothing to measure, said as such (not a flag).
+    suppressed = np.where(np.stack([m.body for m in series_masks(clean, axis)]), clean, 0).astype(np.float32)
+    q = measure_series(suppressed, axis, CALIBRATION, series_masks(suppressed, axis))
+    assert q.noise_sd is None and q.ghost is None
+
+
+def test_series_value_weights_slices_by_anatomy():
+    """Equal anatomy: a plain percentile; a slice with little anatomy barely moves it."""
+    from qc.measures import series_value
+
+    values = [0.1, 0.2, 0.3, 0.4, 0.9]
+    plain = series_value(values, [0.5] * 5)
+    assert 0.3 < plain < 0.9 and plain == series_value(values)
+    assert series_value(values, [0.5, 0.5, 0.5, 0.5, 0.01]) < plain
+    assert series_value([None, 0.2], [0.5, 0.5]) == 0.2 and series_value([None], [0.5]) is None
+
+
+def test_role_thresholds_and_detector_corroboration():
+    cal = QCCalibration(0.02, 0.01, 2.0, 0.3, roles={"AX_T2": {"ghost_threshold": 0.005, "detector_threshold": 0.2}})
+    assert cal.for_role("AX_T2").ghost_threshold == 0.005 and cal.for_role("AX_T2").detector_threshold == 0.2
+    assert cal.for_role("SAG_T1") is cal and cal.for_role(None) is cal
+    assert cal.motion_score(0.0, 0.3) == pytest.approx(0.5) and cal.motion_score(0.02, None) == pytest.approx(0.5)
+    assert cal.motion_score(None, None) is None
+    # With corroboration, the detector alone cannot flag where the air shows no ghosts at all ...
+    strict = QCCalibration(0.02, 0.01, 2.0, 0.3, detector_corroboration=0.5)
+    assert strict.motion_score(0.0, 0.99) < 0.5
+    # ... it can where the ghost measure reaches half its threshold, or cannot be measured.
+    assert strict.motion_score(0.011, 0.99) >= 0.5 and strict.motion_score(None, 0.99) >= 0.5
+
+
 def test_ghost_measure_separates_clean_from_severe_motion(ce_t1_planes):
     clean = _series(ce_t1_planes, "none")
     moved = _series(ce_t1_planes, "severe", seed=2)
@@ -301,31 +347,35 @@ def test_no_vertebrae_no_rois():
 
 
 def test_whole_series_calibration_and_summary():
-    """models.evaluation.qc_series: thresholds just above every clean series' value; false flags
-    and detection counted per role and artifact strength; the AUC of clear artifacts."""
-    from models.evaluation.qc_series import calibrate, summarise
-    from qc.calibration import QCCalibration
+    """models.evaluation.qc_series: per role, thresholds just above every clean series' value
+    (from the per-slice raw measures, as the product combines them); false flags and
+    detection counted per role and artifact strength; the AUC of clear artifacts."""
+    from models.evaluation.qc_series import calibrate, rescore, summarise
+    from qc.measures import series_value
 
-    def row(seed, role, severity, ghost, detector, anr, slice_scores):
+    def row(seed, role, severity, ghosts, detectors, anr):
         return {"seed": seed, "role": role, "acquisition": "accelerated", "severity": severity, "kind": "rigid",
-                "anr": anr, "ghost": ghost, "detector": detector, "slices": len(slice_scores),
-                "slice_scores": slice_scores}
+                "anr": anr, "slices": len(ghosts), "slice_ghosts": ghosts, "slice_detector": detectors,
+                "slice_body_fraction": [0.5] * len(ghosts)}
 
-    rows = [row(7000, "SAG_T1", "none", 0.010, 0.20, 0.0, [0.9, 0.1, 0.1, 0.1, 0.1, 0.1]),
-            row(7001, "AX_T2", "none", 0.015, 0.35, 0.0, [0.1] * 6),
-            row(7000, "SAG_T1", "severe", 0.080, 0.95, 3.0, [0.9] * 6),
-            row(7001, "AX_T2", "mild", 0.012, 0.30, 0.5, [0.3] * 6)]
+    rows = [row(7000, "SAG_T1", "none", [0.010] * 6, [0.9, 0.2, 0.2, 0.2, 0.2, 0.2], 0.0),
+            row(7001, "AX_T2", "none", [0.003] * 6, [0.35] * 6, 0.0),
+            row(7000, "SAG_T1", "severe", [0.08] * 6, [0.95] * 6, 3.0),
+            row(7001, "AX_T2", "mild", [0.0032] * 6, [0.30] * 6, 0.5)]
     previous = QCCalibration(0.018, 0.009, 2.0, 0.3)
-    cal = calibrate(rows, previous)
-    assert cal.ghost_threshold == pytest.approx(0.015015, abs=1e-5) and cal.detector_threshold == pytest.approx(0.3504, abs=1e-4)
-    assert cal.accentuation_margin == pytest.approx(max(0.009, 0.5 * 0.015015), abs=1e-5)
-    for r in rows:
-        r["motion_score"] = cal.motion_score(r["ghost"], r["detector"])
-        r["flag"] = r["motion_score"] >= 0.5
-    summary = summarise(rows)
+    cal = calibrate(rows, previous, margin=0.05)
+    assert cal.roles["SAG_T1"]["ghost_threshold"] == pytest.approx(0.0105, abs=1e-5)
+    assert cal.roles["AX_T2"]["ghost_threshold"] == pytest.approx(0.00315, abs=1e-5)
+    sag_t1_detector = series_value([0.9, 0.2, 0.2, 0.2, 0.2, 0.2], [0.5] * 6)
+    assert cal.roles["SAG_T1"]["detector_threshold"] == pytest.approx(1.05 * sag_t1_detector, abs=1e-4)
+    assert cal.ghost_threshold == pytest.approx(0.0105, abs=1e-5)  # pooled: the highest role
+    assert cal.accentuation_margin == pytest.approx(max(0.009, 0.5 * 0.0105), abs=1e-5)
+    scored = rescore(rows, cal)
+    summary = summarise(scored)
     assert summary["false_flags"]["all"] == {"flagged": 0, "series": 2, "rate": 0.0}
     assert summary["detection"]["severity severe"]["flagged"] == 1
-    assert summary["detection"]["severity mild"]["flagged"] == 0  # below the clean maximum: not flagged
+    # the mild AX_T2 series is above its own role's clean maximum, though far below SAG_T1's
+    assert summary["detection"]["severity mild"]["flagged"] == 1
     assert summary["auc_clear_artifact"] == 1.0
-    # the first slice of the 6-slice stack is in its edge third, and the only clean slice >= 0.5
+    # the first slice of the clean SAG_T1 stack is in its edge third, and the only clean slice >= 0.5
     assert summary["clean_slices_scoring_ge_0.5"] == {"edge third": 0.25, "middle": 0.0}

@@ -15,9 +15,10 @@ artifacts come from TorchIO (a separate code base with its own conventions):
 
 Anatomy: the mricron ch2 head and the nilearn MNI152 2009a head (1 mm), never used to
 calibrate or tune the detector, padded with air to a 256 x 256 field of view before the
-artifact. Three sagittal slices near the midline per case, then Rician noise (complex Gaussian, SNR 20 on the head). Clean
-negatives: the same slices without the artifact. Severity is the simulator's parameter
-range (mild / severe), listed in the JSON; nothing is re-labelled after the fact.
+artifact. Three sagittal slices near the midline per case, then Rician noise (complex
+Gaussian, SNR 20 on the head), scored with the thresholds of contrast-enhanced sagittal
+T1. Clean negatives: the same slices without the artifact. Severity is the simulator's
+parameter range (mild / severe), listed in the JSON; nothing is re-labelled after the fact.
 """
 from __future__ import annotations
 
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     args = ap.parse_args(argv)
     start = time.time()
-    calibration = QCCalibration.load()
+    # scored as contrast-enhanced sagittal T1, the role the flag exists for
+    calibration = QCCalibration.load().for_role("SAG_CE_T1")
     cases = run(args.repeats, calibration)
     result = summarize(cases, calibration)
     result["settings"] = {f"{k} {s}": v for (k, s), v in SETTINGS.items()}

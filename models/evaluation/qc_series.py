@@ -1,20 +1,22 @@
 """The motion flag on whole series of fresh phantom patients, as the product sees them.
 
-    python -m models.evaluation.qc_series                     # 40 patients -> table + docs/qc_series.json
+    python -m models.evaluation.qc_series --motion-patients 20     # 40 patients -> table + docs/qc_series.json
     python -m models.evaluation.qc_series --patients 12 --motion none severe   # a quicker look
-    python -m models.evaluation.qc_series --calibrate --motion none   # thresholds -> qc/calibration.json
-    python -m models.evaluation.qc_series --acquisitions accelerated --motion-patients 20
-    # docs/qc_series.json holds, so far: --patients 8 --acquisitions accelerated --motion none
+    python -m models.evaluation.qc_series --calibrate --motion-patients 12     # thresholds -> qc/calibration.json
+    python -m models.evaluation.qc_series --rows docs/qc_series.json            # score stored series again
 
 ``models.evaluation.qc`` scores three central slices per series; the product scores every
 slice of the series, the far-lateral sagittal ones and the top and bottom axial ones
-included, and the series is flagged by the 75th percentile over them. Here: every role of
-a study (sag T1, CE T1, Dixon in-phase and water (the water series measured with its
-in-phase partner, as the operator does), ax T2), the full stacks (13 sagittal slices at
-512, 24 axial at 320), accelerated and conventional acquisitions, without motion and with
-mild and severe motion (rigid, swallowing or both, drawn per series).
+included, and combines them into the series value by an anatomy-weighted percentile
+(``qc.measures.series_value``). Here: every role of a study (sag T1, CE T1, Dixon in-phase
+and water (the water series measured with its in-phase partner, as the operator does), ax
+T2), the full stacks (13 sagittal slices at 512, 24 axial at 320), accelerated and
+conventional acquisitions, without motion and with mild and severe motion (rigid,
+swallowing or both, drawn per series). Every row keeps its per-slice raw measures (ghost
+measure, detector probability, body share), so that ``--rows`` can score a stored run
+again with new thresholds without simulating it again (the detector must be the same).
 
-Evaluation patients 8100-8139; calibration patients (``--calibrate``) 7000-7011, whole series
+Evaluation patients 8100-8139; calibration patients (``--calibrate``) 7000-7039, whole series
 too: disjoint from each other, from the detector's training phantoms (9000-9119), the
 3-slice evaluation (8000-8015) and the enhancement model's training (>= 10,000). Vendor
 changes only the DICOM header, not the pixels simulated here.
@@ -31,12 +33,13 @@ import numpy as np
 
 from models import WEIGHTS_DIR
 from models.evaluation.qc import ARTIFACT_BINS, artifact_anr, roc_auc
+from qc.calibration import DEFAULT_CALIBRATION as DEFAULT_CALIBRATION_PATH
 from qc.calibration import QCCalibration
-from qc.measures import measure_original, motion_flagged
+from qc.measures import measure_original, motion_flagged, series_value
 
 ROOT = Path(__file__).resolve().parents[2]
 PATIENT_SEEDS = range(8100, 8140)
-CALIBRATION_SEEDS = range(7000, 7012)
+CALIBRATION_SEEDS = range(7000, 7040)
 ROLES = ("SAG_T1", "SAG_CE_T1", "SAG_DIXON_IP", "SAG_DIXON_W", "AX_T2")
 MOTION_KINDS = ("rigid", "swallow", "both")
 _DETECTOR = None
@@ -86,7 +89,7 @@ def patient_series(task: tuple[int, tuple[str, ...], tuple[str, ...]]) -> list[d
                                          with_motion_free=severity != "none")
                 partner = in_phase if role == "SAG_DIXON_W" else None
                 _, quality = measure_original(series.images.astype(np.float32), series.protocol.phase_encode_axis,
-                                              calibration, _detector(), partner)
+                                              calibration.for_role(role), _detector(), partner)
                 if role == "SAG_DIXON_IP":
                     in_phase = series.images.astype(np.float32)
                 score = quality.motion_score
@@ -95,24 +98,63 @@ def patient_series(task: tuple[int, tuple[str, ...], tuple[str, ...]]) -> list[d
                              "ghost": quality.ghost, "detector": quality.detector,
                              "flag": motion_flagged(score),
                              "slices": len(series.images), "slice_scores": quality.slice_motion_scores,
-                             "flagged_slices": len(quality.flagged_slices)})
+                             "flagged_slices": len(quality.flagged_slices),
+                             "slice_ghosts": quality.slice_ghosts, "slice_detector": quality.slice_detector,
+                             "slice_body_fraction": quality.slice_body_fraction})
     return rows
 
 
-def calibrate(rows: list[dict], previous: QCCalibration) -> QCCalibration:
-    """Ghost and detector thresholds just above the highest series value (75th percentile over
-    its slices, as the product scores) of any clean calibration series. The accentuation
-    margin compares the DL output's ghost measure with the original's, which needs the DL
-    model on every series: it stays ``previous``'s, and at least half the ghost threshold."""
+def rescore(rows: list[dict], calibration: QCCalibration) -> list[dict]:
+    """The rows scored again from their per-slice raw measures with ``calibration`` (each
+    row with its role's thresholds), exactly as ``qc.measures.measure_series`` combines
+    them: series values, motion score, flag, slice scores."""
+    out = []
+    for r in rows:
+        c = calibration.for_role(r["role"])
+        ghost = series_value(r["slice_ghosts"], r["slice_body_fraction"])
+        detector = series_value(r["slice_detector"], r["slice_body_fraction"])
+        score = c.motion_score(ghost, detector)
+        slices = [c.motion_score(g, p) for g, p in zip(r["slice_ghosts"], r["slice_detector"])]
+        out.append(r | {"ghost": ghost, "detector": detector, "motion_score": score, "flag": motion_flagged(score),
+                        "slice_scores": slices, "flagged_slices": sum(motion_flagged(v) for v in slices)})
+    return out
+
+
+#: Thresholds sit this far (relative) above the highest clean calibration series of their role.
+THRESHOLD_MARGIN = 0.05
+
+
+def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHOLD_MARGIN,
+              detector_corroboration: float | None = None) -> QCCalibration:
+    """Per role, ghost and detector thresholds ``margin`` above the highest series value
+    (anatomy-weighted percentile over its slices, as the product scores) of any clean
+    calibration series of that role; pooled thresholds (the highest over all roles) for roles
+    not seen here. The accentuation margin compares the DL output's ghost measure with the
+    original's, which needs the DL model on every series: it stays ``previous``'s, and at
+    least half the pooled ghost threshold."""
     clean = [r for r in rows if r["severity"] == "none"]
-    ghost_threshold = 1.001 * max(r["ghost"] or 0.0 for r in clean)
-    detectors = [r["detector"] for r in clean if r["detector"] is not None]
-    detector_threshold = min(1.001 * max(detectors), 0.999) if detectors else None
+
+    def thresholds(group: list[dict]) -> tuple[float, float | None]:
+        ghosts = [series_value(r["slice_ghosts"], r["slice_body_fraction"]) or 0.0 for r in group]
+        detectors = [v for v in (series_value(r["slice_detector"], r["slice_body_fraction"]) for r in group)
+                     if v is not None]
+        ghost = (1 + margin) * max(ghosts)
+        return round(ghost, 5), (round(min((1 + margin) * max(detectors), 0.999), 4) if detectors else None)
+
+    ghost_threshold, detector_threshold = thresholds(clean)
+    roles = {}
+    for role in sorted({r["role"] for r in clean}):
+        g, d = thresholds([r for r in clean if r["role"] == role])
+        roles[role] = {"ghost_threshold": g} | ({"detector_threshold": d} if d is not None else {})
     return QCCalibration(
-        round(ghost_threshold, 5), round(max(previous.accentuation_margin, 0.5 * ghost_threshold), 5),
-        previous.local_weight, None if detector_threshold is None else round(detector_threshold, 4),
+        ghost_threshold, round(max(previous.accentuation_margin, 0.5 * ghost_threshold), 5),
+        previous.local_weight, detector_threshold,
         source=(f"models.evaluation.qc_series --calibrate, whole series of patients {min(r['seed'] for r in rows)}-"
-                f"{max(r['seed'] for r in rows)}, {len(clean)} clean series, {time.strftime('%Y-%m-%d')}"))
+                f"{max(r['seed'] for r in rows)}, {len(clean)} clean series, {len(roles)} roles, "
+                f"margin {margin:g}, {time.strftime('%Y-%m-%d')}"),
+        roles=roles,
+        detector_corroboration=previous.detector_corroboration if detector_corroboration is None
+        else detector_corroboration)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -159,6 +201,23 @@ def print_table(summary: dict) -> None:
     print(f"clean slices scoring >= 0.5: {summary['clean_slices_scoring_ge_0.5']}")
 
 
+def _simulate(tasks: list[tuple], workers: int, start: float) -> list[dict]:
+    rows: list[dict] = []
+    with Pool(workers) as pool:
+        for i, result in enumerate(pool.imap_unordered(patient_series, tasks)):
+            rows.extend(result)
+            print(f"{i + 1}/{len(tasks)} patients, {time.time() - start:.0f} s", flush=True)
+    return sorted(rows, key=lambda r: (r["seed"], r["acquisition"], r["severity"], r["role"]))
+
+
+def _stored_rows(path: Path, detector: dict) -> list[dict]:
+    """Series (with their per-slice raw measures) of an earlier run, scored with this detector."""
+    data = json.loads(path.read_text())
+    if data.get("detector", {}).get("version") != detector.get("version"):
+        raise SystemExit(f"{path} was scored with detector {data.get('detector')}, not {detector.get('version')}")
+    return data["series"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calibrate", action="store_true",
@@ -169,46 +228,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motion", nargs="+", default=["none", "mild", "severe"], choices=["none", "mild", "severe"])
     parser.add_argument("--motion-patients", type=int, default=None,
                         help="series with motion for the first N patients only (default: all)")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="score the series of an earlier run's JSON again (same detector) instead of simulating")
+    parser.add_argument("--margin", type=float, default=THRESHOLD_MARGIN, help="--calibrate: threshold margin")
+    parser.add_argument("--detector-corroboration", type=float, default=None,
+                        help="--calibrate: the detector needs this fraction of the ghost threshold (default: keep)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "qc_series.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default docs/qc_series.json, with --calibrate docs/qc_series_calibration.json")
     args = parser.parse_args(argv)
     start = time.time()
+    detector = json.loads((WEIGHTS_DIR / "motion_detector.json").read_text())
     seeds = list(CALIBRATION_SEEDS if args.calibrate else PATIENT_SEEDS)[:args.patients]
     with_motion = len(seeds) if args.motion_patients is None else args.motion_patients
     tasks = [(seed, tuple(args.acquisitions), tuple(m for m in args.motion if m == "none" or k < with_motion))
              for k, seed in enumerate(seeds)]
-    rows: list[dict] = []
-    with Pool(args.workers) as pool:
-        for i, result in enumerate(pool.imap_unordered(patient_series, tasks)):
-            rows.extend(result)
-            print(f"{i + 1}/{len(tasks)} patients, {time.time() - start:.0f} s", flush=True)
-    rows.sort(key=lambda r: (r["seed"], r["acquisition"], r["severity"], r["role"]))
+    rows = _stored_rows(args.rows, detector) if args.rows else _simulate(tasks, args.workers, start)
+    out = args.out or ROOT / "docs" / ("qc_series_calibration.json" if args.calibrate else "qc_series.json")
     if args.calibrate:
         from dataclasses import asdict
 
         from qc.calibration import DEFAULT_CALIBRATION
 
-        calibration = calibrate(rows, QCCalibration.load())
+        calibration = calibrate(rows, QCCalibration.load(), args.margin, args.detector_corroboration)
         DEFAULT_CALIBRATION.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
         print(f"wrote {DEFAULT_CALIBRATION}: {calibration}")
-        # the calibration patients scored with the new thresholds (in-sample: not an evaluation)
-        for r in rows:
-            r["motion_score"] = calibration.motion_score(r["ghost"], r["detector"])
-            r["flag"] = motion_flagged(r["motion_score"])
-            r["slice_scores"] = None  # scored with the thresholds before this calibration
-        if args.out == ROOT / "docs" / "qc_series.json":
-            args.out = ROOT / "docs" / "qc_series_calibration.json"
+        # below: the calibration patients scored with the new thresholds (in-sample: not an evaluation)
+    rows = rescore(rows, QCCalibration.load())
     summary = summarise(rows)
     print_table(summary)
-    calibration = json.loads((ROOT / "qc" / "calibration.json").read_text())
-    detector = json.loads((WEIGHTS_DIR / "motion_detector.json").read_text())
-    args.out.write_text(json.dumps({
+    out.write_text(json.dumps({
         "command": "python -m models.evaluation.qc_series " + " ".join(argv or []),
         "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - start),
-        "patients": [t[0] for t in tasks], "calibration": calibration,
+        "patients": sorted({r["seed"] for r in rows}), "calibration": json.loads(DEFAULT_CALIBRATION_PATH.read_text()),
         "detector": {k: detector.get(k) for k in ("name", "version")}, "summary": summary, "series": rows,
     }, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 

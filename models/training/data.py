@@ -43,11 +43,16 @@ __all__ = [
     "validation_set",
     "volume_paths",
     "natural_images",
+    "real_slices",
     "phantom_available",
 ]
 
 MRICRON_DIR = Path("/usr/share/mricron/templates")
 ITK_KMEANS = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz")
+ITK_DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
+#: Single MR slices from ITK's examples (training-allowed, DESIGN.md section 4): a real T1
+#: mid-sagittal head with the texture of one acquisition, and BrainWeb T1 and PD slices.
+ITK_REAL_SLICES = ("BrainMidSagittalSlice.png", "BrainT1Slice.png", "BrainProtonDensitySlice.png")
 #: scikit-image images bundled with the wheel (tested to load offline). ``brain`` is NOT
 #: bundled (it downloads) and must never be used.
 SKIMAGE_NAMES = ("camera", "astronaut", "brick", "coins", "moon", "text", "grass", "gravel",
@@ -114,6 +119,18 @@ def _load_volume(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     vol /= max(hi, 1e-6)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return vol, zooms  # type: ignore[return-value]
+
+
+def real_slices() -> list[np.ndarray]:
+    """ITK's single MR slices (``ITK_REAL_SLICES``), float64 in [0, 1]; those missing are left out."""
+    from skimage.io import imread
+
+    out = []
+    for name in ITK_REAL_SLICES:
+        if (ITK_DATA / name).exists():
+            im = imread(ITK_DATA / name, as_gray=True).astype(np.float64)
+            out.append(im / max(float(im.max()), 1e-9))
+    return out
 
 
 def natural_images() -> list[np.ndarray]:

@@ -9,10 +9,13 @@ anatomy it has never seen:
   * the synthetic cervical-spine phantom, patient seeds from ``PHANTOM_SEEDS`` (disjoint
     from the QC calibration seeds 7000-7011 and evaluation seeds 8000-8015), all roles,
     rigid motion and swallowing as ``simulation.dicom_study.simulate_series`` makes them;
-  * ITK's ``KmeansTest_T1UCharRaw`` and scikit-image's bundled natural images, acquired
-    with the same k-space simulator, rigid motion and local motion of a random blob (a
+  * ITK's real MR slices (``BrainMidSagittalSlice``, a real T1 head with the texture of one
+    acquisition, and BrainWeb T1 and PD slices; 40 % of the generic examples, framed tightly
+    as real series are), ITK's ``KmeansTest_T1UCharRaw`` and scikit-image's bundled natural
+    images, acquired with the same k-space simulator, rigid motion and local motion of a random blob (a
     stand-in for swallowing), a wider range of shot counts (8-64), amplitudes, protocols
-    and SNR than the product's simulation;
+    and SNR than the product's simulation, and the air as scanners leave it (30 %: zero-filled
+    readout bands or suppressed background);
   * NOT the ch2 / MNI152 heads: ``models.evaluation.qc_independent`` tests the detector on them
     with TorchIO's motion and ghosting, an independent simulator.
 Label: 1 when the motion really produced an artifact, RMS(image - motion-free image) >
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.nn import functional as F
 
 from models import WEIGHTS_DIR
@@ -50,7 +54,9 @@ GENERIC_SEEDS = range(20000, 100000)
 ARTIFACT_LABEL_ANR = 0.15
 PHANTOM_ROLES = ("SAG_T1", "SAG_T2", "AX_T2", "SAG_CE_T1", "SAG_DIXON_IP")
 SEVERITY_P = {"none": 0.35, "mild": 0.30, "severe": 0.35}
-VERSION = "1.1.0"
+VERSION = "1.2.0"
+#: Share of the generic examples drawn from ITK's real MR slices (``real_object``).
+REAL_SHARE = 0.4
 SEED = 20261124
 
 
@@ -116,13 +122,71 @@ def _sampler():
     return _SAMPLER
 
 
+_REAL_SLICES = None
+
+
+def real_object(rng: np.random.Generator) -> np.ndarray:
+    """One of ITK's real MR slices as an object in a display matrix: turned, flipped, cropped,
+    a little gamma, often filling or overfilling the field of view (real series are framed
+    tightly, with little air)."""
+    global _REAL_SLICES  # one per worker process
+    if _REAL_SLICES is None:
+        from models.training.data import real_slices
+
+        _REAL_SLICES = real_slices()
+    from models.training.data import _place
+
+    im = _REAL_SLICES[int(rng.integers(len(_REAL_SLICES)))]
+    im = np.rot90(im, int(rng.integers(4)))
+    if rng.random() < 0.5:
+        im = im[:, ::-1]
+    h, w = im.shape
+    ch, cw = int(h * rng.uniform(0.7, 1.0)), int(w * rng.uniform(0.7, 1.0))
+    r0, c0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    im = np.clip(im[r0 : r0 + ch, c0 : c0 + cw], 0, None) ** rng.uniform(0.8, 1.25)
+    rows, cols = _sampler()._matrix(rng)
+    zoom = rng.uniform(0.8, 1.4) * min(rows / ch, cols / cw)
+    return _place(ndimage.zoom(im, zoom, order=3).clip(0, None), (rows, cols), rng)
+
+
+def with_background_variant(images: list[np.ndarray | None], obj: np.ndarray, pe_axis: int, sigma: float,
+                            rng: np.random.Generator) -> list[np.ndarray | None]:
+    """What real scanners do to the air, applied alike to an image and its motion-free twin:
+    nothing (most often), zero-filled bands at both ends of the readout axis (cropped
+    oversampling), or suppressed air (background set to zero away from the object)."""
+    u = rng.random()
+    if u < 0.7:
+        return images
+    out = []
+    if u < 0.85:
+        n = int(obj.shape[1 - pe_axis] * rng.uniform(0.04, 0.15))
+        for im in images:
+            if im is not None:
+                im = im.copy()
+                if pe_axis == 1:
+                    im[:n, :] = 0
+                    im[-n:, :] = 0
+                else:
+                    im[:, :n] = 0
+                    im[:, -n:] = 0
+            out.append(im)
+        return out
+    keep = ndimage.binary_dilation(obj > 0.05 * obj.max(), iterations=int(rng.integers(2, 12)))
+    for im in images:
+        out.append(None if im is None else np.where(keep | (im > 4.0 * sigma), im, 0.0))
+    return out
+
+
 def generic_example(seed: int) -> list[dict]:
     """One slice of a non-phantom object with rigid and/or local blob motion."""
     from models.training.data import foreground_reference
     from simulation import acquisition as acq
 
     rng = np.random.default_rng([SEED, seed])
-    obj, source = _sampler().sample(rng)
+    if rng.random() < REAL_SHARE:
+        obj, source = real_object(rng), "real"
+    else:
+        obj, source = _sampler().sample(rng)
     pe_axis = int(rng.integers(2))
     protocol = acq.CONVENTIONAL.accelerated(phase_encode_factor=float(rng.uniform(0.5, 1.0)),
                                             averages_ratio=float(rng.uniform(0.5, 1.0))).with_phase_encode_axis(pe_axis)
@@ -149,8 +213,10 @@ def generic_example(seed: int) -> list[dict]:
                                          motion=frozen)
     scale = 2800.0 / max(float(np.percentile(image, 99.9)), 1e-9)  # 12-bit stored values, as scanners write
     image = np.clip(np.round(image * scale), 0, 4095)
-    anr = _anr(image, None if still is None else np.clip(np.round(still * scale), 0, 4095),
-               sigma * scale / np.sqrt(protocol.averages_ratio))
+    still = None if still is None else np.clip(np.round(still * scale), 0, 4095)
+    noise_sd = sigma * scale / np.sqrt(protocol.averages_ratio)
+    anr = _anr(image, still, noise_sd)  # the artifact, measured before the background variant
+    image, still = with_background_variant([image, still], obj, pe_axis, noise_sd, rng)
     return [{"x": prepare_slice(image, pe_axis).astype(np.float16), "anr": anr, "source": source,
              "seed": seed, "severity": severity, "kind": kind}]
 

@@ -1,0 +1,232 @@
+"""The motion flag on real MR it never saw: whole series, two motion simulators, two backgrounds.
+
+    python -m models.evaluation.qc_real                      # evaluation-only sources -> docs/qc_real.json
+    python -m models.evaluation.qc_real --sources calibration --out docs/qc_real_calibration.json
+
+Sources: ``--sources evaluation`` (default) are the *evaluation-only* real MR of
+docs/engineering.md (dipy ``t1_coronal_slice``, dipy ``S0_10slices``, nibabel ``example4d``),
+never used to train the detector or to set a threshold or a series rule; ``--sources
+calibration`` is training-allowed real MR the detector never saw in training (dipy's
+``aniso_vox``, a real 4 mm head), on which the QC rule may be set. Every series is scored
+with the thresholds of the role the product worries about most (``--role``, default
+contrast-enhanced sagittal T1). Each source series (every slice with anatomy) is resampled to 256 and 512 pixels and
+acquired in k-space (``simulation.acquisition``: the conventional and the accelerated
+protocol, Rician noise at body SNR 20, 12-bit stored values) in these conditions:
+
+* clean (several noise draws);
+* this project's rigid motion (``random_motion_trajectory``: steps and drifts between shots,
+  interleaved or sequential ordering), mild and severe;
+* TorchIO 1.2.1 ``RandomMotion`` (3-D rigid motion, k-space split along the phase-encode
+  axis) and ``RandomGhosting`` (every n-th k-space line scaled), mild and severe: another
+  code base with its own conventions; noise added after the artifact.
+
+Backgrounds: the image as acquired (air around the head), and with a zero-filled band at
+both ends of the readout axis (8 % each; scanners that crop oversampling or filter the
+field-of-view edge leave such bands), which the product must not read as a clean air floor.
+
+The product scores each series exactly as it does in the application (``measure_original``:
+series masks, ghost measure, detector on every slice, the series rule). Per series: motion
+score, flag, the artifact really produced (RMS difference to the same acquisition without
+the artifact, in noise SDs), and the per-slice raw measures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from models import WEIGHTS_DIR
+from models.evaluation.qc import roc_auc
+from models.evaluation.qc_independent import SETTINGS as TORCHIO_SETTINGS
+from models.evaluation.real_mr import RealSeries, _package_file, _resample, _with_anatomy, evaluation_series
+from qc.calibration import QCCalibration
+from qc.measures import measure_original, motion_flagged
+from qc.metrics import RAYLEIGH_MEDIAN_PER_SIGMA
+from simulation import acquisition as acq
+
+ROOT = Path(__file__).resolve().parents[2]
+MATRICES = (256, 512)
+SNR = 20.0
+CLEAN_DRAWS = 3
+BACKGROUNDS = ("air", "zero band")
+CONDITIONS = (("none", "none"), ("ours", "mild"), ("ours", "severe"), ("torchio motion", "mild"),
+              ("torchio motion", "severe"), ("torchio ghosting", "mild"), ("torchio ghosting", "severe"))
+SEED = 20261204
+
+
+def _torchio(volume: np.ndarray, kind: str, severity: str, seed: int) -> np.ndarray:
+    """TorchIO artifact on a ``(slices, rows, columns)`` stack, phase encoding along columns."""
+    import torch
+    import torchio as tio
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    p = TORCHIO_SETTINGS[(kind.split()[1], severity)]
+    if kind == "torchio motion":
+        n = int(rng.integers(p["num_transforms"][0], p["num_transforms"][1] + 1))
+        transform = tio.RandomMotion(degrees=p["degrees"], translation=p["translation"], num_transforms=n)
+    else:
+        transform = tio.RandomGhosting(num_ghosts=p["num_ghosts"], axes=(2,), intensity=p["intensity"])
+    image = tio.ScalarImage(tensor=torch.from_numpy(volume[None].astype(np.float32)), affine=np.eye(4))
+    return np.abs(np.asarray(transform(image).data[0].numpy(), dtype=np.float64))
+
+
+def acquire_series(objects: np.ndarray, acquisition: str, kind: str, severity: str, pixel_mm: float,
+                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One series ``(slices, rows, columns)`` acquired with and without the artifact (same
+    noise), as 12-bit stored values; phase encoding along columns (array axis 1)."""
+    protocol = acq.DEFAULT_ACCELERATED if acquisition == "accelerated" else acq.CONVENTIONAL
+    protocol = protocol.with_phase_encode_axis(1)
+    body = objects[objects > 0.2 * np.percentile(objects, 99)]
+    frac = float(protocol.sampling_mask(objects.shape[1:]).mean())
+    sigma = float(body.mean()) / (SNR * np.sqrt(frac)) * np.sqrt(protocol.averages_ratio)
+    rng = np.random.default_rng([seed, 1])
+    motion = None
+    if kind == "ours":
+        motion = acq.random_motion_trajectory(rng, severity, pixel_mm, kind="rigid")
+    moved = _torchio(objects, kind, severity, seed) if kind.startswith("torchio") else objects
+    acquired, still = [], []
+    for i, (obj, clean_obj) in enumerate(zip(moved, objects)):
+        phase = acq.smooth_background_phase(obj.shape, np.random.default_rng([seed, i, 7]))
+        noise_key = [seed, i, 3]
+        acquired.append(acq.simulate_acquisition(obj, protocol, sigma, np.random.default_rng(noise_key),
+                                                 phase=phase, motion=motion))
+        frozen = None if motion is None else motion.frozen_at_centre(
+            obj.shape[1], acq.acquired_phase_encode_mask(obj.shape[1], protocol))
+        still.append(acq.simulate_acquisition(clean_obj if kind.startswith("torchio") else obj, protocol, sigma,
+                                              np.random.default_rng(noise_key), phase=phase, motion=frozen))
+    scale = 2800.0 / max(float(np.percentile(np.stack(still), 99.9)), 1e-9)
+    as_stored = lambda v: np.clip(np.round(np.stack(v) * scale), 0, 4095).astype(np.float32)  # noqa: E731
+    return as_stored(acquired), as_stored(still)
+
+
+def with_zero_band(volume: np.ndarray, fraction: float = 0.08) -> np.ndarray:
+    """Zero-filled bands at both ends of the readout axis (array axis 0 here)."""
+    out = volume.copy()
+    n = max(1, int(round(fraction * volume.shape[1])))
+    out[:, :n, :] = 0
+    out[:, -n:, :] = 0
+    return out
+
+
+def artifact_in_noise_sds(images: np.ndarray, still: np.ndarray) -> float:
+    """RMS difference to the artifact-free acquisition, in noise SDs (Rayleigh median of the air)."""
+    air = still[(still > 0) & (still < np.percentile(still, 20))]
+    sigma = max(float(np.median(air)) / RAYLEIGH_MEDIAN_PER_SIGMA, 1e-6) if air.size else 1.0
+    return float(np.sqrt(np.mean((images.astype(np.float64) - still) ** 2)) / sigma)
+
+
+def calibration_series() -> list[RealSeries]:
+    """dipy's ``aniso_vox`` (training-allowed real MR, 4 x 4 x 5 mm head), its axial slices
+    with anatomy: real MR that neither the detector's training nor the evaluation uses."""
+    import nibabel as nib
+
+    img = nib.load(_package_file("dipy", "data", "files", "aniso_vox.nii.gz"))
+    volume = _with_anatomy(np.moveaxis(np.asarray(img.dataobj, dtype=np.float64), 2, 0))
+    return [RealSeries("dipy aniso_vox (T1)", volume, float(img.header.get_zooms()[0]))]
+
+
+def run(series: list[RealSeries], calibration: QCCalibration) -> list[dict]:
+    from models.motion_detector import load_motion_detector
+
+    detector = load_motion_detector(WEIGHTS_DIR)
+    jobs = []
+    for s_i, s in enumerate(series):
+        for matrix in MATRICES:
+            for acquisition in ("accelerated", "conventional"):
+                for kind, severity in CONDITIONS:
+                    for draw in range(CLEAN_DRAWS if kind == "none" else 1):
+                        jobs.append((s_i, s, matrix, acquisition, kind, severity, draw))
+    rows = []
+    cache: dict[tuple[int, int], tuple[np.ndarray, float]] = {}  # resampled objects and pixel mm
+    for s_i, s, matrix, acquisition, kind, severity, draw in tqdm(jobs, desc="real-MR QC series", mininterval=10):
+        if (s_i, matrix) not in cache:
+            cache[(s_i, matrix)] = _resample(s, matrix)
+        objects, pixel = cache[(s_i, matrix)]
+        seed = SEED + 100_000 * s_i + 1000 * MATRICES.index(matrix) + 100 * ("accelerated", "conventional").index(
+            acquisition) + 10 * CONDITIONS.index((kind, severity)) + draw
+        images, still = acquire_series(objects, acquisition, kind, severity, pixel, seed)
+        anr = 0.0 if kind == "none" else artifact_in_noise_sds(images, still)
+        for background in BACKGROUNDS:
+            seen = with_zero_band(images) if background == "zero band" else images
+            _, q = measure_original(seen, 1, calibration, detector)
+            rows.append({"source": s.source, "slices": int(len(images)), "matrix": matrix,
+                         "acquisition": acquisition, "kind": kind, "severity": severity, "draw": draw,
+                         "background": background, "seed": seed, "anr": round(anr, 3),
+                         "motion_score": q.motion_score, "flag": motion_flagged(q.motion_score),
+                         "not_measurable": q.motion_score is None, "ghost": q.ghost, "detector": q.detector,
+                         "slice_scores": q.slice_motion_scores, "slice_ghosts": q.slice_ghosts,
+                         "slice_detector": q.slice_detector, "slice_body_fraction": q.slice_body_fraction})
+    return rows
+
+
+def summarise(rows: list[dict]) -> dict:
+    """False flags on clean series (all, per source, per background, per acquisition), flag
+    rates per simulator and severity, AUC of series with a clear artifact (> 1 noise SD)."""
+    clean = [r for r in rows if r["kind"] == "none"]
+    moved = [r for r in rows if r["kind"] != "none"]
+
+    def rate(group: list[dict]) -> dict:
+        n = sum(r["flag"] for r in group)
+        return {"flagged": n, "series": len(group), "rate": round(n / len(group), 4) if group else None,
+                "not_measurable": sum(r["not_measurable"] for r in group)}
+
+    out = {"false_flags": {"all": rate(clean)}, "detection": {}}
+    for key in ("source", "background", "acquisition"):
+        for value in sorted({r[key] for r in clean}):
+            out["false_flags"][f"{key} {value}"] = rate([r for r in clean if r[key] == value])
+    for kind in sorted({r["kind"] for r in moved}):
+        for severity in ("mild", "severe"):
+            out["detection"][f"{kind} {severity}"] = rate([r for r in moved if (r["kind"], r["severity"]) == (
+                kind, severity)])
+    out["detection"]["artifact > 1 noise SD"] = rate([r for r in moved if r["anr"] > 1.0])
+    negatives = np.array([r["motion_score"] or 0.0 for r in clean])
+    out["auc_clear_artifact"] = {}
+    for name, group in (("all", moved), ("ours", [r for r in moved if r["kind"] == "ours"]),
+                        ("torchio", [r for r in moved if r["kind"].startswith("torchio")])):
+        positives = np.array([r["motion_score"] or 0.0 for r in group if r["anr"] > 1.0])
+        out["auc_clear_artifact"][name] = round(roc_auc(negatives, positives), 4) if positives.size else None
+    return out
+
+
+def print_table(summary: dict) -> None:
+    print(f"{'clean series':<44}{'false flags':>14}")
+    for name, r in summary["false_flags"].items():
+        print(f"{name:<44}{r['flagged']:>6}/{r['series']:<5}{100 * (r['rate'] or 0):>6.1f} %")
+    print(f"\n{'series with an artifact':<44}{'flagged':>14}")
+    for name, r in summary["detection"].items():
+        if r["series"]:
+            print(f"{name:<44}{r['flagged']:>6}/{r['series']:<5}{100 * r['rate']:>6.1f} %")
+    print(f"\nAUC, clear artifact (> 1 noise SD) against clean: {summary['auc_clear_artifact']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sources", choices=["evaluation", "calibration"], default="evaluation")
+    parser.add_argument("--role", default="SAG_CE_T1", help="whose thresholds score the series")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    out = args.out or ROOT / "docs" / ("qc_real.json" if args.sources == "evaluation" else "qc_real_calibration.json")
+    start = time.time()
+    import torch
+
+    torch.set_num_threads(2)
+    series = evaluation_series() if args.sources == "evaluation" else calibration_series()
+    rows = run(series, QCCalibration.load().for_role(args.role))
+    summary = summarise(rows)
+    print_table(summary)
+    out.write_text(json.dumps({
+        "command": "python -m models.evaluation.qc_real " + " ".join(argv or []), "date": time.strftime("%Y-%m-%d"),
+        "seconds": round(time.time() - start), "role": args.role, "calibration": json.loads((ROOT / "qc" / "calibration.json").read_text()),
+        "detector": {k: json.loads((WEIGHTS_DIR / "motion_detector.json").read_text()).get(k) for k in ("name", "version")},
+        "summary": summary, "series": rows}, indent=1))
+    print(f"wrote {out} in {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
