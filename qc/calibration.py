@@ -21,8 +21,9 @@ class QCCalibration:
     flagged; each maps to motion score 0.5, and the motion score is the larger of the two.
     ``accentuation_margin``: how much the DL output's raw ghost measure may exceed the
     original's before the series is flagged "DL accentuated artifacts".
-    ``roles``: per series role, its own ``ghost_threshold`` / ``detector_threshold`` (the
-    clean ghost level of T1-weighted sagittal series is several times that of axial T2);
+    ``roles``: per series role, its own ``ghost_threshold`` / ``detector_threshold`` /
+    ``accentuation_margin`` (the clean ghost level of T1-weighted sagittal series is several
+    times that of axial T2);
     :meth:`for_role` applies them, roles not listed keep the pooled values above.
     ``detector_corroboration``: where the ghost measure can be taken (air beside the body),
     the detector's score counts only as far as the ghost measure reaches this fraction of its
@@ -53,7 +54,8 @@ class QCCalibration:
         if not own:
             return self
         return replace(self, ghost_threshold=own.get("ghost_threshold", self.ghost_threshold),
-                       detector_threshold=own.get("detector_threshold", self.detector_threshold))
+                       detector_threshold=own.get("detector_threshold", self.detector_threshold),
+                       accentuation_margin=own.get("accentuation_margin", self.accentuation_margin))
 
     @property
     def score_scale(self) -> float:

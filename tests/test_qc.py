@@ -362,6 +362,8 @@ def test_whole_series_calibration_and_summary():
             row(7001, "AX_T2", "none", [0.003] * 6, [0.35] * 6, 0.0),
             row(7000, "SAG_T1", "severe", [0.08] * 6, [0.95] * 6, 3.0),
             row(7001, "AX_T2", "mild", [0.0032] * 6, [0.30] * 6, 0.5)]
+    # the enhancement ran on the SAG_T1 series: clean DL output raises the ghost measure by 0.02
+    rows[0]["slice_ghosts_dl"], rows[2]["slice_ghosts_dl"] = [0.030] * 6, [0.2] * 6
     previous = QCCalibration(0.018, 0.009, 2.0, 0.3)
     cal = calibrate(rows, previous, margin=0.05)
     assert cal.roles["SAG_T1"]["ghost_threshold"] == pytest.approx(0.0105, abs=1e-5)
@@ -369,9 +371,12 @@ def test_whole_series_calibration_and_summary():
     sag_t1_detector = series_value([0.9, 0.2, 0.2, 0.2, 0.2, 0.2], [0.5] * 6)
     assert cal.roles["SAG_T1"]["detector_threshold"] == pytest.approx(1.05 * sag_t1_detector, abs=1e-4)
     assert cal.ghost_threshold == pytest.approx(0.0105, abs=1e-5)  # pooled: the highest role
-    assert cal.accentuation_margin == pytest.approx(max(0.009, 0.5 * 0.0105), abs=1e-5)
+    assert cal.roles["SAG_T1"]["accentuation_margin"] == pytest.approx(1.05 * 0.02, abs=1e-5)
+    assert cal.roles["AX_T2"]["accentuation_margin"] == pytest.approx(0.5 * 0.00315, abs=1e-5)
     scored = rescore(rows, cal)
+    assert [r.get("dl_accentuated") for r in scored] == [False, None, True, None]
     summary = summarise(scored)
+    assert summary["dl_accentuated"]["clean"]["flagged"] == 0 and summary["dl_accentuated"]["severity severe"]["flagged"] == 1
     assert summary["false_flags"]["all"] == {"flagged": 0, "series": 2, "rate": 0.0}
     assert summary["detection"]["severity severe"]["flagged"] == 1
     # the mild AX_T2 series is above its own role's clean maximum, though far below SAG_T1's

@@ -8,7 +8,7 @@
 ``models.evaluation.qc`` scores three central slices per series; the product scores every
 slice of the series, the far-lateral sagittal ones and the top and bottom axial ones
 included, and combines them into the series value by an anatomy-weighted percentile
-(``qc.measures.series_value``). Here: every role of a study (sag T1, CE T1, Dixon in-phase
+(``qc.measures.series_value``). Here: every role of both protocols (sag T1, sag T2, CE T1, Dixon in-phase
 and water (the water series measured with its in-phase partner, as the operator does), ax
 T2), the full stacks (13 sagittal slices at 512, 24 axial at 320), accelerated and
 conventional acquisitions, without motion and with mild and severe motion (rigid,
@@ -35,12 +35,12 @@ from models import WEIGHTS_DIR
 from models.evaluation.qc import ARTIFACT_BINS, artifact_anr, roc_auc
 from qc.calibration import DEFAULT_CALIBRATION as DEFAULT_CALIBRATION_PATH
 from qc.calibration import QCCalibration
-from qc.measures import measure_original, motion_flagged, series_value
+from qc.measures import measure_original, measure_series, motion_flagged, series_value
 
 ROOT = Path(__file__).resolve().parents[2]
 PATIENT_SEEDS = range(8100, 8140)
 CALIBRATION_SEEDS = range(7000, 7040)
-ROLES = ("SAG_T1", "SAG_CE_T1", "SAG_DIXON_IP", "SAG_DIXON_W", "AX_T2")
+ROLES = ("SAG_T1", "SAG_T2", "SAG_CE_T1", "SAG_DIXON_IP", "SAG_DIXON_W", "AX_T2")
 MOTION_KINDS = ("rigid", "swallow", "both")
 _DETECTOR = None
 
@@ -57,13 +57,29 @@ def _detector():
     return _DETECTOR
 
 
-def patient_series(task: tuple[int, tuple[str, ...], tuple[str, ...]]) -> list[dict]:
+_ENHANCER = None
+
+
+def _enhancer():
+    global _ENHANCER  # one per worker process
+    if _ENHANCER is None:
+        from models.inference import load_model
+
+        _ENHANCER = load_model(WEIGHTS_DIR)
+    return _ENHANCER
+
+
+def patient_series(task: tuple) -> list[dict]:
     """Every role of one patient, per acquisition and motion severity: the series' motion
-    score, its flag, the slice scores and the artifact really produced (noise SD units)."""
+    score, its flag, the slice scores and the artifact really produced (noise SD units).
+    ``task``: (seed, acquisitions, severities[, with_dl]); with_dl: the product's enhancement
+    (network, guard, default strength) runs too and its ghost measure is kept, on the
+    original's masks as the operator measures it, for the DL-accentuation guard."""
     from simulation.dicom_study import simulate_series
     from simulation.phantom import PhantomPatient, axial_geometry, render_plane, sagittal_geometry
 
-    seed, acquisitions, severities = task
+    seed, acquisitions, severities = task[:3]
+    with_dl = len(task) > 3 and bool(task[3])
     calibration = QCCalibration.load()
     rng = np.random.default_rng([seed, 13])
     patient = PhantomPatient.from_seed(seed, protocol="myelopathy" if seed % 2 else "hivd")
@@ -88,8 +104,17 @@ def patient_series(task: tuple[int, tuple[str, ...], tuple[str, ...]]) -> list[d
                                          motion_kind=kind if kind != "none" else "both",
                                          with_motion_free=severity != "none")
                 partner = in_phase if role == "SAG_DIXON_W" else None
-                _, quality = measure_original(series.images.astype(np.float32), series.protocol.phase_encode_axis,
-                                              calibration.for_role(role), _detector(), partner)
+                masks, quality = measure_original(series.images.astype(np.float32),
+                                                  series.protocol.phase_encode_axis, calibration.for_role(role),
+                                                  _detector(), partner)
+                dl = {}
+                if with_dl:
+                    from models.inference import enhance_series
+
+                    enhanced = enhance_series(_enhancer(), series.images.astype(np.uint16)).images
+                    dl_quality = measure_series(np.clip(np.rint(enhanced), 0, 65535), series.protocol.phase_encode_axis,
+                                                calibration.for_role(role), masks)
+                    dl = {"slice_ghosts_dl": dl_quality.slice_ghosts}
                 if role == "SAG_DIXON_IP":
                     in_phase = series.images.astype(np.float32)
                 score = quality.motion_score
@@ -100,7 +125,7 @@ def patient_series(task: tuple[int, tuple[str, ...], tuple[str, ...]]) -> list[d
                              "slices": len(series.images), "slice_scores": quality.slice_motion_scores,
                              "flagged_slices": len(quality.flagged_slices),
                              "slice_ghosts": quality.slice_ghosts, "slice_detector": quality.slice_detector,
-                             "slice_body_fraction": quality.slice_body_fraction})
+                             "slice_body_fraction": quality.slice_body_fraction} | dl)
     return rows
 
 
@@ -115,8 +140,13 @@ def rescore(rows: list[dict], calibration: QCCalibration) -> list[dict]:
         detector = series_value(r["slice_detector"], r["slice_body_fraction"])
         score = c.motion_score(ghost, detector)
         slices = [c.motion_score(g, p) for g, p in zip(r["slice_ghosts"], r["slice_detector"])]
+        dl = {}
+        if r.get("slice_ghosts_dl") is not None:
+            ghost_dl = series_value(r["slice_ghosts_dl"], r["slice_body_fraction"])
+            dl = {"ghost_dl": ghost_dl, "dl_accentuated": bool(
+                ghost is not None and ghost_dl is not None and ghost_dl - ghost > c.accentuation_margin)}
         out.append(r | {"ghost": ghost, "detector": detector, "motion_score": score, "flag": motion_flagged(score),
-                        "slice_scores": slices, "flagged_slices": sum(motion_flagged(v) for v in slices)})
+                        "slice_scores": slices, "flagged_slices": sum(motion_flagged(v) for v in slices)} | dl)
     return out
 
 
@@ -129,9 +159,10 @@ def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHO
     """Per role, ghost and detector thresholds ``margin`` above the highest series value
     (anatomy-weighted percentile over its slices, as the product scores) of any clean
     calibration series of that role; pooled thresholds (the highest over all roles) for roles
-    not seen here. The accentuation margin compares the DL output's ghost measure with the
-    original's, which needs the DL model on every series: it stays ``previous``'s, and at
-    least half the pooled ghost threshold."""
+    not seen here. The accentuation margin (how far the DL output's ghost measure may exceed
+    the original's) is set the same way, per role, on the clean series the enhancement was
+    run on (``--dl-patients``), and is at least half the ghost threshold; without such
+    series it stays ``previous``'s (pooled)."""
     clean = [r for r in rows if r["severity"] == "none"]
 
     def thresholds(group: list[dict]) -> tuple[float, float | None]:
@@ -141,13 +172,28 @@ def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHO
         ghost = (1 + margin) * max(ghosts)
         return round(ghost, 5), (round(min((1 + margin) * max(detectors), 0.999), 4) if detectors else None)
 
+    def accentuation(group: list[dict], ghost: float) -> float:
+        """``margin`` above the largest rise of the ghost measure from original to DL output on
+        clean series (where the enhancement was run), and at least half the ghost threshold."""
+        rises = [series_value(r["slice_ghosts_dl"], r["slice_body_fraction"])
+                 - series_value(r["slice_ghosts"], r["slice_body_fraction"])
+                 for r in group if r.get("slice_ghosts_dl") is not None
+                 and series_value(r["slice_ghosts"], r["slice_body_fraction"]) is not None
+                 and series_value(r["slice_ghosts_dl"], r["slice_body_fraction"]) is not None]
+        floor = 0.5 * ghost if not rises else max(0.5 * ghost, (1 + margin) * max(rises))
+        return round(floor, 5)
+
     ghost_threshold, detector_threshold = thresholds(clean)
     roles = {}
     for role in sorted({r["role"] for r in clean}):
-        g, d = thresholds([r for r in clean if r["role"] == role])
-        roles[role] = {"ghost_threshold": g} | ({"detector_threshold": d} if d is not None else {})
+        group = [r for r in clean if r["role"] == role]
+        g, d = thresholds(group)
+        roles[role] = ({"ghost_threshold": g} | ({"detector_threshold": d} if d is not None else {})
+                       | {"accentuation_margin": accentuation(group, g)})
+    pooled_margin = accentuation(clean, ghost_threshold)
     return QCCalibration(
-        ghost_threshold, round(max(previous.accentuation_margin, 0.5 * ghost_threshold), 5),
+        ghost_threshold, pooled_margin if any(r.get("slice_ghosts_dl") for r in clean)
+        else round(max(previous.accentuation_margin, pooled_margin), 5),
         previous.local_weight, detector_threshold,
         source=(f"models.evaluation.qc_series --calibrate, whole series of patients {min(r['seed'] for r in rows)}-"
                 f"{max(r['seed'] for r in rows)}, {len(clean)} clean series, {len(roles)} roles, "
@@ -178,6 +224,15 @@ def summarise(rows: list[dict]) -> dict:
     negatives = np.array([r["motion_score"] for r in clean if r["motion_score"] is not None])
     positives = np.array([r["motion_score"] for r in moved if r["anr"] > 1.0 and r["motion_score"] is not None])
     out["auc_clear_artifact"] = round(roc_auc(negatives, positives), 4) if len(negatives) and len(positives) else None
+    with_dl = [r for r in rows if r.get("dl_accentuated") is not None]
+    if with_dl:  # the DL-accentuation guard, where the enhancement was run
+        out["dl_accentuated"] = {"clean": rate([dict(r, flag=r["dl_accentuated"]) for r in with_dl
+                                                if r["severity"] == "none"])}
+        for severity in sorted({r["severity"] for r in with_dl} - {"none"}):
+            out["dl_accentuated"][f"severity {severity}"] = rate([dict(r, flag=r["dl_accentuated"]) for r in with_dl
+                                                                  if r["severity"] == severity])
+        out["dl_ghost_change_mean"] = round(float(np.mean([r["ghost_dl"] - r["ghost"] for r in with_dl
+                                                           if r["ghost"] is not None and r["ghost_dl"] is not None])), 5)
     # where the false flags come from: the share of slices scoring >= 0.5 by position in the stack
     lateral = {}
     for r in (r for r in clean if r["slice_scores"] is not None):
@@ -198,6 +253,8 @@ def print_table(summary: dict) -> None:
         if r["series"]:
             print(f"{name:<32}{r['flagged']:>6}/{r['series']:<5}{100 * r['rate']:>6.1f} %")
     print(f"\nAUC, clear artifact (> 1 noise SD) against clean: {summary['auc_clear_artifact']}")
+    for name, r in summary.get("dl_accentuated", {}).items():
+        print(f"DL accentuated, {name:<22}{r['flagged']:>6}/{r['series']:<5}{100 * (r['rate'] or 0):>6.1f} %")
     print(f"clean slices scoring >= 0.5: {summary['clean_slices_scoring_ge_0.5']}")
 
 
@@ -228,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motion", nargs="+", default=["none", "mild", "severe"], choices=["none", "mild", "severe"])
     parser.add_argument("--motion-patients", type=int, default=None,
                         help="series with motion for the first N patients only (default: all)")
+    parser.add_argument("--dl-patients", type=int, default=0,
+                        help="run the product's enhancement on the first N patients' series (DL-accentuation guard)")
     parser.add_argument("--rows", type=Path, default=None,
                         help="score the series of an earlier run's JSON again (same detector) instead of simulating")
     parser.add_argument("--margin", type=float, default=THRESHOLD_MARGIN, help="--calibrate: threshold margin")
@@ -241,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     detector = json.loads((WEIGHTS_DIR / "motion_detector.json").read_text())
     seeds = list(CALIBRATION_SEEDS if args.calibrate else PATIENT_SEEDS)[:args.patients]
     with_motion = len(seeds) if args.motion_patients is None else args.motion_patients
-    tasks = [(seed, tuple(args.acquisitions), tuple(m for m in args.motion if m == "none" or k < with_motion))
-             for k, seed in enumerate(seeds)]
+    tasks = [(seed, tuple(args.acquisitions), tuple(m for m in args.motion if m == "none" or k < with_motion),
+              k < args.dl_patients) for k, seed in enumerate(seeds)]
     rows = _stored_rows(args.rows, detector) if args.rows else _simulate(tasks, args.workers, start)
     out = args.out or ROOT / "docs" / ("qc_series_calibration.json" if args.calibrate else "qc_series.json")
     if args.calibrate:
