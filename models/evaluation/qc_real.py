@@ -1,7 +1,8 @@
 """The motion flag on real MR it never saw: whole series, two motion simulators, two backgrounds.
 
     python -m models.evaluation.qc_real                      # evaluation-only sources -> docs/qc_real.json
-    python -m models.evaluation.qc_real --sources calibration --out docs/qc_real_calibration.json
+    python -m models.evaluation.qc_real --sources calibration    # dipy aniso_vox -> docs/qc_real_calibration.json
+    python -m models.evaluation.qc_real --rows docs/qc_real.json  # score stored series again (new thresholds)
 
 Sources: ``--sources evaluation`` (default) are the *evaluation-only* real MR of
 docs/engineering.md (dipy ``t1_coronal_slice``, dipy ``S0_10slices``, nibabel ``example4d``),
@@ -164,9 +165,11 @@ def run(series: list[RealSeries], calibration: QCCalibration) -> list[dict]:
     return rows
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict], calibration: QCCalibration | None = None) -> dict:
     """False flags on clean series (all, per source, per background, per acquisition), flag
-    rates per simulator and severity, AUC of series with a clear artifact (> 1 noise SD)."""
+    rates per simulator and severity, AUC of series with a clear artifact (> 1 noise SD);
+    with ``calibration``, also the false flags and clear-artifact detection had the series
+    been labelled as each role the calibration has thresholds for."""
     clean = [r for r in rows if r["kind"] == "none"]
     moved = [r for r in rows if r["kind"] != "none"]
 
@@ -190,6 +193,15 @@ def summarise(rows: list[dict]) -> dict:
                         ("torchio", [r for r in moved if r["kind"].startswith("torchio")])):
         positives = np.array([r["motion_score"] or 0.0 for r in group if r["anr"] > 1.0])
         out["auc_clear_artifact"][name] = round(roc_auc(negatives, positives), 4) if positives.size else None
+    if calibration is not None:
+        from models.evaluation.qc_series import rescore
+
+        out["by_role"] = {}
+        for role in sorted(calibration.roles):
+            scored = rescore([dict(r, role=role) for r in rows], calibration)
+            out["by_role"][role] = {"false_flags": rate([r for r in scored if r["kind"] == "none"]),
+                                    "artifact > 1 noise SD": rate([r for r in scored
+                                                                   if r["kind"] != "none" and r["anr"] > 1.0])}
     return out
 
 
@@ -202,12 +214,17 @@ def print_table(summary: dict) -> None:
         if r["series"]:
             print(f"{name:<44}{r['flagged']:>6}/{r['series']:<5}{100 * r['rate']:>6.1f} %")
     print(f"\nAUC, clear artifact (> 1 noise SD) against clean: {summary['auc_clear_artifact']}")
+    for role, r in summary.get("by_role", {}).items():
+        print(f"as {role:<14} false flags {100 * (r['false_flags']['rate'] or 0):5.1f} %, "
+              f"clear artifacts flagged {100 * (r['artifact > 1 noise SD']['rate'] or 0):5.1f} %")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sources", choices=["evaluation", "calibration"], default="evaluation")
     parser.add_argument("--role", default="SAG_CE_T1", help="whose thresholds score the series")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="score the series of an earlier run's JSON again (same detector) instead of simulating")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or ROOT / "docs" / ("qc_real.json" if args.sources == "evaluation" else "qc_real_calibration.json")
@@ -215,9 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(2)
-    series = evaluation_series() if args.sources == "evaluation" else calibration_series()
-    rows = run(series, QCCalibration.load().for_role(args.role))
-    summary = summarise(rows)
+    series = [] if args.rows else evaluation_series() if args.sources == "evaluation" else calibration_series()
+    calibration = QCCalibration.load()
+    if args.rows:
+        from models.evaluation.qc_series import _stored_rows, rescore
+
+        detector = json.loads((WEIGHTS_DIR / "motion_detector.json").read_text())
+        rows = [dict(r, role=args.role) for r in _stored_rows(args.rows, detector)]
+        rows = [r | {"not_measurable": r["motion_score"] is None} for r in rescore(rows, calibration)]
+    else:
+        rows = run(series, calibration.for_role(args.role))
+    summary = summarise(rows, calibration)
     print_table(summary)
     out.write_text(json.dumps({
         "command": "python -m models.evaluation.qc_real " + " ".join(argv or []), "date": time.strftime("%Y-%m-%d"),
