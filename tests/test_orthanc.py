@@ -58,6 +58,48 @@ def _model_path() -> Path:
     return Path(os.environ.get("CPACS_TEST_MODEL_PATH") or WEIGHTS_DIR)
 
 
+def _app_processes(work_marker: str) -> list[int]:
+    """Processes whose stdout is an ``app.stdout`` in a job folder named ``work_marker*``: the
+    application run of that job, cold (``python -m app``) or forked by the warm runner."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                target = os.readlink(p / "fd" / "1")
+            except OSError:
+                continue
+            if work_marker in target and target.endswith("app.stdout") and not _gone(int(p.name)):
+                pids.append(int(p.name))
+    return pids
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def _parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+
+
+def _copy_as_new_study(series_dir: Path, out: Path) -> list[Path]:
+    """The series under new Study/Series/SOP Instance UIDs: a study of its own."""
+    out.mkdir(parents=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for f in sorted(series_dir.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(out / f.name)
+    return _dcm(out)
+
+
+WARM_RUN = re.compile(r"app run: warm runner pid (\d+), run (\d+) of at most (\d+), child pid (\d+)")
+
+
 def _processes_matching(text: str) -> list[int]:
     pids = []
     for p in Path("/proc").iterdir():
@@ -625,10 +667,11 @@ def test_worker_killed_mid_job_completes_after_restart(stack, studies):
     info = stack.wait_job(source_id, states=("running",))
     job_id, worker_pid = info["job"]["id"], stack.worker.pid
     marker = f"cervical-dl-w{worker_pid}-job{job_id}-"
-    stack.wait(lambda: _processes_matching(marker), "the app process of the job", 60)
+    [app] = stack.wait(lambda: _app_processes(marker), "the app process of the job", 60)
+    warm_runner = _parent_pid(app)  # the warm runner the run was forked from (the worker, when cold)
     time.sleep(1.0)
     stack.stop_worker(signal.SIGKILL)
-    stack.wait(lambda: not _processes_matching(marker), "the app to die with its worker", 20)
+    stack.wait(lambda: _gone(app) and _gone(warm_runner), "the app and its warm runner to die with their worker", 20)
     assert stack.job_info(source_id)["job"]["state"] == "running"  # orphaned until a worker looks
     assert list(stack.work_dir.glob(f"{marker}*"))
     stack.start_worker()
@@ -638,15 +681,68 @@ def test_worker_killed_mid_job_completes_after_restart(stack, studies):
     assert not list(stack.work_dir.glob(f"{marker}*"))  # the killed attempt's temp folder is gone
 
 
-def test_failed_upload_is_rolled_back_and_retry_route_works(stack, studies):
+def test_study_runs_are_forked_from_one_warm_runner_recycled_after_max_jobs(stack, studies):
+    """Two studies, one warm runner: each run a child of the same process (imports paid once),
+    results as usual; after CPACS_RUNNER_MAX_JOBS runs the process is replaced."""
     stack.stop_worker()
-    stack.start_worker(CPACS_FAULT_INJECT="fail-upload-after:1", CPACS_MAX_ATTEMPTS="1")
+    log_start = len((stack.logs / "worker.log").read_text(errors="replace"))
+    stack.start_worker(CPACS_RUNNER_MAX_JOBS="2")
+    runs = []
+    for k in range(2):
+        files = _copy_as_new_study(studies["b"] / "301_sag_t1", stack.tmp / f"warm-{k}")
+        source_id = stack.upload(files)[0]["ParentSeries"]
+        info = stack.wait_job(source_id)
+        _assert_done_with_derived(stack, source_id, info, n_instances=2)
+        assert len(_qc_series_in_study(stack, info["job"]["study_id"])) == 2
+        text = (stack.logs / "worker.log").read_text(errors="replace")[log_start:]
+        done = [ln for ln in text.splitlines() if f"job {info['job']['id']} " in ln and ": done in " in ln]
+        assert len(done) == 1, text[-3000:]
+        runs.append(WARM_RUN.search(done[0]).groups())
+    (pid1, n1, most, child1), (pid2, n2, _, child2) = runs
+    assert pid1 == pid2 and (n1, n2) == ("1", "2") and most == "2", runs  # the same process served both
+    assert child1 != child2 and pid1 not in (child1, child2)  # each run in a child of its own
+    text = (stack.logs / "worker.log").read_text(errors="replace")[log_start:]
+    assert f"warm runner pid {pid1} stopped (recycled after 2 runs" in text
+    stack.wait(lambda: _gone(int(pid1)), "the recycled warm runner to exit", 20)
+    assert re.search(r"warm runner pid (?!%s\b)\d+ starting" % pid1, (stack.logs / "worker.log").read_text()[log_start:])
+
+
+def test_warm_runner_killed_mid_run_the_study_is_retried_and_nothing_partial(stack, studies):
+    files = _copy_as_new_study(studies["b"] / "501_ax_t2", stack.tmp / "warm-killed")
+    answer = stack.upload(files)[0]
+    source_id, study_id = answer["ParentSeries"], answer["ParentStudy"]
+    info = stack.wait_job(source_id, states=("running",))
+    marker = f"cervical-dl-w{stack.worker.pid}-job{info['job']['id']}-"
+    [app] = stack.wait(lambda: _app_processes(marker), "the app process of the job", 60)
+    warm_runner = _parent_pid(app)
+    assert warm_runner != stack.worker.pid  # forked by the warm runner, not started cold
+    time.sleep(1.0)
+    os.kill(warm_runner, signal.SIGKILL)
+    stack.wait(lambda: _gone(app), "the run to die with its warm runner", 20)
+    info = stack.wait_job(source_id)
+    derived = _assert_done_with_derived(stack, source_id, info, n_instances=2)
+    assert info["job"]["attempts"] == 2 and len(info["history"]) == 1  # retried, same job
+    assert stack.worker.poll() is None  # the worker itself was not affected
+    log = stack.log_tail("worker.log", 80)
+    assert f"the warm runner (pid {warm_runner}) died during the run" in log
+    assert re.search(r"warm runner pid (?!%d\b)\d+ starting" % warm_runner, log)
+    ours = _ours_in_study(stack, study_id)  # nothing partial: the derived series and the QC pair, whole
+    qc = _qc_series_in_study(stack, study_id)
+    assert sorted(ours) == sorted([derived["ID"], *(s["ID"] for s in qc)]) and len(qc) == 2
+
+
+def test_failed_upload_is_rolled_back_and_retry_route_works(stack, studies):
+    stack.stop_worker()  # the cold path (warm runner off) with it
+    log_start = len((stack.logs / "worker.log").read_text(errors="replace"))
+    stack.start_worker(CPACS_FAULT_INJECT="fail-upload-after:1", CPACS_MAX_ATTEMPTS="1", CPACS_RUNNER_WARM="false")
     answers = stack.upload(_dcm(studies["b"] / "801_sag_ce_t1"))
     source_id, study_id = answers[0]["ParentSeries"], answers[0]["ParentStudy"]
     info = stack.wait_job(source_id, states=("failed",))
     assert "injected upload failure after 1 instances" in info["job"]["reason"]
     assert info["metadata"]["CervicalDLState"] == "failed" and info["metadata"]["CervicalDLDerivedSeries"] == ""
     assert re.search(r"job \d+: rolled back the upload of \d+ derived series", stack.log_tail("worker.log", 30))
+    since = (stack.logs / "worker.log").read_text(errors="replace")[log_start:]
+    assert "warm runner off" in since and "warm runner pid" not in since  # ran cold: python -m app
     assert _ours_in_study(stack, study_id) == []  # nothing partial left
     stack.stop_worker()
     stack.start_worker()

@@ -15,8 +15,10 @@ worker's resident memory sampled through the burst (goal: no growth: the worker 
 images itself beyond one file at a time; the app runs in a child process per job).
 ``--quick`` uses 3-slice series and a burst of 3 (a smoke run of the script itself).
 ``--study`` measures only (2), a whole accelerated myelopathy study (13 sagittal slices in
-4 series, 24 axial, 512 and 320 pixels), processed in one study run; it prints the worker's
-memory and ends with the line ``whole study: N.N s from last instance stored to all results
+4 series, 24 axial, 512 and 320 pixels), processed in one study run, after the warm runner
+has imported the application (``--runner cold``: ``python -m app`` per run, as before the
+warm runner); it prints the worker's and the runner's memory (the warm runner's RSS before
+and after, and the app run's peak RSS) and ends with the line ``whole study: N.N s from last instance stored to all results
 in Orthanc`` (goal on 2 cores: <= 25 s, of which StableAge + the study quiet time <= 5 s).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -38,18 +41,34 @@ from pydicom.uid import generate_uid
 
 from .jobqueue import JobQueue
 from .launcher import start_orthanc, start_worker, wait_orthanc
+from .runner import rss_kib
 from .sandbox import free_port, private_network
 from .settings import ADMIN_USER, REPO_ROOT, Settings, render_orthanc_config
 
 
-def _rss_kib(pid: int) -> int:
+_rss_kib = rss_kib
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int, children: bool = False) -> float:
+    """CPU seconds (user + system) of a process so far; with ``children``, those of its
+    waited-for children too (the worker's cold app runs)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        pass
-    return 0
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if children else 0)
+    return ticks / _TICK
+
+
+def run_offline(study: Path, out: Path, model_path: Path) -> dict:
+    """The same study through ``python -m app`` directly (wall and CPU), for comparison."""
+    cmd = [sys.executable, "-m", "app", "-i", str(study), "-o", str(out), "-m", str(model_path)]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    return {"wall_s": round(time.monotonic() - start, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024), "exit": os.waitstatus_to_exitcode(status)}
 
 
 def make_study(out: Path, sagittal: int, axial: int, seed: int) -> Path:
@@ -82,7 +101,7 @@ class Bench:
                "CPACS_HTTP_PORT": str(free_port()), "CPACS_DICOM_PORT": str(free_port()),
                "CPACS_STABLE_AGE": str(args.stable_age), "CPACS_MODEL_PATH": str(args.model_path),
                "CPACS_CONCURRENCY": str(args.concurrency), "CPACS_POLL_SECONDS": "0.2",
-               "CPACS_STUDY_QUIET_SECONDS": str(args.quiet),
+               "CPACS_STUDY_QUIET_SECONDS": str(args.quiet), "CPACS_RUNNER_WARM": str(args.runner == "warm"),
                "CPACS_WORK_DIR": str(tmp)}
         self.settings = Settings.from_env(env=env, config_file=tmp / "no-site.env")
         render_orthanc_config(self.settings)
@@ -100,6 +119,16 @@ class Bench:
         for p in (self.worker, self.orthanc):
             p.terminate()
             p.wait(timeout=60)
+
+    def warm_runner_pid(self, log_file: Path, timeout: float) -> int:
+        """The worker's warm runner once it has imported the application (0: none)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.settings.runner_warm:
+            found = re.findall(r"warm runner pid (\d+) ready", log_file.read_text(errors="replace"))
+            if found:
+                return int(found[-1])
+            time.sleep(0.2)
+        return 0
 
     def upload(self, files: list[Path]) -> tuple[set[str], float]:
         series = set()
@@ -204,19 +233,39 @@ def run_study(args, results: dict) -> dict:
                 deadline = time.monotonic() + 60  # the worker's first heartbeat: imports done, idle
                 while not bench.queue.workers() and time.monotonic() < deadline:
                     time.sleep(0.2)
-                rss_before = _rss_kib(bench.worker.pid)
+                # the warm runner imports the application once, before the study arrives (steady state)
+                runner_pid = bench.warm_runner_pid(tmp / "stack" / "worker.log", 180)
+                rss_before, runner_before = _rss_kib(bench.worker.pid), _rss_kib(runner_pid) if runner_pid else 0
+                # CPU used meanwhile by the stack's own processes (is the app contending with them?)
+                cpu_before = {"orthanc": _cpu_s(bench.orthanc.pid), "worker": _cpu_s(bench.worker.pid),
+                              "bench": _cpu_s(os.getpid())}
                 ids, t = bench.upload(sorted(whole.rglob("*.dcm")))
                 jobs = bench.wait_done(ids, args.timeout)
+                results["stack_cpu_s_during_run"] = {
+                    "orthanc": round(_cpu_s(bench.orthanc.pid) - cpu_before["orthanc"], 1),
+                    "worker_without_app": round(_cpu_s(bench.worker.pid) - cpu_before["worker"], 1),
+                    "bench_client": round(_cpu_s(os.getpid()) - cpu_before["bench"], 1)}
                 runs = {j["batch"] for j in jobs.values() if j["state"] == "done"}
                 results["whole_study"] = _timings(jobs, t) | {"series": len(ids), "study_runs": len(runs)}
                 results["worker_rss_mib"] = {"before": round(rss_before / 1024, 1),
                                              "after": round(_rss_kib(bench.worker.pid) / 1024, 1)}
+                results["runner"] = {"mode": args.runner, "warm_runner_pid": runner_pid}
+                if runner_pid:
+                    results["runner"]["warm_runner_rss_mib"] = {"before": round(runner_before / 1024, 1),
+                                                                "after": round(_rss_kib(runner_pid) / 1024, 1)}
             finally:
                 bench.close()
                 log_file = tmp / "stack" / "worker.log"
                 done_lines = [ln for ln in log_file.read_text().splitlines() if ": done in " in ln] if log_file.exists() else []
                 if done_lines:  # the worker's own breakdown of the study run (no patient data in it)
                     results["worker_breakdown"] = done_lines[-1].split(": done in ", 1)[1]
+                    run = re.search(r"app run: (.*)$", done_lines[-1])
+                    peak = re.search(r"peak RSS (\d+) MiB", done_lines[-1])
+                    results.setdefault("runner", {})["app_run"] = run.group(1) if run else ""
+                    results["runner"]["app_peak_rss_mib"] = int(peak.group(1)) if peak else None
+        if args.compare_offline:
+            print("the same study offline (python -m app) ...", file=sys.stderr)
+            results["offline_app"] = run_offline(whole, tmp / "offline-out", args.model_path)
     return results
 
 
@@ -230,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", type=float, default=2.0, help="CPACS_STUDY_QUIET_SECONDS")
     parser.add_argument("--study", action="store_true", help="only the whole study (13 sagittal slices)")
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--compare-offline", action="store_true",
+                        help="--study: then run the same study through python -m app directly (wall, CPU)")
+    parser.add_argument("--runner", choices=("warm", "cold"), default="warm",
+                        help="python mode: runs forked from the warm runner (default) or python -m app each (cold)")
     parser.add_argument("--model-path", type=Path, default=Path(os.environ.get("CPACS_MODEL_PATH", REPO_ROOT / "models" / "weights")))
     parser.add_argument("--timeout", type=float, default=300, help="seconds per series")
     parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
@@ -244,8 +297,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.study:
         whole, rss = results["whole_study"], results["worker_rss_mib"]
         print(f"worker memory: {rss['before']} MiB before, {rss['after']} MiB after")
+        runner = results.get("runner", {})
+        peak = f"; the app run's peak {runner['app_peak_rss_mib']} MiB" if runner.get("app_peak_rss_mib") else ""
+        if runner.get("warm_runner_rss_mib"):
+            warm = runner["warm_runner_rss_mib"]
+            print(f"runner memory: warm runner {warm['before']} MiB before, {warm['after']} MiB after{peak}")
+        else:
+            print(f"runner memory: {runner.get('mode', '?')} runs (python -m app per study){peak}")
         if results.get("worker_breakdown"):
             print(f"worker: done in {results['worker_breakdown']}")
+        if results.get("offline_app"):
+            off = results["offline_app"]
+            print(f"offline python -m app on the same study: {off['wall_s']} s wall, {off['cpu_s']} s CPU")
         if "stored_to_available_s" in whole:
             print(f"whole study: {whole['stored_to_available_s']:.1f} s from last instance stored to all results in Orthanc")
         else:

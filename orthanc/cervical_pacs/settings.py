@@ -53,6 +53,9 @@ class Settings:
     map_image: str = ""                            # docker mode: the MAP image
     docker_bin: str = "docker"
     docker_args: str = ""                          # extra `docker run` arguments, e.g. --gpus all
+    runner_warm: bool = True                       # python mode: runs forked from a warm runner (runner.py, warm.py)
+    runner_max_jobs: int = 50                      # warm runner recycled after this many runs
+    runner_max_rss_mib: int = 2048                 # ... or when its resident memory grows beyond this
     concurrency: int = 1
     max_attempts: int = 3
     backoff_seconds: float = 10.0
@@ -79,7 +82,9 @@ class Settings:
         "credentials_file": "CPACS_CREDENTIALS_FILE", "orthanc_url": "CPACS_ORTHANC_URL",
         "queue_db": "CPACS_QUEUE_DB", "model_path": "CPACS_MODEL_PATH", "run_mode": "CPACS_RUN_MODE",
         "app_python": "CPACS_APP_PYTHON", "map_image": "CPACS_MAP_IMAGE", "docker_bin": "CPACS_DOCKER_BIN",
-        "docker_args": "CPACS_DOCKER_ARGS", "concurrency": "CPACS_CONCURRENCY",
+        "docker_args": "CPACS_DOCKER_ARGS", "runner_warm": "CPACS_RUNNER_WARM",
+        "runner_max_jobs": "CPACS_RUNNER_MAX_JOBS", "runner_max_rss_mib": "CPACS_RUNNER_MAX_RSS_MIB",
+        "concurrency": "CPACS_CONCURRENCY",
         "max_attempts": "CPACS_MAX_ATTEMPTS", "backoff_seconds": "CPACS_BACKOFF_SECONDS",
         "app_timeout": "CPACS_APP_TIMEOUT", "lease_seconds": "CPACS_LEASE_SECONDS",
         "poll_seconds": "CPACS_POLL_SECONDS", "study_quiet_seconds": "CPACS_STUDY_QUIET_SECONDS", "work_dir": "CPACS_WORK_DIR", "forward_aet": "CPACS_FORWARD_AET",
@@ -125,6 +130,8 @@ class Settings:
             s.plugin_pythonpath = [str(REPO_ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
         if s.run_mode not in ("python", "docker"):
             raise ValueError(f"CPACS_RUN_MODE must be python or docker, not {s.run_mode!r}")
+        if s.runner_max_jobs < 1 or s.runner_max_rss_mib < 1:
+            raise ValueError("CPACS_RUNNER_MAX_JOBS and CPACS_RUNNER_MAX_RSS_MIB must be at least 1")
         if len(s.aet) > 16:
             raise ValueError("CPACS_AET: at most 16 characters")
         return s

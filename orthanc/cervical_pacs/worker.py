@@ -16,7 +16,9 @@ the study gets one QC report):
  3. metadata ``running`` on the source series; fetch their instances over REST into one temp
     dir (the fingerprint of what was fetched is recorded per series: a later STABLE_SERIES for
     the same content adds no job; a series deleted meanwhile fails alone);
- 4. run the app once (``runner.py``): exit 0 -> upload; 3/4 -> ``skipped`` with the app's
+ 4. run the app once (``runner.py``: in python mode a child forked from this job thread's warm
+    runner, which imported the application once, or ``python -m app`` with
+    ``CPACS_RUNNER_WARM=false``; in docker mode one ``docker run``): exit 0 -> upload; 3/4 -> ``skipped`` with the app's
     one-line reason per series; 2 -> ``failed``; anything else (1, 5, signal, timeout) ->
     retried with exponential backoff until CPACS_MAX_ATTEMPTS, then ``failed``;
  5. validate every ``*.dcm`` under OUT (ours, same study, never a source series' UID);
@@ -104,7 +106,7 @@ class Worker:
         self.s = settings
         self.api = OrthancApiClient(settings.orthanc_url, user=user, pwd=password, pool_maxsize=max(4, 2 * settings.concurrency))
         self.queue = JobQueue(settings.queue_db)
-        self.runner = AppRunner(settings)
+        self._local = threading.local()  # each job thread's AppRunner (and its warm runner)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{_proc_start_ticks(os.getpid())}"
         self.stop = threading.Event()
         self._running = 0
@@ -134,8 +136,9 @@ class Worker:
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> int:
-        log.info("worker %s started: queue %s, Orthanc %s, concurrency %d, mode %s", self.owner,
-                 self.s.queue_db, self.s.orthanc_url, self.s.concurrency, self.s.run_mode)
+        warm = f", warm runner {'on' if self.s.runner_warm else 'off'}" if self.s.run_mode == "python" else ""
+        log.info("worker %s started: queue %s, Orthanc %s, concurrency %d, mode %s%s", self.owner,
+                 self.s.queue_db, self.s.orthanc_url, self.s.concurrency, self.s.run_mode, warm)
         self._clean_work_dirs()
         self._maintenance()
         threads = [threading.Thread(target=self._loop, name=f"job-{i}", daemon=True) for i in range(self.s.concurrency)]
@@ -187,8 +190,22 @@ class Worker:
         except Exception:  # noqa: BLE001
             log.exception("maintenance failed")
 
+    def _runner(self) -> AppRunner:
+        """This job thread's runner (its warm runner is tied to this thread: setpriv --pdeathsig)."""
+        if getattr(self._local, "runner", None) is None:
+            self._local.runner = AppRunner(self.s)
+        return self._local.runner
+
     def _loop(self) -> None:
+        runner = self._runner()
+        try:
+            self._claim_and_process(runner)
+        finally:
+            runner.close()
+
+    def _claim_and_process(self, runner: AppRunner) -> None:
         while not self.stop.is_set():
+            runner.prepare()  # a warm runner imports while we wait for a study
             try:
                 batch = self.queue.claim_study(self.owner, self.s.lease_seconds, self.s.study_quiet_seconds)
             except Exception:  # noqa: BLE001 - e.g. database locked for too long
@@ -247,7 +264,7 @@ class Worker:
                 if not batch:
                     return
                 fetched = time.monotonic()
-                result = self.runner.run(in_dir, out_dir, tmp, f"cervical-dl-w{os.getpid()}-j{jid}-{lead['attempts']}",
+                result = self._runner().run(in_dir, out_dir, tmp, f"cervical-dl-w{os.getpid()}-j{jid}-{lead['attempts']}",
                                          should_stop)
                 if result.interrupted:
                     raise Interrupted(result.reason)
@@ -272,8 +289,9 @@ class Worker:
             n = sum(len(v) for v in uploaded.values())
             end = time.monotonic()
             log.info("%s: done in %.1f s (fetch %.1f s, app %.1f s in one run, upload %.1f s, commit %.1f s): "
-                     "%d derived series, %d QC series, %d instances", label, end - start, fetched - start,
-                     result.seconds, commit_start - upload_start, end - commit_start, derived, qc_series, n)
+                     "%d derived series, %d QC series, %d instances; app run: %s", label, end - start,
+                     fetched - start, result.seconds, commit_start - upload_start, end - commit_start, derived,
+                     qc_series, n, result.runner)
         except Interrupted as exc:
             for job in batch:
                 self._abort(job, label, f"requeued: {exc}", delay=0, count_attempt=False, lost=lost.is_set())
