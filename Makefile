@@ -36,14 +36,14 @@ train: setup
 train-motion: setup
 	$(PY) -m models.training.train_motion_detector simulate --phantoms 120 --generic 2000 --workers 2
 	$(PY) -m models.training.train_motion_detector train --minutes 20
-	$(PY) -m models.evaluation.qc_series --calibrate --motion-patients 12
+	$(PY) -m models.evaluation.qc_series --calibrate --motion-patients 12 --dl-patients 6
 
 # Long evaluations and benchmarks (outside CI; results committed under docs/).
 evaluate: setup
 	$(PY) -m models.evaluation.enhancement
 	$(PY) -m models.evaluation.qc
 	$(PY) -m models.evaluation.qc_independent
-	$(PY) -m models.evaluation.qc_series --motion-patients 20
+	$(PY) -m models.evaluation.qc_series --motion-patients 20 --dl-patients 4
 	$(PY) -m models.evaluation.qc_real
 
 benchmark: setup
