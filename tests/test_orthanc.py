@@ -619,8 +619,13 @@ def test_grown_series_is_reprocessed_and_its_derived_series_replaced(stack, stud
     # the study's other series were run again with it, and its one QC report replaced in place
     qc2 = _qc_series_in_study(stack, study_id)
     assert sorted(s["ID"] for s in qc2) == sorted(s["ID"] for s in qc1) and all(len(s["Instances"]) == 1 for s in qc2)
-    others = [j for j in stack.study_info(study_id)["series"] if j["state"] == "done" and j["series_id"] != source_id]
-    assert len(others) >= 3 and {j["batch"] for j in others} == {second["job"]["batch"]}
+    def others_done():  # the worker finishes the run's jobs one after the other, the lead's first
+        others = [j for j in stack.study_info(study_id)["series"] if j["series_id"] != source_id]
+        done = [j for j in others if j["state"] == "done"]
+        return done if len(done) >= 3 and not any(j["state"] in ("queued", "running") for j in others) else None
+
+    others = stack.wait(others_done, "the study's other series to finish with the run", 60)
+    assert {j["batch"] for j in others} == {second["job"]["batch"]}
 
 
 def test_corrupt_and_non_cervical_series_are_skipped_with_a_reason(stack, studies):

@@ -171,8 +171,12 @@ class WarmRunner:
         if ready is None and timeout < WARM_READY_TIMEOUT_S:
             return False  # still importing
         if ready is None or ready.get("event") != "ready":
-            log.warning("warm runner pid %d did not get ready (exit code %s): runs go cold for %.0f s", self.pid,
-                        self.proc.poll(), WARM_RETRY_AFTER_S)
+            try:
+                why = f"exited with code {self.proc.wait(timeout=5)} during its imports"
+            except subprocess.TimeoutExpired:
+                why = f"not ready within {timeout:g} s"
+            log.warning("warm runner pid %d %s (its error is in this log): runs go cold for %.0f s", self.pid, why,
+                        WARM_RETRY_AFTER_S)
             self.stop("not ready")
             self._cold_until = time.monotonic() + WARM_RETRY_AFTER_S
             return False
