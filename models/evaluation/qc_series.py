@@ -1,8 +1,9 @@
 """The motion flag on whole series of fresh phantom patients, as the product sees them.
 
-    python -m models.evaluation.qc_series --motion-patients 20     # 40 patients -> table + docs/qc_series.json
+    python -m models.evaluation.qc_series --motion-patients 12 --dl-patients 2   # 40 patients -> docs/qc_series.json
     python -m models.evaluation.qc_series --patients 12 --motion none severe   # a quicker look
-    python -m models.evaluation.qc_series --calibrate --motion-patients 12     # thresholds -> qc/calibration.json
+    python -m models.evaluation.qc_series --calibrate --patients 30 --motion-patients 10 --dl-patients 3
+                                                     # per-role thresholds -> qc/calibration.json
     python -m models.evaluation.qc_series --rows docs/qc_series.json            # score stored series again
 
 ``models.evaluation.qc`` scores three central slices per series; the product scores every
@@ -16,8 +17,8 @@ swallowing or both, drawn per series). Every row keeps its per-slice raw measure
 measure, detector probability, body share), so that ``--rows`` can score a stored run
 again with new thresholds without simulating it again (the detector must be the same).
 
-Evaluation patients 8100-8139; calibration patients (``--calibrate``) 7000-7039, whole series
-too: disjoint from each other, from the detector's training phantoms (9000-9119), the
+Evaluation patients 8100-8139; calibration patients (``--calibrate``) 7000-7039 (the shipped
+calibration used 7000-7029), whole series too: disjoint from each other, from the detector's training phantoms (9000-9119), the
 3-slice evaluation (8000-8015) and the enhancement model's training (>= 10,000). Vendor
 changes only the DICOM header, not the pixels simulated here.
 """
@@ -258,12 +259,22 @@ def print_table(summary: dict) -> None:
     print(f"clean slices scoring >= 0.5: {summary['clean_slices_scoring_ge_0.5']}")
 
 
-def _simulate(tasks: list[tuple], workers: int, start: float) -> list[dict]:
+def _simulate(tasks: list[tuple], workers: int, start: float, checkpoint: Path, detector: dict) -> list[dict]:
+    """Every task's rows; after each patient the rows so far go to ``checkpoint`` (usable with
+    ``--rows``; a later run with the same detector resumes from it), so that a long run stopped
+    early still leaves its results. Patients with the enhancement (slow) run last."""
     rows: list[dict] = []
+    if checkpoint.exists():  # resume a stopped run of the same detector: its finished patients stay
+        rows = [r for r in _stored_rows(checkpoint, detector) if r["seed"] in {t[0] for t in tasks}]
+        tasks = [t for t in tasks if t[0] not in {r["seed"] for r in rows}]
+        print(f"resuming {checkpoint}: {len({r['seed'] for r in rows})} patients done", flush=True)
     with Pool(workers) as pool:
-        for i, result in enumerate(pool.imap_unordered(patient_series, tasks)):
+        for i, result in enumerate(pool.imap_unordered(patient_series, sorted(tasks, key=lambda t: bool(t[3])))):
             rows.extend(result)
+            checkpoint.write_text(json.dumps({"detector": {k: detector.get(k) for k in ("name", "version")},
+                                              "series": rows}))
             print(f"{i + 1}/{len(tasks)} patients, {time.time() - start:.0f} s", flush=True)
+    checkpoint.unlink(missing_ok=True)  # complete: the caller writes the result
     return sorted(rows, key=lambda r: (r["seed"], r["acquisition"], r["severity"], r["role"]))
 
 
@@ -302,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     with_motion = len(seeds) if args.motion_patients is None else args.motion_patients
     tasks = [(seed, tuple(args.acquisitions), tuple(m for m in args.motion if m == "none" or k < with_motion),
               k < args.dl_patients) for k, seed in enumerate(seeds)]
-    rows = _stored_rows(args.rows, detector) if args.rows else _simulate(tasks, args.workers, start)
     out = args.out or ROOT / "docs" / ("qc_series_calibration.json" if args.calibrate else "qc_series.json")
+    rows = (sorted(_stored_rows(args.rows, detector), key=lambda r: (r["seed"], r["acquisition"], r["severity"],
+                                                                    r["role"]))
+            if args.rows else _simulate(tasks, args.workers, start, out.with_suffix(".partial.json"), detector))
     if args.calibrate:
         from dataclasses import asdict
 
