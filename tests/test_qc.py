@@ -368,8 +368,12 @@ def test_whole_series_calibration_and_summary():
     cal = calibrate(rows, previous, margin=0.05)
     assert cal.roles["SAG_T1"]["ghost_threshold"] == pytest.approx(0.0105, abs=1e-5)
     assert cal.roles["AX_T2"]["ghost_threshold"] == pytest.approx(0.00315, abs=1e-5)
-    sag_t1_detector = series_value([0.9, 0.2, 0.2, 0.2, 0.2, 0.2], [0.5] * 6)
-    assert cal.roles["SAG_T1"]["detector_threshold"] == pytest.approx(1.05 * sag_t1_detector, abs=1e-4)
+    # the detector's threshold comes from the higher of the whole stack and its central 5 slices
+    # (a site covering less sends those): [0.9, 0.2 x 4] reads higher than [0.9, 0.2 x 5]
+    whole = series_value([0.9, 0.2, 0.2, 0.2, 0.2, 0.2], [0.5] * 6)
+    central = series_value([0.9, 0.2, 0.2, 0.2, 0.2], [0.5] * 5)
+    assert central > whole
+    assert cal.roles["SAG_T1"]["detector_threshold"] == pytest.approx(1.05 * central, abs=1e-4)
     assert cal.ghost_threshold == pytest.approx(0.0105, abs=1e-5)  # pooled: the highest role
     assert cal.roles["SAG_T1"]["accentuation_margin"] == pytest.approx(1.05 * 0.02, abs=1e-5)
     assert cal.roles["AX_T2"]["accentuation_margin"] == pytest.approx(0.5 * 0.00315, abs=1e-5)

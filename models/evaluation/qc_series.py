@@ -151,6 +151,25 @@ def rescore(rows: list[dict], calibration: QCCalibration) -> list[dict]:
     return out
 
 
+#: Stack lengths a calibration series is also read at (its central slices): sites send 5 to 30 slices.
+CALIBRATION_STACKS = (5, 9)
+
+
+def _covering_value(row: dict, key: str) -> float | None:
+    """The highest series value of ``key`` over the whole stack and its central sub-stacks
+    (``CALIBRATION_STACKS``): a site that covers less than the calibration's 13 sagittal slices
+    sends the central ones, whose values are higher (a clean 5-slice Dixon water series went
+    above a threshold set on 13-slice stacks alone)."""
+    values, weights = row[key], row["slice_body_fraction"]
+    found = [series_value(values, weights)]
+    for n in CALIBRATION_STACKS:
+        if len(values) > n:
+            lo = (len(values) - n) // 2
+            found.append(series_value(values[lo : lo + n], weights[lo : lo + n]))
+    found = [v for v in found if v is not None]
+    return max(found) if found else None
+
+
 #: Thresholds sit this far (relative) above the highest clean calibration series of their role.
 THRESHOLD_MARGIN = 0.05
 
@@ -158,8 +177,8 @@ THRESHOLD_MARGIN = 0.05
 def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHOLD_MARGIN,
               detector_corroboration: float | None = None) -> QCCalibration:
     """Per role, ghost and detector thresholds ``margin`` above the highest series value
-    (anatomy-weighted percentile over its slices, as the product scores) of any clean
-    calibration series of that role; pooled thresholds (the highest over all roles) for roles
+    (anatomy-weighted percentile over its slices, as the product scores; over the whole stack
+    and its central 5 and 9 slices) of any clean calibration series of that role; pooled thresholds (the highest over all roles) for roles
     not seen here. The accentuation margin (how far the DL output's ghost measure may exceed
     the original's) is set the same way, per role, on the clean series the enhancement was
     run on (``--dl-patients``), and is at least half the ghost threshold; without such
@@ -167,9 +186,8 @@ def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHO
     clean = [r for r in rows if r["severity"] == "none"]
 
     def thresholds(group: list[dict]) -> tuple[float, float | None]:
-        ghosts = [series_value(r["slice_ghosts"], r["slice_body_fraction"]) or 0.0 for r in group]
-        detectors = [v for v in (series_value(r["slice_detector"], r["slice_body_fraction"]) for r in group)
-                     if v is not None]
+        ghosts = [_covering_value(r, "slice_ghosts") or 0.0 for r in group]
+        detectors = [v for v in (_covering_value(r, "slice_detector") for r in group) if v is not None]
         ghost = (1 + margin) * max(ghosts)
         return round(ghost, 5), (round(min((1 + margin) * max(detectors), 0.999), 4) if detectors else None)
 
