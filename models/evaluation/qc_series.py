@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", action="store_true",
                         help="derive the thresholds on the calibration patients and write qc/calibration.json")
     parser.add_argument("--patients", type=int, default=None, help="the first N patients (default: all)")
+    parser.add_argument("--skip-patients", type=int, default=0, help="leave out the first N patients (split a run)")
     parser.add_argument("--acquisitions", nargs="+", default=["accelerated", "conventional"],
                         choices=["accelerated", "conventional"])
     parser.add_argument("--motion", nargs="+", default=["none", "mild", "severe"], choices=["none", "mild", "severe"])
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(CALIBRATION_SEEDS if args.calibrate else PATIENT_SEEDS)[:args.patients]
     with_motion = len(seeds) if args.motion_patients is None else args.motion_patients
     tasks = [(seed, tuple(args.acquisitions), tuple(m for m in args.motion if m == "none" or k < with_motion),
-              k < args.dl_patients) for k, seed in enumerate(seeds)]
+              k < args.dl_patients) for k, seed in enumerate(seeds)][args.skip_patients:]
     out = args.out or ROOT / "docs" / ("qc_series_calibration.json" if args.calibrate else "qc_series.json")
     rows = (sorted(_stored_rows(args.rows, detector), key=lambda r: (r["seed"], r["acquisition"], r["severity"],
                                                                     r["role"]))
