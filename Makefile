@@ -32,18 +32,18 @@ train: setup
 	$(PY) -m models.training.train --config models/training/configs/stage2.json
 
 # The QC motion detector (models/weights/motion_detector.*): simulate slices, train 20 min, recalibrate
-# (per role, on whole series of the calibration patients 7000-7039).
+# (per role, on whole series of the calibration patients 7000-7029).
 train-motion: setup
 	$(PY) -m models.training.train_motion_detector simulate --phantoms 120 --generic 2000 --workers 2
 	$(PY) -m models.training.train_motion_detector train --minutes 20
-	$(PY) -m models.evaluation.qc_series --calibrate --motion-patients 12 --dl-patients 6
+	$(PY) -m models.evaluation.qc_series --calibrate --patients 30 --motion-patients 10 --dl-patients 3
 
 # Long evaluations and benchmarks (outside CI; results committed under docs/).
 evaluate: setup
 	$(PY) -m models.evaluation.enhancement
 	$(PY) -m models.evaluation.qc
 	$(PY) -m models.evaluation.qc_independent
-	$(PY) -m models.evaluation.qc_series --motion-patients 20 --dl-patients 4
+	$(PY) -m models.evaluation.qc_series --motion-patients 12 --dl-patients 2
 	$(PY) -m models.evaluation.qc_real
 
 benchmark: setup
