@@ -206,14 +206,9 @@ def summarise(rows: list[dict], calibration: QCCalibration | None = None) -> dic
 
 
 def print_table(summary: dict) -> None:
-    print(f"{'clean series':<44}{'false flags':>14}")
-    for name, r in summary["false_flags"].items():
-        print(f"{name:<44}{r['flagged']:>6}/{r['series']:<5}{100 * (r['rate'] or 0):>6.1f} %")
-    print(f"\n{'series with an artifact':<44}{'flagged':>14}")
-    for name, r in summary["detection"].items():
-        if r["series"]:
-            print(f"{name:<44}{r['flagged']:>6}/{r['series']:<5}{100 * r['rate']:>6.1f} %")
-    print(f"\nAUC, clear artifact (> 1 noise SD) against clean: {summary['auc_clear_artifact']}")
+    from models.evaluation.qc_series import print_rates
+
+    print_rates(summary, width=44, moved="series with an artifact")
     for role, r in summary.get("by_role", {}).items():
         print(f"as {role:<14} false flags {100 * (r['false_flags']['rate'] or 0):5.1f} %, "
               f"clear artifacts flagged {100 * (r['artifact > 1 noise SD']['rate'] or 0):5.1f} %")

@@ -266,15 +266,20 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def print_table(summary: dict) -> None:
-    print(f"{'clean series':<32}{'false flags':>14}")
+def print_rates(summary: dict, width: int = 32, moved: str = "series with motion") -> None:
+    """The false flags, the detection rates and the AUC of a QC summary (also ``qc_real``'s)."""
+    print(f"{'clean series':<{width}}{'false flags':>14}")
     for name, r in summary["false_flags"].items():
-        print(f"{name:<32}{r['flagged']:>6}/{r['series']:<5}{100 * (r['rate'] or 0):>6.1f} %")
-    print(f"\n{'series with motion':<32}{'flagged':>14}")
+        print(f"{name:<{width}}{r['flagged']:>6}/{r['series']:<5}{100 * (r['rate'] or 0):>6.1f} %")
+    print(f"\n{moved:<{width}}{'flagged':>14}")
     for name, r in summary["detection"].items():
         if r["series"]:
-            print(f"{name:<32}{r['flagged']:>6}/{r['series']:<5}{100 * r['rate']:>6.1f} %")
+            print(f"{name:<{width}}{r['flagged']:>6}/{r['series']:<5}{100 * r['rate']:>6.1f} %")
     print(f"\nAUC, clear artifact (> 1 noise SD) against clean: {summary['auc_clear_artifact']}")
+
+
+def print_table(summary: dict) -> None:
+    print_rates(summary)
     for name, r in summary.get("dl_accentuated", {}).items():
         print(f"DL accentuated, {name:<22}{r['flagged']:>6}/{r['series']:<5}{100 * (r['rate'] or 0):>6.1f} %")
     print(f"clean slices scoring >= 0.5: {summary['clean_slices_scoring_ge_0.5']}")
