@@ -4,9 +4,13 @@ Clean objects come ONLY from these sources (DESIGN.md section 4):
   * mricron ``ch2`` / ``ch2bet`` (1 mm T1 head), nilearn's bundled MNI152 2009a T1
     template, ITK's ``KmeansTest_T1UCharRaw`` (2-D slices along all three axes);
   * scikit-image's bundled natural images (offline ones only, never ``data.brain()``);
+  * ITK's single real MR slices (``ITK_REAL_SLICES``: a real T1 mid-sagittal head with the
+    texture of one acquisition, BrainWeb T1 and PD slices) and its complex BrainWeb slice
+    (``ITK_COMPLEX_SLICE``: a real phase for the k-space simulation), source ``real``;
   * the synthetic cervical-spine phantom ``simulation.phantom.training_objects``
     (guarded import: skipped with a warning while it does not exist).
-No other real image may be used to train, tune or select the model.
+No other real image may be used to train, tune or select the model (dipy's ``aniso_vox``,
+also training-allowed, is kept out of training: it is the held-out selection source).
 
 Each object is placed into a display matrix, then acquired with the k-space simulator:
 the input is ``simulate_acquisition(obj, accelerated, sigma, rng, phase=phase)`` and the
@@ -26,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from models.normalization import robust_scale
+from simulation.parallel_imaging import coil_sensitivities, simulate_sense_acquisition
 from simulation.acquisition import (
     CONVENTIONAL,
     DEFAULT_ACCELERATED,
@@ -53,6 +58,8 @@ ITK_DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
 #: Single MR slices from ITK's examples (training-allowed, DESIGN.md section 4): a real T1
 #: mid-sagittal head with the texture of one acquisition, and BrainWeb T1 and PD slices.
 ITK_REAL_SLICES = ("BrainMidSagittalSlice.png", "BrainT1Slice.png", "BrainProtonDensitySlice.png")
+#: ITK's complex BrainWeb slice (MetaImage, two float channels: real and imaginary).
+ITK_COMPLEX_SLICE = "itkBrainSliceComplex.mha"
 #: scikit-image images bundled with the wheel (tested to load offline). ``brain`` is NOT
 #: bundled (it downloads) and must never be used.
 SKIMAGE_NAMES = ("camera", "astronaut", "brick", "coins", "moon", "text", "grass", "gravel",
@@ -78,12 +85,18 @@ class DataConfig:
     refresh_per_batch: int = 2
     phantom_bank: int = 24
     phantom_refresh_every: int = 150  # batches between two new phantom renders
+    #: share of pairs acquired with R = 2 SENSE (g-factor noise) instead of the protocol draw
+    sense_prob: float = 0.0
+    sense_coils: tuple[int, int] = (4, 12)
+    #: share of objects multiplied by a smooth receive-coil shading (down to ``1 - shading_max``)
+    shading_prob: float = 0.0
+    shading_max: float = 0.5
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataConfig":
         d = dict(d)
         for k in ("matrix_sizes", "phase_encode_factor", "averages_ratio", "partial_fourier",
-                  "snr", "scale_jitter"):
+                  "snr", "scale_jitter", "sense_coils"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -130,6 +143,31 @@ def real_slices() -> list[np.ndarray]:
         if (ITK_DATA / name).exists():
             im = imread(ITK_DATA / name, as_gray=True).astype(np.float64)
             out.append(im / max(float(im.max()), 1e-9))
+    return out
+
+
+def read_complex_slice(path: Path) -> np.ndarray:
+    """A 2-channel float MetaImage (``.mha``, uncompressed, little-endian) as complex128 (rows, cols)."""
+    raw = path.read_bytes()
+    marker = b"ElementDataFile = LOCAL\n"
+    header = raw[: raw.index(marker)].decode("ascii")
+    fields = dict(line.split(" = ", 1) for line in header.splitlines() if " = " in line)
+    if (fields.get("ElementNumberOfChannels") != "2" or fields.get("ElementType") != "MET_FLOAT"
+            or fields.get("CompressedData", "False") != "False" or fields.get("BinaryDataByteOrderMSB") != "False"):
+        raise ValueError(f"{path.name}: not an uncompressed little-endian 2-channel float image")
+    cols, rows = (int(v) for v in fields["DimSize"].split())
+    data = np.frombuffer(raw[raw.index(marker) + len(marker):], dtype="<f4", count=rows * cols * 2)
+    data = data.reshape(rows, cols, 2).astype(np.float64)
+    return data[..., 0] + 1j * data[..., 1]
+
+
+def real_training_slices() -> list[np.ndarray]:
+    """Source ``real``: ITK's real slices (float64) and its complex slice (complex128, real phase),
+    magnitude scaled to a maximum of 1; those missing are left out."""
+    out: list[np.ndarray] = list(real_slices())
+    if (ITK_DATA / ITK_COMPLEX_SLICE).exists():
+        z = read_complex_slice(ITK_DATA / ITK_COMPLEX_SLICE)
+        out.append(z / max(float(np.abs(z).max()), 1e-9))
     return out
 
 
@@ -181,6 +219,7 @@ class ObjectSampler:
         self.cfg = cfg
         self.volumes = [_load_volume(p) for p in volume_paths()]
         self.naturals = natural_images()
+        self.reals = real_training_slices() if cfg.source_weights.get("real", 0) > 0 else []
         self.phantom = _phantom_fn() if use_phantom else None
         self._phantom_rng = np.random.default_rng([seed, 7919])
         self.phantom_bank: list[np.ndarray] = []
@@ -195,6 +234,8 @@ class ObjectSampler:
             weights.pop("volume", None)
         if not self.naturals:
             weights.pop("natural", None)
+        if not self.reals:
+            weights.pop("real", None)
         if not self.phantom_bank:
             weights.pop("phantom", None)
         if not weights:
@@ -260,6 +301,31 @@ class ObjectSampler:
             im = im * ndimage.gaussian_filter(ell, 1.5)
         return im
 
+    def _real(self, rng: np.random.Generator) -> np.ndarray:
+        """A crop of one real slice, gamma on the magnitude (the phase of the complex one kept)."""
+        im = self.reals[int(rng.integers(len(self.reals)))]
+        h, w = im.shape
+        fh, fw = rng.uniform(0.6, 1.0, size=2)
+        ch, cw = max(48, int(h * fh)), max(48, int(w * fw))
+        r0, c0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        im = np.rot90(im[r0 : r0 + ch, c0 : c0 + cw], int(rng.integers(4)))
+        if rng.random() < 0.5:
+            im = im[:, ::-1]
+        mag = np.abs(im)
+        return im * (np.clip(mag, 1e-9, None) ** (rng.uniform(0.7, 1.4) - 1.0))
+
+    def _shading(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """Smooth receive-coil shading in (1 - shading_max, 1]: a Gaussian fall-off from a
+        random coil position outside or at the edge of the field of view."""
+        rows = np.linspace(-1.0, 1.0, shape[0])[:, None]
+        cols = np.linspace(-1.0, 1.0, shape[1])[None, :]
+        angle = rng.uniform(0, 2 * np.pi)
+        r0, c0 = 1.2 * np.sin(angle), 1.2 * np.cos(angle)
+        width = rng.uniform(0.6, 1.5)
+        field = np.exp(-((rows - r0) ** 2 + (cols - c0) ** 2) / (2 * width**2))
+        field = (field - field.min()) / max(float(np.ptp(field)), 1e-9)
+        return 1.0 - rng.uniform(0.1, self.cfg.shading_max) * (1.0 - field)
+
     def _phantom(self, rng: np.random.Generator) -> np.ndarray:
         obj = self.phantom_bank[int(rng.integers(len(self.phantom_bank)))]
         obj = np.rot90(obj, int(rng.integers(4)))
@@ -275,6 +341,14 @@ class ObjectSampler:
         return rows, cols
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+        """One clean object at a display matrix and its source name. float64 (rows, cols),
+        or complex128 for an object with a real phase (source ``real``)."""
+        obj, source = self._sample_unshaded(rng)
+        if self.cfg.shading_prob > 0 and rng.random() < self.cfg.shading_prob:
+            obj = obj * self._shading(obj.shape, rng)
+        return obj, source
+
+    def _sample_unshaded(self, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         source = self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
         if source == "phantom":
             obj = self._phantom(rng)
@@ -287,11 +361,13 @@ class ObjectSampler:
                 obj = ndimage.rotate(obj, rng.uniform(-1, 1) * self.cfg.rotation_deg,
                                      reshape=False, order=1)
             return _finish(obj, rng), source
-        raw = self._volume_slice(rng) if source == "volume" else self._natural(rng)
+        raw = {"volume": self._volume_slice, "natural": self._natural, "real": self._real}[source](rng)
         rows, cols = self._matrix(rng)
         fill = rng.uniform(0.6, 1.15)  # > 1: object larger than the field of view (cropped)
         zoom = fill * min(rows / raw.shape[0], cols / raw.shape[1])
-        obj = ndimage.zoom(raw, zoom, order=1)
+        # real slices are upsampled cubically, as a scanner's interpolation (and the real-MR
+        # evaluation's resampling) would; the others keep the linear zoom they were trained with
+        obj = ndimage.zoom(raw, zoom, order=3 if source == "real" else 1)
         if rng.random() < self.cfg.rotation_prob:
             obj = ndimage.rotate(obj, rng.uniform(-1, 1) * self.cfg.rotation_deg,
                                  reshape=True, order=1)
@@ -300,7 +376,7 @@ class ObjectSampler:
 
 def _place(obj: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Put ``obj`` into a zero matrix of ``shape`` at a random offset (cropping if larger)."""
-    out = np.zeros(shape, dtype=np.float64)
+    out = np.zeros(shape, dtype=np.complex128 if np.iscomplexobj(obj) else np.float64)
     h, w = obj.shape
     H, W = shape
     if h > H:
@@ -314,8 +390,10 @@ def _place(obj: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) ->
 
 
 def _finish(obj: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    obj = np.clip(np.nan_to_num(obj), 0, None)
-    hi = float(obj.max())
+    """Non-negative magnitude (complex objects keep their phase) scaled to a random peak."""
+    obj = np.nan_to_num(obj)
+    obj = obj * (np.abs(obj) > 1e-6) if np.iscomplexobj(obj) else np.clip(obj, 0, None)
+    hi = float(np.abs(obj).max())
     return obj / hi * rng.uniform(0.5, 1.0) if hi > 0 else obj
 
 
@@ -332,11 +410,22 @@ def simulate_pair(obj: np.ndarray, rng: np.random.Generator, cfg: DataConfig,
                   jitter: bool = True, with_conventional: bool = False) -> dict:
     """Acquire ``obj`` with a random (or given) accelerated protocol; normalised pair.
 
+    ``obj``: float (rows, cols) magnitude, or complex128 with its own phase (a smooth
+    random phase is added to it). Without a given protocol, a share ``cfg.sense_prob`` of
+    the pairs are R = 2 SENSE acquisitions (g-factor noise; ``protocol`` is then the full
+    protocol whose every second line was acquired, ``sense`` True).
+
     Returns a dict with ``input``, ``target`` (and optionally ``conventional``) float32
-    full images in normalised units, plus ``scale``, ``protocol``, ``sigma``, ``snr``.
+    full images in normalised units, plus ``scale``, ``protocol``, ``sigma``, ``snr``, ``sense``.
     """
     axis = int(rng.integers(2))
-    if protocol is None:
+    own_phase = np.angle(obj) if np.iscomplexobj(obj) else 0.0
+    obj = np.abs(obj) if np.iscomplexobj(obj) else obj
+    sense = (protocol is None and cfg.sense_prob > 0 and obj.shape[axis] % 2 == 0
+             and rng.random() < cfg.sense_prob)
+    if sense:
+        protocol = CONVENTIONAL
+    elif protocol is None:
         pf = 1.0
         if rng.random() < cfg.partial_fourier_prob:
             pf = rng.uniform(*cfg.partial_fourier)
@@ -349,17 +438,22 @@ def simulate_pair(obj: np.ndarray, rng: np.random.Generator, cfg: DataConfig,
     if snr is None:
         snr = float(np.exp(rng.uniform(np.log(cfg.snr[0]), np.log(cfg.snr[1]))))
     sigma = foreground_reference(obj) / snr
-    phase = smooth_background_phase(obj.shape, rng, max_radians=rng.uniform(0, cfg.max_phase_rad))
+    phase = own_phase + smooth_background_phase(obj.shape, rng, max_radians=rng.uniform(0, cfg.max_phase_rad))
     conv_protocol = CONVENTIONAL.with_phase_encode_axis(axis)
     target = band_limited_truth(obj * np.exp(1j * phase), conv_protocol)
-    inp = simulate_acquisition(obj, protocol, sigma, rng, phase=phase)
+    if sense:
+        coils = coil_sensitivities(obj.shape, int(rng.integers(cfg.sense_coils[0], cfg.sense_coils[1] + 1)),
+                                   rng, width=rng.uniform(0.4, 0.7))
+        inp = simulate_sense_acquisition(obj, protocol, sigma, rng, coils=coils, phase=phase)
+    else:
+        inp = simulate_acquisition(obj, protocol, sigma, rng, phase=phase)
     scale = robust_scale(inp)
     if jitter:
         scale *= rng.uniform(*cfg.scale_jitter)
     out = {
         "input": (inp / scale).astype(np.float32),
         "target": (target / scale).astype(np.float32),
-        "scale": scale, "protocol": protocol, "sigma": sigma, "snr": snr,
+        "scale": scale, "protocol": protocol, "sigma": sigma, "snr": snr, "sense": sense,
     }
     if with_conventional:
         conv = simulate_acquisition(obj, conv_protocol, sigma, rng, phase=phase)
@@ -456,7 +550,11 @@ def validation_set(seed: int, n: int, cfg: DataConfig, use_phantom: bool = True,
     includes the conventional acquisition (same noise level) for comparison.
     Use seeds disjoint from training seeds."""
     rng = np.random.default_rng(seed)
-    cfg = DataConfig.from_dict({**cfg.__dict__, "phantom_bank": max(1, n // 3)})
+    # The real slices are few and all in training: crops of them would not be held out, and
+    # the set stays comparable with earlier models' validation.
+    weights = {k: v for k, v in cfg.source_weights.items() if k != "real"}
+    cfg = DataConfig.from_dict({**cfg.__dict__, "phantom_bank": max(1, n // 3), "source_weights": weights,
+                                "shading_prob": 0.0})
     sampler = ObjectSampler(cfg, use_phantom=use_phantom, seed=seed)
     out = []
     for _ in range(n):

@@ -48,6 +48,7 @@ DEFAULTS: dict = {
     "lr_end": 1e-4,
     "warmup_steps": 100,
     "ssim_weight": 0.1,
+    "gradient_weight": 0.0,
     "grad_clip": 1.0,
     "dc_lr_mult": 10.0,
     "log_every": 25,
@@ -106,6 +107,14 @@ def ssim_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win: i
     sxy = F.avg_pool2d(x * y, win, 1) - mu_x * mu_y
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return s.mean()
+
+
+def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L1 distance of the finite differences along both axes: penalises edges and texture
+    that the output lacks (plain L1 is satisfied by a smoothed median where texture is
+    uncertain)."""
+    return (F.l1_loss(x[..., 1:, :] - x[..., :-1, :], y[..., 1:, :] - y[..., :-1, :])
+            + F.l1_loss(x[..., :, 1:] - x[..., :, :-1], y[..., :, 1:] - y[..., :, :-1]))
 
 
 def save_checkpoint(path: Path, model, opt, step, elapsed, history, stream) -> None:
@@ -293,12 +302,24 @@ def finalize(model: CascadedUNet, cfg: dict, step: int, elapsed: float, sources:
 
 def load_earlier_stage(cfg: dict) -> dict | None:
     """The checkpoint of the stage ``init_from`` continues (None without one): its weights
-    start this stage, its steps and seconds count in the record."""
+    start this stage, its steps and seconds count in the record.
+
+    ``init_from`` is a training checkpoint, or a shipped weights file (``models/weights/
+    cervical_dl_recon.pt``): then its sha256 is checked against the ``model_info.json``
+    beside it, which gives the steps and seconds."""
     if not cfg["init_from"]:
         return None
     init_path = _abs(cfg["init_from"])
     if not init_path.exists():
         raise SystemExit(f"init_from checkpoint {init_path} not found: run its training stage first")
+    info_path = init_path.parent / "model_info.json"
+    if info_path.exists() and json.loads(info_path.read_text()).get("file") == init_path.name:
+        info = json.loads(info_path.read_text())
+        if file_sha256(init_path) != info["sha256"]:
+            raise SystemExit(f"init_from {init_path}: sha256 differs from {info_path}")
+        state = torch.load(init_path, map_location="cpu", weights_only=True)
+        return {"model": state, "step": int(info["steps"]), "elapsed": float(info["training_time_s"]),
+                "history": [], "version": info.get("version")}
     return torch.load(init_path, map_location="cpu", weights_only=False)
 
 
@@ -381,6 +402,8 @@ def train(cfg: dict, resume: bool) -> None:
         loss = l1
         if cfg["ssim_weight"] > 0:
             loss = loss + cfg["ssim_weight"] * (1.0 - ssim_torch(out, y))
+        if cfg["gradient_weight"] > 0:
+            loss = loss + cfg["gradient_weight"] * gradient_l1(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg["grad_clip"]:
