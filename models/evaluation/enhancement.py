@@ -333,11 +333,41 @@ def real_markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+#: baseline methods whose per-slice results do not depend on the model (``--baselines-from``)
+MODEL_FREE_METHODS = ("nlm", "bm3d")
+
+
+def copy_baselines(rows: list[dict], stored: dict) -> int:
+    """Copy NLM and BM3D results into ``rows`` from an earlier run's record of the same cases.
+
+    The simulation draws its noise from a fixed seed before any method runs, so the same
+    (source, slice, matrix, kind, SNR) case is the same input; that is checked: the stored
+    accelerated input's metrics must equal the new run's. Returns the number of rows filled.
+    """
+    def key(r: dict) -> tuple:
+        return (r["source"], r["slice"], tuple(r["matrix"]), r["kind"], r["snr"])
+
+    by_key = {key(r): r for r in stored["slices"]}
+    for r in rows:
+        old = by_key.get(key(r))
+        if old is None:
+            raise ValueError(f"--baselines-from has no case {key(r)}")
+        for metric, value in r["metrics"]["accelerated"].items():
+            if abs(old["metrics"]["accelerated"][metric] - value) > 1e-9 * max(1.0, abs(value)):
+                raise ValueError(f"--baselines-from: case {key(r)} is not the same input ({metric} "
+                                 f"{old['metrics']['accelerated'][metric]} vs {value})")
+        for m in MODEL_FREE_METHODS:
+            if m in old["metrics"]:
+                r["metrics"][m] = old["metrics"][m]
+    return len(rows)
+
+
 def run_real(args, model, record_base: dict) -> int:
-    from models.evaluation.real_mr import calibration_series, evaluate_real, evaluation_series
+    from models.evaluation.real_mr import calibration_series, evaluate_real, evaluation_series, selection_series
     from models.guard import STRENGTHS
 
-    series = evaluation_series() if args.sources == "evaluation" else calibration_series()
+    series = {"evaluation": evaluation_series, "calibration": calibration_series,
+              "selection": selection_series}[args.sources]()
 
     def enhance(volume: np.ndarray) -> dict[str, np.ndarray]:
         network = enhance_volume(model, volume)
@@ -346,14 +376,20 @@ def run_real(args, model, record_base: dict) -> int:
             out[f"dl_{level}"] = guard_series(volume, network, level).images
         return out
 
-    rows = evaluate_real(enhance, series, use_bm3d=not args.no_bm3d, quick=args.quick, metrics=slice_metrics)
+    stored = json.loads(args.baselines_from.read_text()) if args.baselines_from else None
+    rows = evaluate_real(enhance, series, use_bm3d=not args.no_bm3d and stored is None, quick=args.quick,
+                         metrics=slice_metrics, use_nlm=stored is None)
+    if stored is not None:
+        print(f"NLM/BM3D results of {copy_baselines(rows, stored)} slices from {args.baselines_from} "
+              f"(same inputs, checked)")
     methods = [m for m in REAL_METHODS if all(m in r["metrics"] for r in rows)]
     methods += [m for m in rows[0]["metrics"] if m not in methods]
     groups = real_groups(rows, methods)
     print_real_table(groups, methods)
     record = record_base | {"sources": [f"{s.source}: {s.slices.shape[0]} slices" for s in series],
                             "methods": methods, "groups": groups, "slices": rows}
-    name = "model_evaluation_real.json" if args.sources == "evaluation" else "model_calibration_real.json"
+    name = {"evaluation": "model_evaluation_real.json", "calibration": "model_calibration_real.json",
+            "selection": f"model_selection_real_{record_base['model']['version']}.json"}[args.sources]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / name).write_text(json.dumps(record, indent=1) + "\n")
     print(f"\nwrote {args.out / name} in {time.perf_counter() - args.t0:.0f} s")
@@ -371,9 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--real", action="store_true",
                     help="the real-MR generalization evaluation (models/evaluation/real_mr.py) instead of the phantom's")
-    ap.add_argument("--sources", choices=("evaluation", "calibration"), default="evaluation",
-                    help="--real: the evaluation-only sources (default) or the training-allowed calibration slices")
+    ap.add_argument("--sources", choices=("evaluation", "calibration", "selection"), default="evaluation",
+                    help="--real: the evaluation-only sources (default), the training-allowed calibration slices, "
+                         "or the selection source (dipy aniso_vox, in no model's training)")
     ap.add_argument("--quick", action="store_true", help="--real: one matrix per series")
+    ap.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
+                    help="model folder (default: the shipped weights); e.g. a candidate model to compare")
+    ap.add_argument("--baselines-from", type=Path,
+                    help="--real: take NLM and BM3D from this earlier record of the same cases (checked)")
     args = ap.parse_args(argv)
     if args.markdown:
         record = json.loads(args.markdown.read_text())
@@ -383,9 +424,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = args.t0 = time.perf_counter()
-    model = load_model(WEIGHTS_DIR)
+    model = load_model(args.weights)
     device = f"{model.device} ({model.runtime})"
-    info = json.loads((WEIGHTS_DIR / "model_info.json").read_text())
+    info = json.loads((args.weights / "model_info.json").read_text())
     if args.real:
         return run_real(args, model, {
             "date": _dt.date.today().isoformat(),

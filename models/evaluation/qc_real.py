@@ -43,7 +43,7 @@ from tqdm import tqdm
 from models import WEIGHTS_DIR
 from models.evaluation.qc import roc_auc
 from models.evaluation.qc_independent import SETTINGS as TORCHIO_SETTINGS
-from models.evaluation.real_mr import RealSeries, _package_file, _resample, _with_anatomy, evaluation_series
+from models.evaluation.real_mr import RealSeries, _resample, evaluation_series, selection_series
 from qc.calibration import QCCalibration
 from qc.measures import measure_original, motion_flagged
 from qc.metrics import RAYLEIGH_MEDIAN_PER_SIGMA
@@ -122,13 +122,9 @@ def artifact_in_noise_sds(images: np.ndarray, still: np.ndarray) -> float:
 
 
 def calibration_series() -> list[RealSeries]:
-    """dipy's ``aniso_vox`` (training-allowed real MR, 4 x 4 x 5 mm head), its axial slices
-    with anatomy: real MR that neither the detector's training nor the evaluation uses."""
-    import nibabel as nib
-
-    img = nib.load(_package_file("dipy", "data", "files", "aniso_vox.nii.gz"))
-    volume = _with_anatomy(np.moveaxis(np.asarray(img.dataobj, dtype=np.float64), 2, 0))
-    return [RealSeries("dipy aniso_vox (T1)", volume, float(img.header.get_zooms()[0]))]
+    """dipy's ``aniso_vox`` (:func:`models.evaluation.real_mr.selection_series`): training-allowed
+    real MR that neither the detector's training nor the evaluation uses."""
+    return selection_series()
 
 
 def run(series: list[RealSeries], calibration: QCCalibration) -> list[dict]:

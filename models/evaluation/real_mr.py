@@ -7,7 +7,9 @@ Sources: the *evaluation-only* real MR of docs/engineering.md (dipy's ``t1_coron
 and ``S0_10slices``, nibabel's ``example4d``): never used to train, tune or choose a model
 or a run-time setting. ``--sources calibration`` runs the same harness on training-allowed
 real slices instead (ITK's BrainWeb/T1 slices); that is the set the run-time guard and the
-strength levels were set on.
+strength levels were set on (with model 0.2.0; model 0.3.0 trains on them).
+``--sources selection`` runs it on dipy's ``aniso_vox`` (training-allowed real MR that no
+model trains on): the set a new model is chosen on.
 
 Each source series is resampled (cubic) to several display matrices (128 to 640 pixels,
 pixel sizes from its own field of view) and acquired in k-space at about half the
@@ -37,7 +39,7 @@ from models.evaluation.baselines import bm3d_denoise, nlm_denoise
 from simulation import acquisition as acq
 from simulation.parallel_imaging import coil_sensitivities, simulate_sense_acquisition
 
-__all__ = ["RealSeries", "evaluation_series", "calibration_series", "ACQUISITION_KINDS", "MATRICES",
+__all__ = ["RealSeries", "evaluation_series", "calibration_series", "selection_series", "ACQUISITION_KINDS", "MATRICES",
            "simulate_case", "tissue_bias_percent", "evaluate_real", "summarize_real", "matrices_for"]
 
 #: Display matrices (longest side, pixels) the product sees.
@@ -100,6 +102,17 @@ def calibration_series() -> list[RealSeries]:
     base = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
     names = ("BrainMidSagittalSlice.png", "BrainT1Slice.png", "BrainProtonDensitySlice.png")
     return [RealSeries(f"ITK {n}", imread(base / n, as_gray=True).astype(np.float64)[None], 1.0) for n in names]
+
+
+def selection_series() -> list[RealSeries]:
+    """dipy's ``aniso_vox`` (training-allowed real MR, a 4 x 4 x 5 mm head), its axial slices
+    with anatomy: real MR that no model trains on, for choosing between models (and for
+    checking the QC calibration)."""
+    import nibabel as nib
+
+    img = nib.load(_package_file("dipy", "data", "files", "aniso_vox.nii.gz"))
+    volume = _with_anatomy(np.moveaxis(np.asarray(img.dataobj, dtype=np.float64), 2, 0))
+    return [RealSeries("dipy aniso_vox (T1)", volume, float(img.header.get_zooms()[0]))]
 
 
 def matrices_for(series: RealSeries, index: int) -> tuple[int, ...]:
