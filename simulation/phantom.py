@@ -11,6 +11,7 @@ maps tissue fractions to signal with the spin-echo equation
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -127,6 +128,54 @@ LEVELS: list[tuple[str, float, float]] = [
     ("T3", -113.0, -130.0),
 ]
 DISC_NAMES = [f"{a}-{b}" for (a, _, _), (b, _, _) in zip(LEVELS[:-1], LEVELS[1:])]
+
+# Vertebral body shape (mm): endplate concavity at the centre (superior, inferior), the
+# rounding of the body's vertical edges, cortical rim, height of the uncinate processes.
+ENDPLATE_SUPERIOR_MM = 0.8
+ENDPLATE_INFERIOR_MM = 1.3
+BODY_CORNER_MM = 2.0
+CORTEX_MM = 1.0
+UNCINATE_MM = 2.5
+
+# Tissue texture amplitudes (fraction of the tissue's signal, per unit-variance field).
+MARROW_TEXTURE = 0.07
+MUSCLE_STRIATION = 0.05
+MUSCLE_BUNDLES = 0.02
+FAT_LOBULES = 0.02
+FAT_SEPTA = 0.18
+SEPTUM_HALF_WIDTH_MM = 0.45
+
+#: Wave sets of the tissue textures: (number of waves, wavelength range mm, orientation).
+_TEXTURE_KINDS = {
+    "marrow": (48, (1.4, 3.5), "trabecular"),
+    "striation": (32, (1.3, 2.6), "across_z"),
+    "bundles": (16, (4.0, 9.0), "across_z"),
+    "lobules": (24, (6.0, 14.0), "isotropic"),
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _texture_waves(seed: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Plane waves ``k`` (n, 3) rad/mm, phases (n,) and amplitudes (n,) of one texture,
+    drawn from the patient seed (a stream of its own: the anatomy's draws are unchanged).
+    Amplitudes ``sqrt(2/n)``: the sum has unit variance."""
+    n, (lam_lo, lam_hi), orient = _TEXTURE_KINDS[kind]
+    rng = np.random.default_rng([seed, 20251, 1 + list(_TEXTURE_KINDS).index(kind)])
+    theta = rng.uniform(0, 2 * np.pi, n)
+    if orient == "isotropic":
+        d = rng.normal(size=(n, 3))
+    else:
+        horizontal = np.stack([np.cos(theta), np.sin(theta), rng.normal(0, 0.15, n)], axis=1)
+        d = horizontal
+        if orient == "trabecular":  # 40 % horizontal plates: waves along z
+            plates = rng.random(n) < 0.4
+            d[plates] = np.stack([rng.normal(0, 0.3, n), rng.normal(0, 0.3, n), np.ones(n)], axis=1)[plates]
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    lam = np.exp(rng.uniform(np.log(lam_lo), np.log(lam_hi), n))
+    k = d * (2 * np.pi / lam)[:, None]
+    phase = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
+    amp = np.full(n, np.sqrt(2.0 / n), dtype=np.float32)
+    return k, phase, amp
 
 
 @dataclass(frozen=True)
@@ -260,50 +309,11 @@ class PhantomPatient:
         # Lung apices below the thoracic inlet.
         lab[inside & (z < -95.0) & (np.abs(x) > 28.0) & (u > -40.0) & (u < 40.0)] = Tissue.LUNG
 
-        # Vertebral column.
-        level = np.full(x.shape, -1, dtype=np.int8)
-        body_xy = (u / 8.0) ** 4 + (x / 9.0) ** 4 <= 1.0
-        cortex_xy = (u / 6.8) ** 4 + (x / 7.8) ** 4 > 1.0
-        for i, (_, top, bottom) in enumerate(LEVELS):
-            zin = (z <= top) & (z > bottom)
-            level[zin & (np.abs(u) < 60)] = 2 * i
-            bone = zin & body_xy
-            lab[bone] = Tissue.CORTICAL_BONE
-            lab[bone & ~cortex_xy & (z < top - 1.0) & (z > bottom + 1.0)] = Tissue.MARROW
-            # Posterior elements: pedicles, lateral masses, lamina, spinous process.
-            pz = (z <= top - 3.0) & (z > bottom - 3.0)
-            pedicle = pz & (np.abs(x) > 10.5) & (np.abs(x) < 14.0) & (u > 7.0) & (u < 21.0)
-            lateral_mass = pz & (np.abs(x) >= 12.0) & (np.abs(x) < 22.0) & (u > 12.0) & (u < 26.0)
-            canal_back = 9.0 + self.canal_ap_mm
-            lamina = pz & (np.abs(x) < 15.0) & (u > canal_back + 1.5) & (u < canal_back + 6.0)
-            sp_len = 30.0 if LEVELS[i][0] in ("C7", "T1") else 18.0
-            su = u - (canal_back + 6.0)
-            spinous = (np.abs(x) < 3.0) & (su >= 0) & (su < sp_len) & (z + 0.5 * su <= top - 4.0) & (z + 0.5 * su > bottom - 1.0)
-            post = (pedicle | lateral_mass | lamina | spinous) & inside
-            lab[post] = Tissue.CORTICAL_BONE
-            post_core = post & (
-                (pedicle & (np.abs(np.abs(x) - 12.25) < 1.0))
-                | (lateral_mass & (np.abs(np.abs(x) - 17.0) < 3.5) & (np.abs(u - 19.0) < 5.0))
-                | (spinous & (np.abs(x) < 1.8) & (z + 0.5 * su <= top - 5.0) & (z + 0.5 * su > bottom))
-            )
-            lab[post_core] = Tissue.MARROW
-            if i == 0:  # dens of C2
-                dens = (z > top) & (z <= top + 15.0) & ((u / 5.0) ** 2 + (x / 5.0) ** 2 <= 1.0)
-                lab[dens] = Tissue.CORTICAL_BONE
-                lab[dens & ((u / 3.8) ** 2 + (x / 3.8) ** 2 <= 1.0) & (z < top + 14.0)] = Tissue.MARROW
-            if i + 1 < len(LEVELS):
-                d_top, d_bot = bottom, LEVELS[i + 1][1]
-                dz = (z <= d_top) & (z > d_bot)
-                level[dz & (np.abs(u) < 60)] = 2 * i + 1
-                bulge = self.pathology.bulge_mm if i in self.pathology.disc_bulge_levels else 0.0
-                mid = 0.5 * (d_top + d_bot)
-                hz = 0.5 * (d_top - d_bot)
-                half_ap = np.where(u > 0, 8.5 + bulge * (1 - ((z - mid) / hz) ** 2), 8.5)
-                shape = (u / half_ap) ** 4 + (x / 9.0) ** 4
-                disc = dz & (shape <= 1.0)
-                lab[disc] = Tissue.DISC_ANNULUS
-                nucleus = disc & ((u / 5.0) ** 2 + (x / 6.0) ** 2 + ((z - mid) / (0.6 * hz)) ** 2 <= 1.0)
-                lab[nucleus] = Tissue.DEGENERATED_NUCLEUS if i in self.degenerated_discs else Tissue.DISC_NUCLEUS
+        # Vertebral column: bodies with rounded corners and concave endplates, discs filling
+        # the concavities, the dens of C2, posterior elements. Level index by z slab, then
+        # by tissue where bodies and discs interlock.
+        level = self._level_slabs(z, u)
+        self._column(lab, level, x, u, z, inside)
 
         # Ligaments: anterior and posterior longitudinal.
         col = (z < 52.0) & (z > -130.0) & (np.abs(x) < 8.0)
@@ -344,12 +354,205 @@ class PhantomPatient:
             lab[enh] = Tissue.ENHANCING_LESION
         return lab, level
 
+    def _level_slabs(self, z: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Level index by z slab alone: ``2*i`` in body ``LEVELS[i]``'s z range, ``2*i+1``
+        in the disc below it, -1 outside the column's z range or far from it."""
+        edges = np.array([v for _, top, bottom in LEVELS for v in (top, bottom)])  # descending
+        slab = len(edges) - 1 - np.searchsorted(edges[::-1], z, side="left")  # (edge_{s+1}, edge_s]
+        level = np.where((slab >= 0) & (slab < len(edges) - 1) & (np.abs(u) < 60), slab, -1)
+        return level.astype(np.int8)
+
+    def _column(self, lab: np.ndarray, level: np.ndarray, x: np.ndarray, u: np.ndarray,
+                z: np.ndarray, inside: np.ndarray) -> None:
+        """Draw the vertebral column into ``lab`` and ``level`` (in place), working on the
+        points near the column only.
+
+        Bodies are rounded boxes: the axial outline is the superellipse ``(u/8)^4 + (x/9)^4``,
+        the superior and inferior endplates are concave (the centre lies ``ENDPLATE_*_MM``
+        inside the rim), the vertical edges are rounded with ``BODY_CORNER_MM``, and a
+        ``CORTEX_MM`` rim of cortical bone surrounds the marrow. C3-C7 carry uncinate
+        processes (posterolateral lips of the superior endplate); C2's superior surface
+        rises into the dens. Discs are biconvex: they fill the endplate concavities and the
+        rounded corners, their nucleus follows the centre height.
+        """
+        near = (np.abs(x) < 34.0) & (u > -14.0) & (u < 68.0) & (z > -142.0) & (z < 70.0)
+        idx = np.flatnonzero(near)
+        if idx.size == 0:
+            return
+        xs, us, zs = (np.asarray(a).reshape(-1)[idx] for a in (x, u, z))
+        ins = np.asarray(inside).reshape(-1)[idx]
+        ls = lab.reshape(-1)[idx]
+        vs = level.reshape(-1)[idx]
+        ax_ = np.abs(xs)
+
+        # Axial outline: normalised radius and the distance (mm, along the ray from the
+        # centre line, negative inside) to the body's outline.
+        rho = np.sqrt(np.sqrt((us / 8.0) ** 4 + (xs / 9.0) ** 4))
+        rad = np.hypot(us, xs)
+        d_r = np.where(rho > 1e-3, rad - rad / np.maximum(rho, 1e-3), -8.5)
+        concave = np.clip(1.0 - rho * rho, 0.0, None)  # endplate depth profile, 1 at the centre
+        post_lat = np.clip((us + 3.0) / 4.0, 0.0, 1.0) * np.exp(-(((ax_ - 7.8) / 1.6) ** 2))
+
+        def rounded_box(i: int, sel: np.ndarray) -> np.ndarray:
+            _, top, bottom = LEVELS[i]
+            c_sup = 0.0 if i == 0 else ENDPLATE_SUPERIOR_MM
+            z_top = top - c_sup * concave[sel]
+            if i == 0:  # C2: the body's top rises in shoulders towards the dens
+                z_top = z_top + 2.5 * concave[sel] ** 2
+            elif i <= 5:  # C3-C7: uncinate processes
+                z_top = z_top + UNCINATE_MM * post_lat[sel]
+            z_bot = bottom + ENDPLATE_INFERIOR_MM * concave[sel]
+            d_z = np.maximum(zs[sel] - z_top, z_bot - zs[sel])
+            a, b = d_r[sel] + BODY_CORNER_MM, d_z + BODY_CORNER_MM
+            return (np.hypot(np.maximum(a, 0.0), np.maximum(b, 0.0)) + np.minimum(np.maximum(a, b), 0.0)
+                    - BODY_CORNER_MM)
+
+        # Discs first (bodies drawn afterwards cut them to the endplates).
+        reach = BODY_CORNER_MM + max(ENDPLATE_SUPERIOR_MM, ENDPLATE_INFERIOR_MM)
+        for i in range(len(LEVELS) - 1):
+            d_top, d_bot = LEVELS[i][2], LEVELS[i + 1][1]
+            sel = np.flatnonzero((zs <= d_top + reach) & (zs > d_bot - reach) & (np.abs(us) < 14.0) & (ax_ < 9.5))
+            if sel.size == 0:
+                continue
+            u1, x1, z1 = us[sel], xs[sel], zs[sel]
+            bulge = self.pathology.bulge_mm if i in self.pathology.disc_bulge_levels else 0.0
+            mid = 0.5 * (d_top + d_bot)
+            hz = 0.5 * (d_top - d_bot)
+            half_ap = np.where(u1 > 0, 8.5 + bulge * np.clip(1 - ((z1 - mid) / hz) ** 2, 0.0, None), 8.5)
+            disc = (u1 / half_ap) ** 4 + (x1 / 9.0) ** 4 <= 1.0
+            sel, u1, x1, z1 = sel[disc], u1[disc], x1[disc], z1[disc]
+            ls[sel] = Tissue.DISC_ANNULUS
+            vs[sel] = 2 * i + 1
+            # Nucleus: an ellipsoid as tall as the disc's centre (biconvex).
+            mid_c = mid + 0.5 * (ENDPLATE_INFERIOR_MM - ENDPLATE_SUPERIOR_MM)
+            hz_c = hz + 0.5 * (ENDPLATE_INFERIOR_MM + ENDPLATE_SUPERIOR_MM)
+            nucleus = (u1 / 5.0) ** 2 + (x1 / 6.0) ** 2 + ((z1 - mid_c) / (0.6 * hz_c)) ** 2 <= 1.0
+            ls[sel[nucleus]] = Tissue.DEGENERATED_NUCLEUS if i in self.degenerated_discs else Tissue.DISC_NUCLEUS
+
+        canal_back = 9.0 + self.canal_ap_mm
+        for i, (name, top, bottom) in enumerate(LEVELS):
+            # Body (and dens).
+            z_hi = top + (17.0 if i == 0 else UNCINATE_MM + 0.1)
+            sel = np.flatnonzero((zs <= z_hi) & (zs > bottom - 0.1) & (np.abs(us) < 8.1) & (ax_ < 9.1))
+            if sel.size:
+                sdf = rounded_box(i, sel)
+                bone, marrow = sdf <= 0.0, sdf <= -CORTEX_MM
+                if i == 0:  # dens (odontoid): a peg with a waist and a rounded apex, tilted back
+                    zd = zs[sel] - top
+                    rd = 5.0 - 0.6 * np.exp(-(((zd - 2.5) / 2.0) ** 2))
+                    rd = np.where(zd > 8.0, 5.0 * np.sqrt(np.clip(1.0 - ((zd - 8.0) / 8.0) ** 2, 0.0, None)), rd)
+                    d_d = np.hypot(us[sel] - 0.8 - 0.12 * np.clip(zd, 0.0, None), xs[sel]) - rd
+                    bone |= (d_d <= 0.0) & (zd > -2.0) & (zd < 16.0)
+                    marrow |= (d_d <= -CORTEX_MM) & (zd > -0.6) & (zd < 14.8)
+                ls[sel[bone]] = Tissue.CORTICAL_BONE
+                ls[sel[marrow & bone]] = Tissue.MARROW
+                vs[sel[bone]] = 2 * i
+            # Posterior elements: pedicles, lateral masses, lamina, spinous process.
+            sel = np.flatnonzero((zs <= top - 3.0 + 0.1) & (zs > bottom - 3.0 - 16.0) & (us > 7.0) & ins)
+            if sel.size == 0:
+                continue
+            u1, x1, z1, ax1 = us[sel], xs[sel], zs[sel], ax_[sel]
+            pz = (z1 <= top - 3.0) & (z1 > bottom - 3.0)
+            pedicle = pz & (ax1 > 10.5) & (ax1 < 14.0) & (u1 > 7.0) & (u1 < 21.0)
+            lateral_mass = pz & (ax1 >= 12.0) & (ax1 < 22.0) & (u1 > 12.0) & (u1 < 26.0)
+            lamina = pz & (ax1 < 15.0) & (u1 > canal_back + 1.5) & (u1 < canal_back + 6.0)
+            sp_len = 30.0 if name in ("C7", "T1") else 18.0
+            su = u1 - (canal_back + 6.0)
+            zsu = z1 + 0.5 * su
+            spinous = (ax1 < 3.0) & (su >= 0) & (su < sp_len) & (zsu <= top - 4.0) & (zsu > bottom - 1.0)
+            post = pedicle | lateral_mass | lamina | spinous
+            ls[sel[post]] = Tissue.CORTICAL_BONE
+            post_core = post & (
+                (pedicle & (np.abs(ax1 - 12.25) < 1.0))
+                | (lateral_mass & (np.abs(ax1 - 17.0) < 3.5) & (np.abs(u1 - 19.0) < 5.0))
+                | (spinous & (ax1 < 1.8) & (zsu <= top - 5.0) & (zsu > bottom))
+            )
+            ls[sel[post_core]] = Tissue.MARROW
+
+        lab.reshape(-1)[idx] = ls
+        level.reshape(-1)[idx] = vs
+
     def texture_field(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Smooth multiplicative tissue heterogeneity (about +/-5 %), same in every plane."""
         t = np.zeros(x.shape, dtype=np.float32)
         for kx, ky, kz, ph, amp in self.texture:
             t += np.float32(amp) * np.cos(kx * x + ky * y + kz * z + ph).astype(np.float32)
         return 1.0 + t
+
+
+    def tissue_texture(self, points: np.ndarray, fractions: np.ndarray, plane: PlaneGeometry | None = None) -> np.ndarray:
+        """Multiplicative tissue texture ``1 + sum_t f_t m_t`` ``(rows, cols)`` float32 at
+        ``points`` ``(3, rows, cols)`` mm, weighted by the tissue ``fractions``.
+
+        ``m_t`` is zero where a tissue is absent, so air stays exactly zero. Textures
+        (deterministic per ``seed``, fixed in patient space, so every plane cuts the same
+        3-D object):
+
+        - marrow: trabecular, a band-pass random field (wavelengths 1.4-3.5 mm), mostly
+          vertical trabeculae with some horizontal plates;
+        - muscle (and, at half strength, prevertebral soft tissue): fibre striation
+          across the cranio-caudal fibres (1.3-2.6 mm) and fascicle bundles (4-9 mm);
+        - fat: lobules (6-14 mm) with thin darker fibrous septa.
+
+        With ``plane`` the object is what that plane's pixels see: each plane wave is
+        averaged over the slice thickness and the pixel (sinc factors), and waves above
+        90 % of the pixel grid's Nyquist frequency are left out; septa are drawn no
+        thinner than a pixel and fade where they lie obliquely in the slab. So no texture
+        aliases at any matrix.
+        """
+        rows_cols = points.shape[1:]
+        out = np.ones(rows_cols, dtype=np.float32)
+        if plane is not None:
+            normal, thick = plane.normal, plane.thickness
+            dirs, spacing = (plane.col_dir, plane.row_dir), (plane.spacing[0], plane.spacing[1])
+        else:
+            normal, thick, dirs, spacing = np.array([0.0, 0.0, 1.0]), 0.0, None, (0.0, 0.0)
+
+        def factor(k: np.ndarray) -> np.ndarray:
+            """Slab and pixel averaging of plane waves ``k`` (n, 3) rad/mm, band limit."""
+            f = np.sinc(k @ normal * thick / (2 * np.pi))
+            if dirs is not None:
+                for d, sp in zip(dirs, spacing):
+                    kd = k @ d
+                    f = f * np.sinc(kd * sp / (2 * np.pi)) * (np.abs(kd) < 0.9 * np.pi / sp)
+            return f.astype(np.float32)
+
+        def field(kind: str, p: np.ndarray, gradient: bool = False):
+            k, ph, amp = _texture_waves(self.seed, kind)
+            a = amp * (1.0 if gradient else factor(k))
+            keep = np.flatnonzero(a != 0)
+            arg = p.T @ k[keep].T.astype(np.float32) + ph[keep]  # (n_points, n_waves)
+            g = np.cos(arg) @ a[keep]
+            if not gradient:
+                return g
+            return g, -(np.sin(arg) * a[keep]) @ k[keep].astype(np.float32)  # (n_points, 3)
+
+        flat = fractions.reshape(fractions.shape[0], -1)
+        pts = points.reshape(3, -1).astype(np.float32)
+        total = np.zeros(flat.shape[1], dtype=np.float32)
+
+        sel = np.flatnonzero(flat[Tissue.MARROW] > 0)
+        if sel.size:
+            total[sel] += flat[Tissue.MARROW, sel] * MARROW_TEXTURE * field("marrow", pts[:, sel])
+        soft = flat[Tissue.MUSCLE] + 0.5 * flat[Tissue.SOFT_TISSUE]
+        sel = np.flatnonzero(soft > 0)
+        if sel.size:
+            p = pts[:, sel]
+            m = MUSCLE_STRIATION * field("striation", p) + MUSCLE_BUNDLES * field("bundles", p)
+            total[sel] += soft[sel] * m
+        sel = np.flatnonzero(flat[Tissue.FAT] > 0)
+        if sel.size:
+            p = pts[:, sel]
+            g, grad = field("lobules", p, gradient=True)
+            # Septa: the zero set of the lobule field, drawn with an in-plane distance.
+            grad_in = grad - (grad @ normal.astype(np.float32))[:, None] * normal.astype(np.float32)[None, :]
+            gin = np.sqrt(np.sum(grad_in * grad_in, axis=1))
+            gall = np.sqrt(np.sum(grad * grad, axis=1)) + 1e-6
+            width = max(SEPTUM_HALF_WIDTH_MM, max(spacing))
+            septa = np.exp(-((g / (gin + 1e-6) / width) ** 2)) * (gin / gall)
+            total[sel] += flat[Tissue.FAT, sel] * (FAT_LOBULES * g - FAT_SEPTA * septa)
+        out += total.reshape(rows_cols)
+        return out
 
 
 @dataclass(frozen=True)
@@ -432,7 +635,7 @@ def render_plane(patient: PhantomPatient, plane: PlaneGeometry, inplane: int = 1
             centre_level = lev[inplane // 2 :: inplane, inplane // 2 :: inplane]
     fractions = counts / float(inplane * inplane * through)
     pts = plane_points(plane)
-    texture = patient.texture_field(pts[0], pts[1], pts[2])
+    texture = patient.texture_field(pts[0], pts[1], pts[2]) * patient.tissue_texture(pts, fractions, plane)
     return RenderedPlane(fractions, centre_label, centre_level, texture)
 
 
