@@ -136,3 +136,69 @@ def test_no_pathology_patient_has_no_lesions():
     mid = render_plane(patient, sagittal_geometry(n_slices=1)[0])
     assert Tissue.CORD_LESION not in set(np.unique(mid.label))
     assert Tissue.ENHANCING_LESION not in set(np.unique(mid.label))
+
+
+def _column_labels(patient, u, z, x=0.0):
+    """Labels and levels at AP offsets ``u`` from the body centre line and heights ``z`` (mm)."""
+    u, z = np.broadcast_arrays(np.asarray(u, dtype=float), np.asarray(z, dtype=float))
+    return patient.labels(np.full(u.shape, x), u + patient.body_centre_y(z), z)
+
+
+def test_vertebral_bodies_have_rounded_corners_and_concave_endplates():
+    patient = PhantomPatient.from_seed(1, pathology="none")
+    c4 = [n for n, _, _ in LEVELS].index("C4")
+    _, top, bottom = LEVELS[c4]
+    bone = (Tissue.CORTICAL_BONE, Tissue.MARROW)
+    # The anterior-superior corner is rounded off; the anterior wall at mid-height is cortex
+    # and the centre is marrow.
+    lab, _ = _column_labels(patient, [-7.7, -7.7, 0.0], [top - 0.3, 0.5 * (top + bottom), 0.5 * (top + bottom)])
+    assert lab[0] not in bone and lab[1] == Tissue.CORTICAL_BONE and lab[2] == Tissue.MARROW
+    # Concave endplates: the body is shorter at its centre than near its anterior and
+    # posterior walls, and the discs (with their own level index) fill the concavities.
+    z = np.arange(bottom - 3.0, top + 3.0, 0.05)
+    heights = {}
+    for u in (-5.5, 0.0, 5.5):
+        lab, level = _column_labels(patient, np.full(z.shape, u), z)
+        heights[u] = 0.05 * np.count_nonzero(np.isin(lab, bone) & (level == 2 * c4))
+    assert heights[0.0] < heights[-5.5] - 0.5 and heights[0.0] < heights[5.5] - 0.5
+    lab, level = _column_labels(patient, [0.0, 0.0], [bottom + 0.6, top - 0.4])
+    assert np.isin(lab, [Tissue.DISC_NUCLEUS, Tissue.DISC_ANNULUS, Tissue.DEGENERATED_NUCLEUS]).all()
+    assert list(level) == [2 * c4 + 1, 2 * c4 - 1]
+    # C2 carries the dens: bone 10 mm above the C2 body's top in the midline.
+    lab, level = _column_labels(patient, [1.5], [LEVELS[0][1] + 10.0])
+    assert lab[0] in bone and level[0] == 0
+
+
+def test_tissue_textures_are_fine_deterministic_band_limited_and_absent_from_air():
+    from scipy import ndimage
+
+    from simulation.phantom import CONTRASTS, contrast_image, plane_points
+
+    plane = sagittal_geometry(n_slices=1)[0]
+    patient = PhantomPatient.from_seed(5, pathology="none")
+    rendered = render_plane(patient, plane)
+    again = render_plane(PhantomPatient.from_seed(5, pathology="none"), plane)
+    assert np.array_equal(rendered.texture, again.texture) and np.array_equal(rendered.label, again.label)
+    other = render_plane(PhantomPatient.from_seed(6, pathology="none"), plane)
+    marrow = ndimage.binary_erosion(rendered.fractions[Tissue.MARROW] == 1, iterations=6)
+    assert marrow.sum() > 2000
+    assert not np.allclose(rendered.texture[marrow], other.texture[marrow], atol=1e-3)
+    for name in ("T1", "T2", "DIXON_W"):
+        img = contrast_image(patient, rendered, CONTRASTS[name], plane)  # noiseless object
+        assert np.all(img[rendered.fractions[Tissue.AIR] == 1] == 0), name
+        fine = img - ndimage.gaussian_filter(img, 2.0)  # texture finer than ~2 mm
+        for tissue, floor in ((Tissue.MARROW, 0.02), (Tissue.FAT, 0.02), (Tissue.MUSCLE, 0.008)):
+            mask = ndimage.binary_erosion(rendered.fractions[tissue] == 1, iterations=6)
+            cv = fine[mask].std() / img[mask].mean()
+            if name == "DIXON_W" and tissue == Tissue.FAT:
+                continue  # fat is dark on water-only images
+            assert floor < cv < 0.15, (name, tissue.name, cv)
+    # Band limit: a texture over the whole plane keeps its power below 0.8 x Nyquist.
+    points = plane_points(plane)
+    for tissue in (Tissue.MARROW, Tissue.FAT, Tissue.MUSCLE):
+        pure = np.zeros_like(rendered.fractions)
+        pure[tissue] = 1.0
+        spectrum = np.abs(np.fft.fft2(patient.tissue_texture(points, pure, plane) - 1.0)) ** 2
+        f = np.abs(np.fft.fftfreq(plane.shape[0])) / 0.5
+        high = (f[:, None] > 0.8) | (f[None, :] > 0.8)
+        assert spectrum[high].sum() < 0.02 * spectrum.sum(), tissue.name
