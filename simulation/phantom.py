@@ -282,7 +282,8 @@ class PhantomPatient:
         occ = head & (u >= 70.0) & (u < 77.0) & (np.abs(x) < 60.0)
         lab[occ] = Tissue.CORTICAL_BONE
         lab[head & (u >= 72.0) & (u < 75.0) & (np.abs(x) < 55.0)] = Tissue.MARROW
-        clivus = (z > 62.0) & (np.abs(u - 0.3 * (z - 62.0)) < 6.0) & (np.abs(x) < 14.0) & (z < 110.0)
+        # Clivus: its lower tip (basion) a few mm above the dens apex.
+        clivus = (z > 68.0) & (np.abs(u - 0.3 * (z - 62.0)) < 6.0) & (np.abs(x) < 14.0) & (z < 110.0)
         lab[clivus] = Tissue.CORTICAL_BONE
         lab[clivus & (np.abs(u - 0.3 * (z - 62.0)) < 4.0)] = Tissue.MARROW
 
@@ -432,7 +433,7 @@ class PhantomPatient:
         canal_back = 9.0 + self.canal_ap_mm
         for i, (name, top, bottom) in enumerate(LEVELS):
             # Body (and dens).
-            z_hi = top + (17.0 if i == 0 else UNCINATE_MM + 0.1)
+            z_hi = top + (15.0 if i == 0 else UNCINATE_MM + 0.1)
             sel = np.flatnonzero((zs <= z_hi) & (zs > bottom - 0.1) & (np.abs(us) < 8.1) & (ax_ < 9.1))
             if sel.size:
                 sdf = rounded_box(i, sel)
@@ -440,10 +441,10 @@ class PhantomPatient:
                 if i == 0:  # dens (odontoid): a peg with a waist and a rounded apex, tilted back
                     zd = zs[sel] - top
                     rd = 5.0 - 0.6 * np.exp(-(((zd - 2.5) / 2.0) ** 2))
-                    rd = np.where(zd > 8.0, 5.0 * np.sqrt(np.clip(1.0 - ((zd - 8.0) / 8.0) ** 2, 0.0, None)), rd)
+                    rd = np.where(zd > 7.0, 5.0 * np.sqrt(np.clip(1.0 - ((zd - 7.0) / 7.0) ** 2, 0.0, None)), rd)
                     d_d = np.hypot(us[sel] - 0.8 - 0.12 * np.clip(zd, 0.0, None), xs[sel]) - rd
-                    bone |= (d_d <= 0.0) & (zd > -2.0) & (zd < 16.0)
-                    marrow |= (d_d <= -CORTEX_MM) & (zd > -0.6) & (zd < 14.8)
+                    bone |= (d_d <= 0.0) & (zd > -2.0) & (zd < 14.0)
+                    marrow |= (d_d <= -CORTEX_MM) & (zd > -0.6) & (zd < 12.9)
                 ls[sel[bone]] = Tissue.CORTICAL_BONE
                 ls[sel[marrow & bone]] = Tissue.MARROW
                 vs[sel[bone]] = 2 * i
