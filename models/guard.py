@@ -6,6 +6,10 @@ slice's noise (else it removed structure or texture). Per slice:
 
 1. **Signal level.** The method noise's local mean (Gaussian, ``mean_sigma`` px) is given
    back: the output keeps the input's local signal level, the DL only removes detail.
+   Not in the air: where the input's local mean (Gaussian, ``air_sigma`` px) is at the level of magnitude noise alone
+   (below ``air_low`` x ``sigma``, fully above ``air_high`` x; a Rayleigh background has
+   its mean at 1.25 ``sigma``), that mean is the noise floor, which the network rightly
+   removes, not signal.
 2. **Structure.** The remaining method noise's local variance (Gaussian, ``window_sigma``
    px) is compared with the slice's noise variance ``sigma**2``. Where it exceeds
    ``low`` x ``sigma**2`` the change is withheld progressively, fully above ``high`` x.
@@ -96,7 +100,9 @@ class StrengthSetting:
 class GuardParameters:
     """Guard settings: Gaussian widths in pixels, thresholds as ratios to the noise
     variance; ``input_factor`` scales the input-only noise estimate (it reads band-limited
-    noise low); ``restore_mean`` gives the method noise's local mean back."""
+    noise low); ``restore_mean`` gives the method noise's local mean back, except in the
+    air: where the input's local mean (Gaussian, ``air_sigma`` px) is below ``air_low`` x
+    the noise SD (a ramp up to ``air_high`` x), the noise floor is not given back."""
 
     mean_sigma: float = 8.0
     window_sigma: float = 2.5
@@ -104,6 +110,9 @@ class GuardParameters:
     high: float = 3.0
     input_factor: float = 2.0
     restore_mean: bool = True
+    air_low: float = 1.6
+    air_high: float = 2.4
+    air_sigma: float = 3.0
 
 
 @dataclass
@@ -164,7 +173,8 @@ def guard_slice(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
     x = np.asarray(source, dtype=np.float32)
     y = np.asarray(enhanced, dtype=np.float32)
     r = x - y
-    r_detail = r - _local_mean(r, params.mean_sigma) if params.restore_mean else r
+    r_mean = _local_mean(r, params.mean_sigma) if params.restore_mean else np.zeros_like(r)
+    r_detail = r - r_mean
     local_var = np.maximum(ndimage.gaussian_filter(r_detail**2, params.window_sigma, truncate=3.0)
                            - ndimage.gaussian_filter(r_detail, params.window_sigma, truncate=3.0) ** 2, 0.0)
     tissue = _tissue(x)
@@ -173,6 +183,13 @@ def guard_slice(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
     noise_var = min(var_method, var_input)
     if noise_var <= 1e-12:
         return x.astype(np.float32), 1.0, 0.0
+    if params.restore_mean:
+        # In the air the input's local mean is the magnitude noise floor: the network's
+        # removal of it is kept (the detail test below still applies).
+        sd = float(np.sqrt(noise_var))
+        air = np.clip((params.air_high * sd - ndimage.gaussian_filter(x, params.air_sigma, truncate=3.0)) / ((params.air_high - params.air_low) * sd),
+                      0.0, 1.0)
+        r_detail = r_detail + air * r_mean
     ratio = local_var / noise_var
     keep = np.clip((params.high - ratio) / (params.high - params.low), 0.0, 1.0)
     change = np.abs(r_detail)

@@ -73,6 +73,10 @@ def test_accelerated_series_keeps_the_enhancement_and_beats_its_input(model, pha
     body = truth[0] > 0.2 * peak
     bias = float(result.images[0][body].mean() / truth[0][body].mean() - 1)
     assert abs(bias) < 0.02, f"tissue signal bias {bias:+.1%}"
+    # The air's magnitude-noise floor is noise, not signal: the guard must not give it back.
+    air = truth[0] < 0.005 * peak
+    floor = {"input": float(image[0][air].mean()), "guarded": float(result.images[0][air].mean())}
+    assert floor["guarded"] < 0.5 * floor["input"], floor
 
 
 def test_strength_orders_the_change_and_validates(model, phantom):
