@@ -5,18 +5,30 @@ marrow. This module finds them without labels, from the image alone:
 
 1. Vertebral bodies are found as a *chain*: at several intensity thresholds, connected
    regions (bright or dark, as marrow is bright on T1 and grey on T2) of vertebral-body
-   size and shape (60-700 mm^2, height/width 0.4-1.6, solid) are collected; the longest
-   sequence of regions stacked head to feet with body-like spacing (11-32 mm between
-   centres), little sideways jump and similar widths is the spine.
-2. C2 carries the dens and is taller than C3-C7: a taller region right above the chain
-   (at body spacing, of body width) is put on top as C2; otherwise the chain's own top is
-   taken as C2. C3 is the next member, the C3-C4 disc lies between C3 and C4.
-3. ROIs: the C3 region eroded to its central part; the disc ROI is a box centred between
-   the C3 and C4 centroids, a fifth of their spacing high and half the bodies' width.
+   size and shape are collected (60-700 mm^2; elongation from the second moments <= 1.6
+   and solidity against the convex hull >= 0.85, both unchanged when lordosis tilts a
+   body, unlike its bounding box). The longest sequence of regions of one polarity stacked
+   head to feet with body-like spacing (11-32 mm between centres, a 1-14 mm gap along the
+   line joining them), little sideways jump and similar widths is the spine.
+2. C2 is recognised by its height, never assumed: its body is taller than C3-C7 (about
+   1.4 times on the phantom) and the dens adds more where the slice cuts it. Heights are
+   compared on one threshold map at a time (the chain may hold each body from a different
+   threshold, whose sizes do not compare) and the median ratio over the maps is used:
+   either the chain's top is clearly taller than the members below it (then it is C2),
+   or a taller region of the same polarity sits right above the top (C2 with its dens,
+   too tall or tapered to be a chain member; then it is put on top as C2). When neither
+   holds the top is taken as C2 with confidence 0: on the realistic phantom a
+   missing C2 otherwise made C4 look like C3. C3 is the member below C2.
+3. ROIs: the C3 region eroded to its central part; the disc ROI is a box tilted with the
+   spine, a fifth of the C3-C4 spacing high and half the bodies' width deep, centred
+   across between the two centroids and along the spine in the middle of the gap between
+   C3's lower and C4's upper edge (the centroid midpoint missed tilted discs).
 
 Confidence (0-1) multiplies: chain length (>= 5 bodies: 1), regularity of spacing and
-widths, and how clearly the top member is C2. Below ``MIN_CONFIDENCE`` no ROI is
-reported (CNR null, with a note): a wrong level is worse than none.
+widths, and how clearly C2 is taller than the bodies below it (0 at ``C2_MIN_RATIO``,
+1 at ``C2_MIN_RATIO + C2_RAMP``). Below ``MIN_CONFIDENCE`` no ROI is reported (CNR
+null, with a note): a wrong level is worse than none. ``python -m qc.evaluate_landmarks``
+measures it on fresh phantom patients (tuning and held-out seeds).
 """
 from __future__ import annotations
 
@@ -24,8 +36,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from skimage import morphology
 
-MIN_CONFIDENCE = 0.2  # correct C3 on all 48 calibration-seed phantom slices scored >= 0.22; non-spine images 0 or None
+C2_MIN_RATIO, C2_RAMP = 1.15, 0.2  # C2 / C3-C6 height: confidence 0 at 1.15, full at 1.35 (phantom: 20/14 mm body)
+# Kept at 0.2: on the tuning seeds (qc.evaluate_landmarks) no wrong level scored above it;
+# non-spine images score 0 or None.
+MIN_CONFIDENCE = 0.2
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,8 @@ class _Body:
     right: int
     area_mm2: float
     strict: bool  # vertebral-body shape (C3-T1); C2 candidates may be taller
+    bright: bool  # brighter than the threshold (marrow on T1) or darker (marrow on fat-suppressed images)
+    cov_mm2: tuple[float, float, float]  # second central moments (row-row, row-col, col-col), mm^2
 
     @property
     def height(self) -> int:
@@ -58,6 +76,17 @@ class _Body:
     def width(self) -> int:
         return self.right - self.left + 1
 
+    def extent_mm(self, direction: np.ndarray) -> float:
+        """Length of the region along a unit (row, col) direction in mm, from its second
+        moment (exact for a rectangle: sqrt(12 var)). Unlike the bounding box, it does not
+        grow when lordosis tilts the body."""
+        rr, rc, cc = self.cov_mm2
+        dr, dc = float(direction[0]), float(direction[1])
+        return float(np.sqrt(max(12.0 * (dr * dr * rr + 2.0 * dr * dc * rc + dc * dc * cc), 0.0)))
+
+    def centre_mm(self, spacing_mm: tuple[float, float]) -> np.ndarray:
+        return np.array([self.row * spacing_mm[0], self.col * spacing_mm[1]])
+
 
 def _candidates(image: np.ndarray, spacing_mm: tuple[float, float], body: np.ndarray | None):
     """Vertebral-body-like regions at several thresholds: (list of _Body, label maps)."""
@@ -65,7 +94,7 @@ def _candidates(image: np.ndarray, spacing_mm: tuple[float, float], body: np.nda
     inside = smooth[body] if body is not None and body.any() else smooth.reshape(-1)
     px_area = spacing_mm[0] * spacing_mm[1]
     open_px = max(1, int(round(1.5 / min(spacing_mm))))
-    bodies, maps = [], []
+    bodies, maps, polarity = [], [], []
     for q in range(20, 96, 5):
         t = float(np.percentile(inside, q))
         for bright in (True, False):
@@ -75,24 +104,45 @@ def _candidates(image: np.ndarray, spacing_mm: tuple[float, float], body: np.nda
             binary = ndimage.binary_opening(binary, iterations=open_px)
             labels, n = ndimage.label(binary)
             maps.append(labels)
+            polarity.append(bright)
             if n == 0:
                 continue
             objects = ndimage.find_objects(labels)
             for lab, sl in enumerate(objects, start=1):
                 region = labels[sl] == lab
-                area = float(region.sum()) * px_area
+                npx = int(region.sum())
+                area = npx * px_area
                 if not 60.0 <= area <= 1200.0:
                     continue
-                h = (sl[0].stop - sl[0].start) * spacing_mm[0]
-                w = (sl[1].stop - sl[1].start) * spacing_mm[1]
-                solidity = region.sum() / region.size
-                strict = area <= 700.0 and 0.4 <= h / w <= 1.6 and solidity >= 0.75
-                if not (strict or (0.8 <= h / w <= 3.0 and solidity >= 0.6)):
-                    continue
                 rr, cc = np.nonzero(region)
+                # Shape from second moments (tilt-independent, unlike the bounding box):
+                # a rounded body is about as tall as deep; C2 with its dens up to 3 times.
+                r_mm, c_mm = rr * spacing_mm[0], cc * spacing_mm[1]
+                cov = np.cov(np.stack([r_mm, c_mm])) if npx > 2 else np.zeros((2, 2))
+                evals = np.linalg.eigvalsh(cov)
+                elong = float(np.sqrt(max(evals[1], 1e-9) / max(evals[0], 1e-9)))
+                # Solidity against the convex hull: a tilted box still fills its hull, and
+                # C2's tapered dens does too (the bounding box of either is half empty).
+                solidity = npx / max(float(morphology.convex_hull_image(region).sum()), 1.0)
+                strict = area <= 700.0 and elong <= 1.6 and solidity >= 0.85
+                if not (strict or (elong <= 3.0 and solidity >= 0.75)):
+                    continue
                 bodies.append(_Body((len(maps) - 1, lab), float(rr.mean() + sl[0].start), float(cc.mean() + sl[1].start),
-                                    sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1, area, strict))
-    return bodies, maps
+                                    sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1, area, strict, bright,
+                                    (float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1]))))
+    return bodies, maps, polarity
+
+
+def _link(a: _Body, b: _Body, spacing_mm: tuple[float, float]) -> tuple[float, float, float] | None:
+    """(centre distance, sideways jump, gap along the line between them) in mm for ``b``
+    below ``a``, or None when ``b`` is not below ``a``."""
+    d = b.centre_mm(spacing_mm) - a.centre_mm(spacing_mm)
+    if d[0] <= 0:
+        return None
+    dist = float(np.hypot(*d))
+    unit = d / dist
+    gap = dist - 0.5 * (a.extent_mm(unit) + b.extent_mm(unit))
+    return dist, abs(float(d[1])), gap
 
 
 def _longest_chain(bodies: list[_Body], spacing_mm: tuple[float, float]) -> list[_Body]:
@@ -104,10 +154,13 @@ def _longest_chain(bodies: list[_Body], spacing_mm: tuple[float, float]) -> list
     prev = [-1] * len(b)
     for j in range(len(b)):
         for i in range(j):
-            dy = (b[j].row - b[i].row) * spacing_mm[0]
-            dx = abs(b[j].col - b[i].col) * spacing_mm[1]
-            gap = (b[j].top - b[i].bottom) * spacing_mm[0]
-            if not 11.0 <= dy <= 32.0 or dx > 0.6 * dy or not 1.0 <= gap <= 14.0:
+            if b[i].bright != b[j].bright:  # one tissue: marrow is either bright or dark
+                continue
+            link = _link(b[i], b[j], spacing_mm)
+            if link is None:
+                continue
+            dist, dx, gap = link
+            if not 11.0 <= dist <= 32.0 or dx > 0.6 * dist or not 1.0 <= gap <= 14.0:
                 continue
             wi, wj = b[i].width, b[j].width
             if max(wi, wj) > 1.6 * min(wi, wj):
@@ -124,36 +177,128 @@ def _longest_chain(bodies: list[_Body], spacing_mm: tuple[float, float]) -> list
     return chain[::-1]
 
 
-def _confidence(chain: list[_Body]) -> float:
+def _axis(chain: list[_Body], spacing_mm: tuple[float, float]) -> np.ndarray:
+    """Unit (row, col) direction of the spine at the chain's top, head to feet."""
+    d = chain[1].centre_mm(spacing_mm) - chain[0].centre_mm(spacing_mm)
+    return d / max(float(np.hypot(*d)), 1e-6)
+
+
+class _Maps:
+    """The thresholded label maps, measured on demand: the region under a point and its
+    size along / across the spine. All members are measured on one map at a time so that
+    their heights compare (the chain may hold each body from a different threshold)."""
+
+    def __init__(self, maps: list[np.ndarray], spacing_mm: tuple[float, float]):
+        self.maps, self.spacing = maps, spacing_mm
+        self._objects: dict[int, list] = {}
+
+    def region(self, m: int, point_mm: np.ndarray, axis: np.ndarray) -> tuple[int, np.ndarray, float, float] | None:
+        """(label, centre mm, height along ``axis`` mm, depth across mm) of the region of map
+        ``m`` under ``point_mm``, or None: background, outside, or not body-sized."""
+        labels = self.maps[m]
+        r, c = int(round(point_mm[0] / self.spacing[0])), int(round(point_mm[1] / self.spacing[1]))
+        if not (0 <= r < labels.shape[0] and 0 <= c < labels.shape[1]) or labels[r, c] == 0:
+            return None
+        lab = int(labels[r, c])
+        if m not in self._objects:
+            self._objects[m] = ndimage.find_objects(labels)
+        sl = self._objects[m][lab - 1]
+        rr, cc = np.nonzero(labels[sl] == lab)
+        area = rr.size * self.spacing[0] * self.spacing[1]
+        if not 60.0 <= area <= 1200.0:  # a fragment, or merged with its surroundings
+            return None
+        pts = np.stack([(rr + sl[0].start) * self.spacing[0], (cc + sl[1].start) * self.spacing[1]])
+        centre = pts.mean(axis=1)
+        along = axis @ (pts - centre[:, None])
+        across = np.array([-axis[1], axis[0]]) @ (pts - centre[:, None])
+        return lab, centre, float(np.sqrt(12.0 * along.var())), float(np.sqrt(12.0 * across.var()))
+
+
+def _c2_evidence(maps: _Maps, polarity: list[bool], chain: list[_Body],
+                 spacing_mm: tuple[float, float]) -> tuple[float, float]:
+    """How much taller than the bodies below it (a) the chain's top and (b) the region right
+    above the top are: each the median, over the threshold maps where it could be measured,
+    of its height over the median height of the chain members below it on the same map.
+    0 where never measurable."""
+    axis = _axis(chain, spacing_mm)
+    top_c = chain[0].centre_mm(spacing_mm)
+    step = float(np.hypot(*(chain[1].centre_mm(spacing_mm) - top_c)))
+    top_ratios, above_ratios = [], []
+    for m in range(len(maps.maps)):
+        if polarity[m] != chain[0].bright:
+            continue
+        members = [maps.region(m, c.centre_mm(spacing_mm), axis) for c in chain[:5]]
+        below = [x[2] for x in members[1:] if x is not None]
+        if members[0] is None or len(below) < 2:
+            continue
+        ref = float(np.median(below))
+        top_ratios.append(members[0][2] / ref)
+        # The region above: the first one met walking up the spine from the top's centre
+        # (C2 with its dens has its centre 1-2 spacings above C3's).
+        found = None
+        for f in np.arange(0.6, 2.0, 0.05):
+            x = maps.region(m, top_c - f * step * axis, axis)
+            if x is not None and x[0] != members[0][0]:
+                found = x
+                break
+        if found is None:
+            continue
+        d = top_c - found[1]
+        along, across = float(d @ axis), abs(float(d[0] * axis[1] - d[1] * axis[0]))
+        gap = along - 0.5 * (found[2] + members[0][2])
+        depth = float(np.median([x[3] for x in members if x is not None]))
+        if 0.9 * step <= along <= 2.2 * step and across <= 0.35 * step and 1.0 <= gap <= 14.0 \
+                and 0.5 * depth <= found[3] <= 1.8 * depth:
+            above_ratios.append(found[2] / ref)
+    top = float(np.median(top_ratios)) if top_ratios else 0.0
+    # The region above counts only where it was seen on at least a third of the maps the
+    # top was measured on (a blob at one threshold is not C2).
+    above = float(np.median(above_ratios)) if len(above_ratios) >= max(2, len(top_ratios) / 3) else 0.0
+    return top, above
+
+
+def _confidence(chain: list, c2_ratio: float) -> float:
     """Product of: chain length (>= 5 bodies: 1), regular spacing and similar widths of
-    C3 and below, and C2 being taller than the bodies below it."""
-    heights = np.array([c.height for c in chain], dtype=np.float64)
+    C3 and below, and C2 being clearly taller than the bodies below it."""
     widths = np.array([c.width for c in chain[1:]], dtype=np.float64)
     steps = np.diff([c.row for c in chain[1:]])
     length = min(1.0, (len(chain) - 2) / 3.0)
     regularity = float(np.exp(-5.0 * np.std(steps) / max(np.mean(steps), 1e-6))) if len(steps) > 1 else 0.5
     similar = float(np.exp(-3.0 * np.std(widths) / max(np.mean(widths), 1e-6)))
-    c2_ratio = heights[0] / max(float(np.median(heights[1:5])), 1e-6)
-    c2 = float(np.clip((c2_ratio - 1.0) / 0.25, 0.0, 1.0))
+    c2 = float(np.clip((c2_ratio - C2_MIN_RATIO) / C2_RAMP, 0.0, 1.0))
     return float(length * regularity * similar * c2)
 
 
-def _c2_above(bodies: list[_Body], chain: list[_Body], spacing_mm: tuple[float, float]) -> _Body | None:
-    """A taller region right above the chain's top (C2 with its dens), or None (then the
-    chain's top may itself be C2)."""
-    top = chain[0]
-    median_h = float(np.median([c.height for c in chain[1:5]]))
-    median_w = float(np.median([c.width for c in chain]))
-    best = None
-    for b in bodies:
-        dy = (top.row - b.row) * spacing_mm[0]
-        gap = (top.top - b.bottom) * spacing_mm[0]
-        dx = abs(top.col - b.col) * spacing_mm[1]
-        if 14.0 <= dy <= 40.0 and 1.0 <= gap <= 14.0 and dx <= 12.0 and b.height >= 1.2 * median_h \
-                and 0.8 * median_w <= b.width <= 2.0 * median_w:
-            if best is None or b.height > best.height:
-                best = b
-    return best
+def _disc_box(maps: _Maps, polarity: list[bool], c3: _Body, c4: _Body, shape: tuple[int, int],
+              spacing_mm: tuple[float, float]) -> np.ndarray:
+    """The C3-C4 disc ROI: a box along the spine (tilted with it), a fifth of the C3-C4
+    spacing high and half the bodies' width deep, centred across between the two
+    centroids and along the spine in the middle of the gap between C3's lower and C4's
+    upper edge (median over the maps where both bodies are measurable). The centroid
+    midpoint alone sits off the disc when one body's region grew into an endplate or
+    the bodies differ in height."""
+    p3, p4 = c3.centre_mm(spacing_mm), c4.centre_mm(spacing_mm)
+    step = float(np.hypot(*(p4 - p3)))
+    axis = (p4 - p3) / max(step, 1e-6)
+    mids = []
+    for m in range(len(maps.maps)):
+        if polarity[m] != c3.bright:
+            continue
+        r3, r4 = maps.region(m, p3, axis), maps.region(m, p4, axis)
+        if r3 is None or r4 is None or r3[0] == r4[0]:
+            continue
+        bottom3 = float((r3[1] - p3) @ axis) + 0.5 * r3[2]
+        top4 = float((r4[1] - p3) @ axis) - 0.5 * r4[2]
+        if 0.0 < bottom3 < top4 < step:
+            mids.append(0.5 * (bottom3 + top4))
+    centre = p3 + (float(np.median(mids)) if mids else 0.5 * step) * axis
+    half_h = max(0.5 * min(spacing_mm), 0.1 * step)
+    half_w = 0.25 * 0.5 * (c3.width * spacing_mm[1] + c4.width * spacing_mm[1])
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    dr, dc = rows * spacing_mm[0] - centre[0], cols * spacing_mm[1] - centre[1]
+    along = dr * axis[0] + dc * axis[1]
+    across = -dr * axis[1] + dc * axis[0]
+    return (np.abs(along) <= half_h) & (np.abs(across) <= half_w)
 
 
 def locate_c3_rois(image: np.ndarray, spacing_mm: tuple[float, float], body: np.ndarray | None = None,
@@ -172,14 +317,21 @@ def locate_c3_rois(image: np.ndarray, spacing_mm: tuple[float, float], body: np.
         if flipped is None:
             return None
         return VertebralROIs(flipped.c3_marrow[::-1], flipped.c3_c4_disc[::-1], flipped.confidence, flipped.n_bodies)
-    bodies, maps = _candidates(img, spacing_mm, body)
+    bodies, maps, polarity = _candidates(img, spacing_mm, body)
     chain = _longest_chain(bodies, spacing_mm)
     if len(chain) < 3:
         return None
-    c2 = _c2_above(bodies, chain, spacing_mm)
-    if c2 is not None:
-        chain = [c2] + chain
-    confidence = _confidence(chain)
+    # C2 is recognised by its height: either the chain's top is clearly taller than the
+    # bodies below it, or a taller region (C2 with its dens, too tall or too tapered to be
+    # a chain member) sits right above it. Otherwise the top is taken as C2 with
+    # confidence 0.
+    top_ratio, above_ratio = _c2_evidence(_Maps(maps, spacing_mm), polarity, chain, spacing_mm)
+    if top_ratio < C2_MIN_RATIO + C2_RAMP and above_ratio > top_ratio:
+        chain = [None] + chain  # C2 is the region above; only its place in the chain matters
+        c2_ratio = above_ratio
+    else:
+        c2_ratio = top_ratio
+    confidence = _confidence(chain, c2_ratio)
     c3, c4 = chain[1], chain[2]  # chain[0] is taken as C2
     labels = maps[c3.mask_index[0]]
     c3_region = labels == c3.mask_index[1]
@@ -187,16 +339,7 @@ def locate_c3_rois(image: np.ndarray, spacing_mm: tuple[float, float], body: np.
     marrow = ndimage.binary_erosion(c3_region, iterations=erode)
     if marrow.sum() < 10:
         marrow = c3_region
-    # The disc is centred between the two bodies' centroids (robust to a body region that
-    # grew into an endplate at one threshold); the box is a fifth of the spacing high.
-    disc = np.zeros(img.shape, dtype=bool)
-    step = c4.row - c3.row
-    centre_r, centre_c = (c3.row + c4.row) / 2.0, (c3.col + c4.col) / 2.0
-    half_h = max(0.5, 0.1 * step)
-    half_w = 0.25 * (c3.width + c4.width) / 2.0
-    r0, r1 = int(round(centre_r - half_h)), int(round(centre_r + half_h))
-    c0, c1 = int(round(centre_c - half_w)), int(round(centre_c + half_w))
-    disc[max(r0, 0) : r1 + 1, max(c0, 0) : c1 + 1] = True
+    disc = _disc_box(_Maps(maps, spacing_mm), polarity, c3, c4, img.shape, spacing_mm)
     if disc.sum() < 4:
         return None
     return VertebralROIs(marrow, disc, round(confidence, 3), len(chain))
