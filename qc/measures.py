@@ -224,7 +224,9 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
         and dl.ghost - original.ghost > calibration.accentuation_margin
     )
     rois = None
-    if item.role.startswith("SAG"):
+    # Not on water-only Dixon: its marrow is dark and the localiser found no C3 there on
+    # the tuning phantoms (0 of 40 slices), while the earlier one took wrong levels (5 of 5).
+    if item.role.startswith("SAG") and item.role != "SAG_DIXON_W":
         rois = locate_rois(item, masks)
         if rois is not None and flag:
             # Ghost copies of the vertebrae shift the chain: on severe motion a quarter of
