@@ -336,6 +336,25 @@ def test_c3_and_c3_c4_disc_located_on_the_phantom(ce_t1_planes, role):
     assert flipped is not None and np.array_equal(flipped.c3_marrow[::-1], found.c3_marrow)
 
 
+@pytest.mark.parametrize("seed, role, plane", [(7003, "SAG_T1", 6), (7001, "SAG_T2", 4)])
+def test_no_wrong_c3_level_on_the_realistic_phantom(seed, role, plane):
+    """Slices of the realistic phantom (rounded bodies, C2 with a tapered dens) on which the
+    localiser tuned on rectangular bodies took C4 for C3 above its confidence floor
+    (mid-sagittal T1 of 7003: C2 with its dens not found, C3 taken as C2; parasagittal T2
+    of 7001: a dark blob above C2 taken as C2). Either no ROI or the right level."""
+    from qc.landmarks import MIN_CONFIDENCE, locate_c3_rois
+
+    patient = PhantomPatient.from_seed(seed)
+    planes = [sagittal_geometry()[plane]]
+    rendered = [render_plane(patient, p) for p in planes]
+    series = simulate_series(patient, role, planes, rendered, acquisition="accelerated", seed=seed)
+    masks = series_masks(series.images, series.protocol.phase_encode_axis)
+    found = locate_c3_rois(series.images[0].astype(np.float64), planes[0].spacing, masks[0].body)
+    assert found is not None and found.confidence >= MIN_CONFIDENCE  # both are found now
+    marrow, disc = c3_rois(rendered[0].label, rendered[0].level)
+    assert marrow[found.c3_marrow].mean() >= 0.8 and disc[found.c3_c4_disc].mean() >= 0.8
+
+
 def test_no_vertebrae_no_rois():
     import skimage.data
 
