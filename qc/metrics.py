@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from qc import morphology
+
 RAYLEIGH_SD_PER_SIGMA = float(np.sqrt(2.0 - np.pi / 2.0))  # SD of pure-noise magnitude / sigma
 RAYLEIGH_MEDIAN_PER_SIGMA = float(np.sqrt(2.0 * np.log(2.0)))  # median / sigma
 
@@ -80,11 +82,12 @@ def slice_masks(image: np.ndarray, threshold: float, margin: int = 20) -> SliceM
     labels, n = ndimage.label(body)
     if n:
         sizes = ndimage.sum(body, labels, index=np.arange(1, n + 1))
-        keep = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
-        body = np.isin(labels, keep)
-    body = ndimage.binary_fill_holes(ndimage.binary_closing(body, iterations=3))
+        keep = np.zeros(n + 1, dtype=bool)  # lookup by label: np.isin's sort is slower
+        keep[1:] = sizes >= 0.1 * sizes.max()
+        body = keep[labels]
+    body = morphology.fill_holes(morphology.closing(body, 3))
     body = _fill_between_extremes(body, axis=0) | _fill_between_extremes(body, axis=1)
-    near = ndimage.binary_dilation(body, iterations=margin) if body.any() else body
+    near = morphology.dilation(body, margin) if body.any() else body
     background = ~near
     # Zero-filled regions (cropped oversampling, filtered field-of-view edges, suppressed air)
     # hold no noise: they are not air to measure noise or ghosts in. Runs of zeros only: a
@@ -93,7 +96,7 @@ def slice_masks(image: np.ndarray, threshold: float, margin: int = 20) -> SliceM
     if zero.any():
         zero = ndimage.binary_opening(zero, structure=np.ones((3, 3), dtype=bool))
         if zero.any():
-            background &= ~ndimage.binary_dilation(zero, iterations=2)
+            background &= ~morphology.dilation(zero, 2)
     # Keep away from the image border (some scanners leave zero or filtered edges).
     edge = max(2, image.shape[0] // 100)
     background[:edge, :] = background[-edge:, :] = False

@@ -407,3 +407,21 @@ def test_whole_series_calibration_and_summary():
     assert summary["auc_clear_artifact"] == 1.0
     # the first slice of the clean SAG_T1 stack is in its edge third, and the only clean slice >= 0.5
     assert summary["clean_slices_scoring_ge_0.5"] == {"edge third": 0.25, "middle": 0.0}
+
+
+def test_morphology_matches_scipy():
+    """qc.morphology (numpy, for speed) gives scipy.ndimage's pixels: cross structure, border 0."""
+    from scipy import ndimage
+
+    from qc import morphology
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        shape = tuple(int(v) for v in rng.integers(1, 48, 2))
+        mask = ndimage.gaussian_filter(rng.random(shape), rng.random() * 2) > rng.random() * 0.6 + 0.2
+        n = int(rng.integers(1, 5))
+        assert np.array_equal(morphology.erosion(mask, n), ndimage.binary_erosion(mask, iterations=n))
+        assert np.array_equal(morphology.dilation(mask, n), ndimage.binary_dilation(mask, iterations=n))
+        assert np.array_equal(morphology.opening(mask, n), ndimage.binary_opening(mask, iterations=n))
+        assert np.array_equal(morphology.closing(mask, n), ndimage.binary_closing(mask, iterations=n))
+        assert np.array_equal(morphology.fill_holes(mask), ndimage.binary_fill_holes(mask))
