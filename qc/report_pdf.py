@@ -91,9 +91,9 @@ def render_pdf(results: list[SeriesQC], written: list[WrittenSeries], model: str
                 # placed on (outlined), else the middle one.
                 worst = qc.original.worst_slice if qc.motion_flag else None
                 k = worst if worst is not None else qc.rois[0] if qc.rois is not None else len(w.sources) // 2
+                lo, hi = np.percentile(w.derived_pixels, [1, 99.5])  # one grey scale for both images
                 for axis, (title, image) in zip(row, (("original", w.sources[k].pixel_array),
                                                        ("DL", w.derived_pixels[k]))):
-                    lo, hi = np.percentile(w.derived_pixels, [1, 99.5])
                     axis.imshow(image, cmap="gray", vmin=lo, vmax=hi)
                     if qc.rois is not None:
                         axis.contour(qc.rois[1].c3_marrow, [0.5], colors="yellow", linewidths=0.6)

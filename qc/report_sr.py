@@ -80,10 +80,12 @@ def mask_outline(mask: np.ndarray, tolerance: float = 0.75) -> np.ndarray | None
 
 
 def roi_groups(qc: SeriesQC, label: str, quality: ImageQuality, image: Dataset, pixels: np.ndarray,
-               algorithm: hd.sr.AlgorithmIdentification, model: str) -> list:
+               algorithm: hd.sr.AlgorithmIdentification, model: str,
+               outlines: dict[int, np.ndarray | None] | None = None) -> list:
     """The regions behind ``quality``'s SNR/CNR (qc.measures.with_vertebral_rois) on one image
     (``pixels``: its stored values, ``(rows, columns)``), as planar ROI groups: C3-C4 disc (mean,
-    SNR), C3 marrow (mean, CNR), background air (noise SD; measured in that region on every slice)."""
+    SNR), C3 marrow (mean, CNR), background air (noise SD; measured in that region on every slice).
+    ``outlines``: outlines already traced, by ``id`` of their mask (filled in here)."""
     _, found = qc.rois
     pixels = np.asarray(pixels, dtype=np.float64)
     disc, marrow = float(pixels[found.c3_c4_disc].mean()), float(pixels[found.c3_marrow].mean())
@@ -98,8 +100,13 @@ def roi_groups(qc: SeriesQC, label: str, quality: ImageQuality, image: Dataset, 
         ("background air", qc.roi_background, codes.SCT.Air, [(codes.SCT.StandardDeviation, quality.noise_sd)]),
     )
     groups = []
+    outlines = {} if outlines is None else outlines
     for name, mask, site, values in regions:
-        outline = None if mask is None else mask_outline(mask)
+        # The original and the DL group share the masks: each is traced once (the background
+        # air, most of the image, took ~40 ms).
+        if mask is not None and id(mask) not in outlines:
+            outlines[id(mask)] = mask_outline(mask)
+        outline = None if mask is None else outlines[id(mask)]
         if outline is None or len(outline) < 4:
             continue
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -130,6 +137,7 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
     # OHIF's SR viewport opens at the report's first measurement and shows the image it was placed
     # on: the planar ROIs come first, CE T1's (the series the QC is for) before the others.
     roi_groups_first, groups, evidence = [], [], []
+    outlines: dict[int, np.ndarray | None] = {}  # by id of the mask; the masks live in ``results``
     for qc in sorted(results, key=lambda r: r.role != "SAG_CE_T1"):
         w = by_source[qc.source_series_instance_uid]
         for label, quality, datasets, flag in (
@@ -165,7 +173,7 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
             if qc.rois is not None and quality.cnr is not None:  # the regions behind snr / cnr, on their image
                 k = qc.rois[0]
                 pixels = w.sources[k].pixel_array if label == "original" else w.derived_pixels[k]
-                roi_groups_first.extend(roi_groups(qc, label, quality, datasets[k], pixels, algorithm, model))
+                roi_groups_first.extend(roi_groups(qc, label, quality, datasets[k], pixels, algorithm, model, outlines))
             evidence.extend(_header_only(ds) for ds in _one_per_instance(datasets))
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.SCT.ImagingProcedure,
                                      imaging_measurements=roi_groups_first + groups, title=codes.DCM.ImagingMeasurementReport)
