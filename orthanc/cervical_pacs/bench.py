@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -480,12 +481,20 @@ def run_burst_studies(args, results: dict) -> dict:
                         return runner, kids[0], running[0]["id"]
                     return None
 
+                def uploading() -> tuple[int, int, int] | None:
+                    """(0, 0, job) while a study run uploads or commits: its upload plan is recorded."""
+                    with sqlite3.connect(bench.settings.queue_db, timeout=30) as con:
+                        row = con.execute("SELECT id FROM jobs WHERE state='running' AND uploaded != '[]'").fetchone()
+                    return (bench.warm_runner_now(), 0, row[0]) if row else None
+
                 deadline = time.monotonic() + args.timeout * n
                 pending = set(study_ids)
                 runner_killed = worker_restarted = not args.restart
+                checked = 0.0
                 while pending and time.monotonic() < deadline:
-                    pending = {s for s in pending if not finished(s)}
-                    n_done = n - len(pending)
+                    if time.monotonic() - checked >= 0.2:
+                        pending = {s for s in pending if not finished(s)}
+                        n_done, checked = n - len(pending), time.monotonic()
                     if not runner_killed and (found := mid_run(args.kill_after)):
                         runner, child, job = found
                         os.killpg(runner, 9)  # its own session: the group it leads
@@ -494,17 +503,21 @@ def run_burst_studies(args, results: dict) -> dict:
                                        "t_s": round(time.time() - t0, 1), "runner_pid": runner, "app_child_pid": child,
                                        "job": job, "studies_finished_before": n_done})
                         print(f"killed the warm runner pid {runner} (app child {child}, job {job})", file=sys.stderr)
-                    elif runner_killed and not worker_restarted and n_done >= n // 2 and (found := mid_run(args.kill_after)):
+                    elif runner_killed and not worker_restarted and n_done >= n // 2 and (
+                            found := mid_run(args.kill_after) if args.worker_kill_at == "app" else uploading()):
                         runner, child, job = found
                         old, new = bench.restart_worker(log_file)
                         worker_restarted = True
-                        events.append({"what": "worker killed (SIGKILL) during a run and started again",
+                        events.append({"what": f"worker killed (SIGKILL) during a study run's "
+                                               f"{'app run' if args.worker_kill_at == 'app' else 'upload/commit'}"
+                                               " and started again",
                                        "t_s": round(time.time() - t0, 1), "worker_pid": old, "new_worker_pid": new,
                                        "runner_pid": runner, "app_child_pid": child, "job": job,
                                        "studies_finished_before": n_done})
                         print(f"killed the worker pid {old} (runner {runner}, app child {child}, job {job}); "
                               f"started pid {new}", file=sys.stderr)
-                    time.sleep(0.2)
+                    armed = runner_killed and not worker_restarted and n_done >= n // 2
+                    time.sleep(0.01 if armed and args.worker_kill_at == "upload" else 0.2)
                 t_end = time.time()
                 stop.set()
                 sampler.join()
@@ -512,7 +525,7 @@ def run_burst_studies(args, results: dict) -> dict:
                     time.sleep(1)
                     for e in events:
                         e["killed_gone"] = all(not Path(f"/proc/{e[k]}").exists() or _cmdline(e[k]) == ""
-                                               for k in ("runner_pid", "app_child_pid") if k in e)
+                                               for k in ("runner_pid", "app_child_pid") if e.get(k))
                 print("checking the results over REST ...", file=sys.stderr)
                 checks = [_check_study(bench, s, n_series) for s in study_ids]
                 log_text = log_file.read_text(errors="replace")
@@ -551,8 +564,9 @@ def run_burst_studies(args, results: dict) -> dict:
                         "median": round(statistics.median(float(r[0]) for r in runs), 1),
                         "min": min(float(r[0]) for r in runs), "max": max(float(r[0]) for r in runs)}
                 warnings = [re.sub(r": series .*?: ", ": ", ln) for ln in log_text.splitlines()
-                            if " WARNING " in ln or "ERROR" in ln]  # one line per job of a study run: once
-                results["burst_studies"]["worker_log_warnings"] = list(dict.fromkeys(
+                            if " WARNING " in ln or "ERROR" in ln or "rolled back" in ln or "work folder of a worker" in ln]
+                # (one line per job of a study run: once)
+                results["burst_studies"]["worker_log_recovery"] = list(dict.fromkeys(
                     re.sub(r"^\S+ \S+ ", "", ln) for ln in warnings))[:40]
             finally:
                 bench.close()
@@ -572,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only a burst of N distinct small studies (2 sagittal, 2 axial slices unless given)")
     parser.add_argument("--restart", action="store_true",
                         help="--burst-studies: kill the warm runner during a run, later the worker (restarted)")
+    parser.add_argument("--worker-kill-at", choices=("app", "upload"), default="app",
+                        help="--restart: kill the worker while a run's app runs, or while it uploads/commits")
     parser.add_argument("--kill-after", type=float, default=2.0,
                         help="--restart: seconds an app run has gone on before it is killed")
     parser.add_argument("--concurrency", type=int, default=1)
