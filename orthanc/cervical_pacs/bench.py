@@ -2,6 +2,7 @@
 
     PYTHONPATH=.:orthanc .venv/bin/python -m cervical_pacs.bench [--quick] [--out bench.json]
     PYTHONPATH=.:orthanc .venv/bin/python -m cervical_pacs.bench --study [--out study.json]
+    PYTHONPATH=.:orthanc .venv/bin/python -m cervical_pacs.bench --burst-studies 20 [--restart] [--out burst.json]
 
 Starts its own Orthanc + worker (random ports, private network namespace when root, temp
 folders), uploads simulated studies over REST and measures, per series:
@@ -20,6 +21,17 @@ has imported the application (``--runner cold``: ``python -m app`` per run, as b
 warm runner); it prints the worker's and the runner's memory (the warm runner's RSS before
 and after, and the app run's peak RSS) and ends with the line ``whole study: N.N s from last instance stored to all results
 in Orthanc`` (goal on 2 cores: <= 25 s, of which StableAge + the study quiet time <= 5 s).
+``--burst-studies N`` measures only a burst of N distinct small studies (copies of one simulated
+accelerated myelopathy study, ``--slices`` sagittal and ``--axial-slices`` axial slices per series,
+default 2 and 2, each copy under new Study/Series/SOP Instance UIDs), uploaded all at once;
+with ``--restart``, once study runs are going, the warm runner is killed (SIGKILL to its process
+group) while it serves a run, and later the worker itself is killed (SIGKILL) while a run is
+going and started again as the bench started it. It waits for every study, then checks over
+REST that each has exactly one derived series per enhanced source series, one QC SR and one PDF,
+nothing else of ours, every job ``done`` (or ``skipped`` with a reason, the localizer) and none
+failed, one successful study run per study (the worker's log), and samples the worker's and the
+warm runner's RSS through the burst; it ends with the line ``burst of N studies: D done, X
+duplicated, F failed, W s wall (R studies/min)``.
 """
 from __future__ import annotations
 
@@ -27,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -95,6 +108,59 @@ def copies_with_new_uids(series_dir: Path, out: Path, n: int) -> list[list[Path]
     return result
 
 
+def studies_with_new_uids(study_dir: Path, out: Path, n: int) -> list[list[Path]]:
+    """n copies of one study, each a study of its own: new StudyInstanceUID, a new
+    SeriesInstanceUID per series and new SOPInstanceUIDs (AccessionNumber too)."""
+    sources = {folder.name: [pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))]
+               for folder in sorted(p for p in study_dir.iterdir() if p.is_dir() and any(p.glob("*.dcm")))}
+    result = []
+    for i in range(n):
+        study_uid = generate_uid()
+        files = []
+        for name, datasets in sources.items():
+            folder = out / f"study{i:02d}" / name
+            folder.mkdir(parents=True)
+            series_uid = generate_uid()
+            for j, ds in enumerate(datasets):
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+                ds.AccessionNumber = f"BURST{i:04d}"
+                ds.save_as(folder / f"IM{j:04d}.dcm")
+                files.append(folder / f"IM{j:04d}.dcm")
+        result.append(files)
+    return result
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of a process (scan of /proc: no CONFIG_PROC_CHILDREN needed)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int(p.joinpath("stat").read_bytes().rsplit(b")", 1)[1].split()[1]) == pid:
+                    found.append(int(p.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _age_s(pid: int) -> float:
+    """Seconds since the process started (0 when it is gone)."""
+    try:
+        start = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19]) / _TICK
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return uptime - start
+
+
 class Bench:
     def __init__(self, tmp: Path, args):
         env = {"CPACS_LOCAL_DIR": str(tmp / "local"), "CPACS_STORAGE_DIR": str(tmp / "data"),
@@ -117,8 +183,25 @@ class Bench:
 
     def close(self):
         for p in (self.worker, self.orthanc):
-            p.terminate()
+            if p.poll() is None:
+                p.terminate()
             p.wait(timeout=60)
+
+    def restart_worker(self, log_file: Path) -> tuple[int, int]:
+        """SIGKILL the worker (its warm runner and the run die with it: parent-death signals)
+        and start it again as the bench started it. Returns (old pid, new pid)."""
+        old = self.worker.pid
+        self.worker.kill()
+        self.worker.wait(timeout=60)
+        self.worker = start_worker(self.settings, log_file)
+        return old, self.worker.pid
+
+    def warm_runner_now(self) -> int:
+        """The worker's current warm runner process (0: none)."""
+        for pid in _children(self.worker.pid):
+            if "cervical_pacs.warm" in _cmdline(pid):
+                return pid
+        return 0
 
     def warm_runner_pid(self, log_file: Path, timeout: float) -> int:
         """The worker's warm runner once it has imported the application (0: none)."""
@@ -162,9 +245,13 @@ def _timings(jobs: dict[str, dict], stored_at: float) -> dict:
 def run(args) -> dict:
     results: dict = {"settings": {"stable_age_s": args.stable_age, "study_quiet_s": args.quiet,
                                   "concurrency": args.concurrency, "slices": args.slices,
-                                  "axial_slices": args.axial_slices, "burst": args.burst, "cpus": os.cpu_count()}}
+                                  "axial_slices": args.axial_slices, "burst": args.burst, "cpus": os.cpu_count(),
+                                  "burst_studies": args.burst_studies, "restart": args.restart,
+                                  "load_avg_at_start": os.getloadavg()}}
     if args.study:
         return run_study(args, results)
+    if args.burst_studies:
+        return run_burst_studies(args, results)
     with tempfile.TemporaryDirectory(prefix="cervical-dl-bench-") as tmp:
         tmp = Path(tmp)
         print("simulating studies ...", file=sys.stderr)
@@ -269,6 +356,223 @@ def run_study(args, results: dict) -> dict:
     return results
 
 
+def _rss_summary(kib: list[int]) -> dict:
+    kib = [k for k in kib if k]
+    return {"first": round(kib[0] / 1024, 1), "last": round(kib[-1] / 1024, 1), "max": round(max(kib) / 1024, 1),
+            "samples": len(kib)} if kib else {}
+
+
+def _check_study(bench: Bench, study_id: str, n_series: int) -> dict:
+    """One study's results, read back over REST: per enhanced source series exactly one derived
+    series (ours, pointing back at it, listed in its metadata), one QC SR and one PDF, nothing
+    else of ours; and the study's jobs (latest per series, one job row per series)."""
+    from series.roles import is_our_output  # light: numpy and pydicom only
+
+    get = lambda path: bench.http.get(bench.url + path, timeout=60).json()  # noqa: E731
+    info = get(f"/cervical-dl/studies/{study_id}")
+    jobs = info.get("series", [])
+    series = get(f"/studies/{study_id}/series")
+    sources, derived, sr, pdf, other = {}, {}, [], [], []
+    for s in series:
+        tags = get(f"/instances/{s['Instances'][0]}/simplified-tags")
+        meta = get(f"/series/{s['ID']}/metadata?expand")
+        if not is_our_output(tags):
+            sources[s["ID"]] = (s, meta)
+        elif s["MainDicomTags"].get("Modality") == "SR":
+            sr.append(s["ID"])
+        elif s["MainDicomTags"].get("Modality") == "DOC":
+            pdf.append(s["ID"])
+        elif meta.get("CervicalDLSource"):
+            derived.setdefault(meta["CervicalDLSource"], []).append(s)
+        else:
+            other.append(s["ID"])
+    problems = []
+    job_rows = {sid: len(bench.queue.jobs_for_series(sid)) for sid in sources}
+    states = {j["series_id"]: j["state"] for j in jobs}
+    for sid, (s, meta) in sources.items():
+        state = states.get(sid)
+        listed = [d for d in meta.get("CervicalDLDerivedSeries", "").split(",") if d]
+        got = derived.get(sid, [])
+        if job_rows[sid] != 1:
+            problems.append(f"series {sid}: {job_rows[sid]} job rows")
+        if state == "done":
+            if len(got) != 1 or [d["ID"] for d in got] != listed:
+                problems.append(f"series {sid}: {len(got)} derived series, metadata lists {len(listed)}")
+            elif len(got[0]["Instances"]) != len(s["Instances"]):
+                problems.append(f"series {sid}: derived {len(got[0]['Instances'])} of {len(s['Instances'])} instances")
+        elif state == "skipped":
+            if got:
+                problems.append(f"series {sid}: skipped but {len(got)} derived series")
+        else:
+            problems.append(f"series {sid}: job {state}")
+        if meta.get("CervicalDLState") != state:
+            problems.append(f"series {sid}: metadata state {meta.get('CervicalDLState')} != job {state}")
+    orphans = [d["ID"] for sid, ds in derived.items() if sid not in sources for d in ds]
+    if orphans or other:
+        problems.append(f"{len(orphans) + len(other)} series of ours without a source")
+    if len(sources) != n_series:
+        problems.append(f"{len(sources)} source series, expected {n_series}")
+    if len(sr) != 1 or len(pdf) != 1 or sorted(sr + pdf) != sorted(info.get("qc_series", [])):
+        problems.append(f"{len(sr)} SR, {len(pdf)} PDF (study metadata lists {len(info.get('qc_series', []))})")
+    descriptions = [d["MainDicomTags"].get("SeriesDescription", "") for ds in derived.values() for d in ds]
+    return {"study_id": study_id, "state": info.get("state"), "source_series": len(sources),
+            "jobs": {st: sum(1 for j in jobs if j["state"] == st) for st in sorted(states.values())},
+            "derived_series": sum(len(ds) for ds in derived.values()),
+            "duplicate_derived": sum(len(ds) - 1 for ds in derived.values() if len(ds) > 1)
+            + len(descriptions) - len(set(descriptions)),
+            "sr": len(sr), "pdf": len(pdf), "attempts_max": max((j["attempts"] for j in jobs), default=0),
+            "problems": problems}
+
+
+def run_burst_studies(args, results: dict) -> dict:
+    """A burst of N distinct studies; with ``--restart`` the warm runner, then the worker, killed mid-run."""
+    n = args.burst_studies
+    with tempfile.TemporaryDirectory(prefix="cervical-dl-bench-") as tmp:
+        tmp = Path(tmp)
+        print(f"simulating one study, {n} copies ...", file=sys.stderr)
+        template = make_study(tmp / "template", args.slices, args.axial_slices, seed=103)
+        studies = studies_with_new_uids(template, tmp / "burst", n)
+        n_series = len({f.parent.name for f in studies[0]})
+        log_file = tmp / "stack" / "worker.log"
+        with private_network() as network:
+            results["network"] = network
+            bench = Bench(tmp / "stack", args)
+            events: list[dict] = []
+            try:
+                deadline = time.monotonic() + 60  # the worker's first heartbeat
+                while not bench.queue.workers() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                bench.warm_runner_pid(log_file, 180)  # steady state: the runner has imported
+                samples: list[dict] = []
+                stop = threading.Event()
+
+                def sample():
+                    while not stop.wait(0.5):
+                        worker = bench.worker.pid
+                        runner = bench.warm_runner_now()
+                        samples.append({"t": time.time(), "worker_pid": worker, "worker_kib": _rss_kib(worker),
+                                        "runner_pid": runner, "runner_kib": _rss_kib(runner) if runner else 0})
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                t0 = time.time()
+                print(f"uploading {n} studies x {n_series} series ...", file=sys.stderr)
+                study_ids = []
+                for files in studies:
+                    answers = [bench.http.post(bench.url + "/instances", data=f.read_bytes(), timeout=120) for f in files]
+                    for r in answers:
+                        r.raise_for_status()
+                    study_ids.append(answers[0].json()["ParentStudy"])
+                t_stored = time.time()
+                print(f"uploaded in {t_stored - t0:.1f} s; waiting ...", file=sys.stderr)
+
+                def finished(study_id: str) -> bool:
+                    jobs = bench.queue.jobs_for_study(study_id)
+                    latest = {j["series_id"]: j for j in jobs}
+                    return len(latest) == n_series and all(
+                        j["state"] in ("done", "failed", "skipped", "superseded") for j in latest.values())
+
+                def mid_run(min_s: float) -> tuple[int, int, int] | None:
+                    """(warm runner, its app child, a running job) when a run has gone on >= min_s."""
+                    runner = bench.warm_runner_now()
+                    kids = [c for c in _children(runner) if _age_s(c) >= min_s] if runner else []
+                    running = bench.queue.list_jobs("running", 50)
+                    if kids and running:
+                        return runner, kids[0], running[0]["id"]
+                    return None
+
+                def uploading() -> tuple[int, int, int] | None:
+                    """(0, 0, job) while a study run uploads or commits: its upload plan is recorded."""
+                    with sqlite3.connect(bench.settings.queue_db, timeout=30) as con:
+                        row = con.execute("SELECT id FROM jobs WHERE state='running' AND uploaded != '[]'").fetchone()
+                    return (bench.warm_runner_now(), 0, row[0]) if row else None
+
+                deadline = time.monotonic() + args.timeout * n
+                pending = set(study_ids)
+                runner_killed = worker_restarted = not args.restart
+                checked = 0.0
+                while pending and time.monotonic() < deadline:
+                    if time.monotonic() - checked >= 0.2:
+                        pending = {s for s in pending if not finished(s)}
+                        n_done, checked = n - len(pending), time.monotonic()
+                    if not runner_killed and (found := mid_run(args.kill_after)):
+                        runner, child, job = found
+                        os.killpg(runner, 9)  # its own session: the group it leads
+                        runner_killed = True
+                        events.append({"what": "warm runner killed (SIGKILL to its process group) during a run",
+                                       "t_s": round(time.time() - t0, 1), "runner_pid": runner, "app_child_pid": child,
+                                       "job": job, "studies_finished_before": n_done})
+                        print(f"killed the warm runner pid {runner} (app child {child}, job {job})", file=sys.stderr)
+                    elif runner_killed and not worker_restarted and n_done >= n // 2 and (
+                            found := mid_run(args.kill_after) if args.worker_kill_at == "app" else uploading()):
+                        runner, child, job = found
+                        old, new = bench.restart_worker(log_file)
+                        worker_restarted = True
+                        events.append({"what": f"worker killed (SIGKILL) during a study run's "
+                                               f"{'app run' if args.worker_kill_at == 'app' else 'upload/commit'}"
+                                               " and started again",
+                                       "t_s": round(time.time() - t0, 1), "worker_pid": old, "new_worker_pid": new,
+                                       "runner_pid": runner, "app_child_pid": child, "job": job,
+                                       "studies_finished_before": n_done})
+                        print(f"killed the worker pid {old} (runner {runner}, app child {child}, job {job}); "
+                              f"started pid {new}", file=sys.stderr)
+                    armed = runner_killed and not worker_restarted and n_done >= n // 2
+                    time.sleep(0.01 if armed and args.worker_kill_at == "upload" else 0.2)
+                t_end = time.time()
+                stop.set()
+                sampler.join()
+                if events and any("runner_pid" in e for e in events):  # the killed processes really went away
+                    time.sleep(1)
+                    for e in events:
+                        e["killed_gone"] = all(not Path(f"/proc/{e[k]}").exists() or _cmdline(e[k]) == ""
+                                               for k in ("runner_pid", "app_child_pid") if e.get(k))
+                print("checking the results over REST ...", file=sys.stderr)
+                checks = [_check_study(bench, s, n_series) for s in study_ids]
+                log_text = log_file.read_text(errors="replace")
+                done_runs = {s: len(re.findall(rf"study {re.escape(s)} attempt \d+: .*: done in ", log_text))
+                             for s in study_ids}
+                jobs = [j for s in study_ids for j in bench.queue.jobs_for_study(s)]
+                finish = max((j["finished"] for j in jobs if j["state"] == "done"), default=t_end)
+                by_worker: dict[int, list[int]] = {}
+                for x in samples:
+                    by_worker.setdefault(x["worker_pid"], []).append(x["worker_kib"])
+                results["burst_studies"] = {
+                    "studies": n, "series_per_study": n_series, "restart": args.restart,
+                    "upload_s": round(t_stored - t0, 1),
+                    "wall_s": round(finish - t0, 1),
+                    "studies_per_min": round(60 * n / (finish - t0), 2),
+                    "studies_all_done": sum(1 for c in checks if not c["problems"] and c["state"] == "done"),
+                    "studies_with_problems": sum(1 for c in checks if c["problems"]),
+                    "not_finished": len(pending),
+                    "duplicated_series": sum(c["duplicate_derived"] for c in checks),
+                    "studies_with_other_than_one_successful_run": sum(1 for v in done_runs.values() if v != 1),
+                    "jobs": {st: sum(1 for j in jobs if j["state"] == st) for st in sorted({j["state"] for j in jobs})},
+                    "jobs_attempts_gt_1": sum(1 for j in jobs if j["attempts"] > 1),
+                    "derived_series": sum(c["derived_series"] for c in checks),
+                    "sr": sum(c["sr"] for c in checks), "pdf": sum(c["pdf"] for c in checks),
+                    "events": events,
+                    "worker_rss_mib": _rss_summary([x["worker_kib"] for x in samples]),
+                    "worker_rss_mib_by_process": {str(pid): _rss_summary(kib) for pid, kib in by_worker.items()},
+                    "warm_runner_rss_mib": _rss_summary([x["runner_kib"] for x in samples]),
+                    "warm_runner_pids": sorted({x["runner_pid"] for x in samples if x["runner_pid"]}),
+                    "per_study": checks,
+                    "successful_runs_per_study": list(done_runs.values()),
+                }
+                runs = re.findall(r": done in ([\d.]+) s \(fetch ([\d.]+) s, app ([\d.]+) s", log_text)
+                if runs:
+                    results["burst_studies"]["study_run_s"] = {
+                        "median": round(statistics.median(float(r[0]) for r in runs), 1),
+                        "min": min(float(r[0]) for r in runs), "max": max(float(r[0]) for r in runs)}
+                warnings = [re.sub(r": series .*?: ", ": ", ln) for ln in log_text.splitlines()
+                            if " WARNING " in ln or "ERROR" in ln or "rolled back" in ln or "work folder of a worker" in ln]
+                # (one line per job of a study run: once)
+                results["burst_studies"]["worker_log_recovery"] = list(dict.fromkeys(
+                    re.sub(r"^\S+ \S+ ", "", ln) for ln in warnings))[:40]
+            finally:
+                bench.close()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cervical_pacs.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3-slice series, burst of 3: checks the script")
@@ -278,6 +582,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stable-age", type=int, default=2)
     parser.add_argument("--quiet", type=float, default=2.0, help="CPACS_STUDY_QUIET_SECONDS")
     parser.add_argument("--study", action="store_true", help="only the whole study (13 sagittal slices)")
+    parser.add_argument("--burst-studies", type=int, default=0, metavar="N",
+                        help="only a burst of N distinct small studies (2 sagittal, 2 axial slices unless given)")
+    parser.add_argument("--restart", action="store_true",
+                        help="--burst-studies: kill the warm runner during a run, later the worker (restarted)")
+    parser.add_argument("--worker-kill-at", choices=("app", "upload"), default="app",
+                        help="--restart: kill the worker while a run's app runs, or while it uploads/commits")
+    parser.add_argument("--kill-after", type=float, default=2.0,
+                        help="--restart: seconds an app run has gone on before it is killed")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--compare-offline", action="store_true",
                         help="--study: then run the same study through python -m app directly (wall, CPU)")
@@ -291,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
         args.slices, args.axial_slices, args.burst = 3, 3, 3
     elif args.study and args.slices == parser.get_default("slices"):
         args.slices = 13  # the product's sagittal stacks
+    elif args.burst_studies:  # small studies: the burst is about the queue, not the app
+        if args.slices == parser.get_default("slices"):
+            args.slices = 2
+        if args.axial_slices == parser.get_default("axial_slices"):
+            args.axial_slices = 2
     results = run(args)
     text = json.dumps(results, indent=2)
     print(text)
@@ -313,6 +630,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"whole study: {whole['stored_to_available_s']:.1f} s from last instance stored to all results in Orthanc")
         else:
             print(f"whole study: no result ({whole.get('states')})")
+    if args.burst_studies:
+        b = results["burst_studies"]
+        for e in b["events"]:
+            print(f"at {e['t_s']} s: {e['what']} (job {e['job']}, {e['studies_finished_before']} studies finished before)")
+        w, r = b["worker_rss_mib"], b["warm_runner_rss_mib"]
+        if w:
+            print(f"worker RSS: first {w['first']}, last {w['last']}, max {w['max']} MiB "
+                  f"({len(b['worker_rss_mib_by_process'])} worker process(es))")
+        if r:
+            print(f"warm runner RSS: first {r['first']}, last {r['last']}, max {r['max']} MiB "
+                  f"({len(b['warm_runner_pids'])} runner process(es))")
+        print(f"jobs: {b['jobs']}; studies with problems: {b['studies_with_problems']}, not finished: "
+              f"{b['not_finished']}, with other than one successful run: {b['studies_with_other_than_one_successful_run']}")
+        print(f"burst of {b['studies']} studies: {b['studies_all_done']} done, {b['duplicated_series']} duplicated, "
+              f"{b['jobs'].get('failed', 0)} failed, {b['wall_s']} s wall ({b['studies_per_min']} studies/min)")
     if args.out:
         args.out.write_text(text + "\n")
     return 0
