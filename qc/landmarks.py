@@ -27,7 +27,7 @@ marrow. This module finds them without labels, from the image alone:
 Confidence (0-1) multiplies: chain length (>= 5 bodies: 1), regularity of spacing and
 widths, and how clearly C2 is taller than the bodies below it (0 at ``C2_MIN_RATIO``,
 1 at ``C2_MIN_RATIO + C2_RAMP``). Below ``MIN_CONFIDENCE`` no ROI is reported (CNR
-null, with a note): a wrong level is worse than none. ``python -m qc.evaluate_landmarks``
+null, with a note): a wrong level is worse than none. ``python -m models.evaluation.landmarks``
 measures it on fresh phantom patients (tuning and held-out seeds).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ from skimage import morphology
 from qc.morphology import erosion as cross_erosion, opening as cross_opening
 
 C2_MIN_RATIO, C2_RAMP = 1.15, 0.2  # C2 / C3-C6 height: confidence 0 at 1.15, full at 1.35 (phantom: 20/14 mm body)
-# Kept at 0.2: on the tuning seeds (qc.evaluate_landmarks) no wrong level scored above it;
+# Kept at 0.2: on the tuning seeds (models.evaluation.landmarks) no wrong level scored above it;
 # non-spine images score 0 or None.
 MIN_CONFIDENCE = 0.2
 

@@ -1,6 +1,6 @@
 """Check the C3 / C3-C4 localiser (:mod:`qc.landmarks`) on fresh phantom patients.
 
-``python -m qc.evaluate_landmarks [--set tuning|held-out|both] [--seeds 7000-7007] [-v]``
+``python -m models.evaluation.landmarks [--set tuning|held-out|both] [--seeds 7000-7007] [-v]``
 
 For each phantom seed the five middle sagittal planes of the default 13-slice stack
 (x = 0, +-3.3, +-6.6 mm: the mid-sagittal and parasagittal slices through the vertebral
