@@ -56,6 +56,7 @@ from .jobqueue import JobQueue
 from .launcher import start_orthanc, start_worker, wait_orthanc
 from .runner import rss_kib
 from .sandbox import free_port, private_network
+from .settings import Settings
 from .settings import ADMIN_USER, REPO_ROOT, Settings, render_orthanc_config
 
 
@@ -579,8 +580,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=15, help="sagittal slices per series (512x512)")
     parser.add_argument("--axial-slices", type=int, default=24)
     parser.add_argument("--burst", type=int, default=20)
-    parser.add_argument("--stable-age", type=int, default=2)
-    parser.add_argument("--quiet", type=float, default=2.0, help="CPACS_STUDY_QUIET_SECONDS")
+    parser.add_argument("--stable-age", type=int, default=Settings.stable_age,
+                        help="CPACS_STABLE_AGE (default: the product's)")
+    parser.add_argument("--quiet", type=float, default=Settings.study_quiet_seconds,
+                        help="CPACS_STUDY_QUIET_SECONDS (default: the product's)")
     parser.add_argument("--study", action="store_true", help="only the whole study (13 sagittal slices)")
     parser.add_argument("--burst-studies", type=int, default=0, metavar="N",
                         help="only a burst of N distinct small studies (2 sagittal, 2 axial slices unless given)")

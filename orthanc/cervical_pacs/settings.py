@@ -38,7 +38,7 @@ class Settings:
     aet: str = "CERVICALDL"
     name: str = "CervicalDLEnhance"
     storage_dir: Path = ORTHANC_DIR / "local" / "data"
-    stable_age: int = 10
+    stable_age: int = 2                            # short: a series that grows later re-runs its study
     remote_access: bool = False
     orthanc_bin: str = "Orthanc"
     plugins_dir: Path = Path("/usr/share/orthanc/plugins")
@@ -62,7 +62,7 @@ class Settings:
     app_timeout: float = 1800.0
     lease_seconds: float = 60.0
     poll_seconds: float = 1.0
-    study_quiet_seconds: float = 3.0               # a study starts when no series became stable for this long
+    study_quiet_seconds: float = 2.0               # a study starts when no series became stable for this long
     work_dir: Path | None = None                   # temp folders for jobs (default: system temp)
     # Forwarding of results (optional)
     forward_aet: str = ""
