@@ -56,7 +56,6 @@ from .jobqueue import JobQueue
 from .launcher import start_orthanc, start_worker, wait_orthanc
 from .runner import rss_kib
 from .sandbox import free_port, private_network
-from .settings import Settings
 from .settings import ADMIN_USER, REPO_ROOT, Settings, render_orthanc_config
 
 
