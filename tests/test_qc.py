@@ -369,7 +369,7 @@ def test_whole_series_calibration_and_summary():
     """models.evaluation.qc_series: per role, thresholds just above every clean series' value
     (from the per-slice raw measures, as the product combines them); false flags and
     detection counted per role and artifact strength; the AUC of clear artifacts."""
-    from models.evaluation.qc_series import calibrate, rescore, summarise
+    from models.evaluation.qc_series import calibrate, calibrate_detector, rescore, summarise
     from qc.measures import series_value
 
     def row(seed, role, severity, ghosts, detectors, anr):
@@ -398,6 +398,16 @@ def test_whole_series_calibration_and_summary():
     assert cal.roles["AX_T2"]["accentuation_margin"] == pytest.approx(0.00315, abs=1e-5)  # its ghost threshold
     scored = rescore(rows, cal)
     assert [r.get("dl_accentuated") for r in scored] == [False, None, True, None]
+    # a new detector: only its thresholds are set again, the ghost thresholds and margins stay
+    shipped = QCCalibration(0.02, 0.01, 2.0, 0.5, "shipped", {"SAG_T1": {"ghost_threshold": 0.019,
+                                                                       "detector_threshold": 0.5,
+                                                                       "accentuation_margin": 0.03}})
+    new = calibrate_detector(rows, shipped, margin=0.05)
+    assert new.roles["SAG_T1"] == {"ghost_threshold": 0.019, "detector_threshold": pytest.approx(1.05 * central, abs=1e-4),
+                                   "accentuation_margin": 0.03}
+    assert new.roles["AX_T2"] == {"detector_threshold": pytest.approx(0.3675, abs=1e-4)}
+    assert (new.ghost_threshold, new.accentuation_margin) == (0.02, 0.01)
+    assert new.source.startswith("shipped; detector thresholds: whole series of patients 7000-7001")
     summary = summarise(scored)
     assert summary["dl_accentuated"]["clean"]["flagged"] == 0 and summary["dl_accentuated"]["severity severe"]["flagged"] == 1
     assert summary["false_flags"]["all"] == {"flagged": 0, "series": 2, "rate": 0.0}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -172,6 +173,24 @@ def _covering_value(row: dict, key: str) -> float | None:
 
 #: Thresholds sit this far (relative) above the highest clean calibration series of their role.
 THRESHOLD_MARGIN = 0.05
+
+
+def calibrate_detector(rows: list[dict], previous: QCCalibration, margin: float = THRESHOLD_MARGIN) -> QCCalibration:
+    """``previous`` with new detector thresholds only (pooled and per role, set as
+    :func:`calibrate` sets them); the ghost thresholds and accentuation margins, which do
+    not depend on the detector, stay. For a new detector version scored on calibration
+    patients of one rendering only."""
+    new = calibrate(rows, previous, margin)
+    roles = {role: dict(values) for role, values in previous.roles.items()}
+    for role, values in new.roles.items():
+        if "detector_threshold" in values:
+            roles.setdefault(role, {})["detector_threshold"] = values["detector_threshold"]
+    clean = [r for r in rows if r["severity"] == "none"]
+    return replace(previous, detector_threshold=new.detector_threshold, roles=roles,
+                   source=(previous.source.split("; detector thresholds")[0]
+                           + f"; detector thresholds: whole series of patients {min(r['seed'] for r in rows)}-"
+                           f"{max(r['seed'] for r in rows)}, {len(clean)} clean series, margin {margin:g}, "
+                           f"{time.strftime('%Y-%m-%d')}"))
 
 
 def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHOLD_MARGIN,
@@ -328,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=Path, default=None,
                         help="score the series of an earlier run's JSON again (same detector) instead of simulating")
     parser.add_argument("--margin", type=float, default=THRESHOLD_MARGIN, help="--calibrate: threshold margin")
+    parser.add_argument("--detector-only", action="store_true",
+                        help="--calibrate: set the detector thresholds only (a new detector); keep the rest")
     parser.add_argument("--detector-corroboration", type=float, default=None,
                         help="--calibrate: the detector needs this fraction of the ghost threshold (default: keep)")
     parser.add_argument("--workers", type=int, default=2)
@@ -349,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from qc.calibration import DEFAULT_CALIBRATION
 
-        calibration = calibrate(rows, QCCalibration.load(), args.margin, args.detector_corroboration)
+        calibration = (calibrate_detector(rows, QCCalibration.load(), args.margin) if args.detector_only
+                       else calibrate(rows, QCCalibration.load(), args.margin, args.detector_corroboration))
         DEFAULT_CALIBRATION.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
         print(f"wrote {DEFAULT_CALIBRATION}: {calibration}")
         # below: the calibration patients scored with the new thresholds (in-sample: not an evaluation)

@@ -57,6 +57,10 @@ SEVERITY_P = {"none": 0.35, "mild": 0.30, "severe": 0.35}
 VERSION = "1.2.0"
 #: Share of the generic examples drawn from ITK's real MR slices (``real_object``).
 REAL_SHARE = 0.4
+#: Share of the generic examples whose object is a low-resolution acquisition, with its own
+#: noise, interpolated to the display matrix (``low_resolution_source``): 0 for the shipped
+#: 1.2.0; candidate 1.3.0 used 0.35 and was not shipped (docs/qc_detector_candidate_1.3.0.json).
+LOW_RESOLUTION_SHARE = 0.0
 SEED = 20261124
 
 
@@ -177,7 +181,28 @@ def with_background_variant(images: list[np.ndarray | None], obj: np.ndarray, pe
     return out
 
 
-def generic_example(seed: int) -> list[dict]:
+def low_resolution_source(obj: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``obj`` as a low-resolution acquisition interpolated to its matrix: sampled 2-4x coarser,
+    with Rician noise of its own (SNR 8-40), then cubic-interpolated back to ``obj``'s shape.
+
+    Why: sites send series reconstructed or resampled to a larger matrix than acquired (a
+    256 acquisition shown at 512, old low-resolution scans); their noise and edges become
+    blobs and ripples spread over several pixels, in the air too. Detector 1.2.0 never saw
+    such air and read it as ghosting (real MR false flags). Applied before the acquisition
+    simulation, to the moved and the still object alike, so the label still measures motion.
+    """
+    from models.training.data import foreground_reference
+
+    factor = float(rng.uniform(2.0, 4.0))
+    small = ndimage.zoom(obj, 1.0 / factor, order=1, grid_mode=True, mode="grid-constant").clip(0, None)
+    sigma = foreground_reference(small) / float(np.exp(rng.uniform(np.log(8), np.log(40))))
+    noisy = np.abs(small + sigma * (rng.standard_normal(small.shape) + 1j * rng.standard_normal(small.shape)))
+    big = ndimage.zoom(noisy, (obj.shape[0] / small.shape[0], obj.shape[1] / small.shape[1]), order=3,
+                       grid_mode=True, mode="nearest")
+    return np.clip(big[: obj.shape[0], : obj.shape[1]], 0, None)
+
+
+def generic_example(seed: int, low_resolution_share: float = LOW_RESOLUTION_SHARE) -> list[dict]:
     """One slice of a non-phantom object with rigid and/or local blob motion."""
     from models.training.data import foreground_reference
     from simulation import acquisition as acq
@@ -187,6 +212,8 @@ def generic_example(seed: int) -> list[dict]:
         obj, source = real_object(rng), "real"
     else:
         obj, source = _sampler().sample(rng)
+    if low_resolution_share > 0 and rng.random() < low_resolution_share:  # no draw at 0: 1.2.0's data stay
+        obj, source = low_resolution_source(obj, rng), f"{source} low-resolution"
     pe_axis = int(rng.integers(2))
     protocol = acq.CONVENTIONAL.accelerated(phase_encode_factor=float(rng.uniform(0.5, 1.0)),
                                             averages_ratio=float(rng.uniform(0.5, 1.0))).with_phase_encode_axis(pe_axis)
@@ -221,19 +248,20 @@ def generic_example(seed: int) -> list[dict]:
              "seed": seed, "severity": severity, "kind": kind}]
 
 
-def _task(task: tuple[str, int]) -> list[dict]:
+def _task(task: tuple[str, int, float]) -> list[dict]:
     torch.set_num_threads(1)
-    kind, seed = task
+    kind, seed, low_resolution_share = task
     try:
-        return phantom_examples(seed) if kind == "phantom" else generic_example(seed)
+        return phantom_examples(seed) if kind == "phantom" else generic_example(seed, low_resolution_share)
     except Exception as exc:  # a failed draw must not end a long simulation
         print(f"skipped {kind} {seed}: {exc.__class__.__name__}: {exc}", flush=True)
         return []
 
 
-def simulate(n_phantoms: int, n_generic: int, workers: int, out_dir: Path) -> Path:
-    tasks = [("phantom", s) for s in list(PHANTOM_SEEDS)[:n_phantoms]]
-    tasks += [("generic", s) for s in list(GENERIC_SEEDS)[:n_generic]]
+def simulate(n_phantoms: int, n_generic: int, workers: int, out_dir: Path,
+             low_resolution_share: float = LOW_RESOLUTION_SHARE) -> Path:
+    tasks = [("phantom", s, low_resolution_share) for s in list(PHANTOM_SEEDS)[:n_phantoms]]
+    tasks += [("generic", s, low_resolution_share) for s in list(GENERIC_SEEDS)[:n_generic]]
     # Interleave so that a stopped run still has both kinds.
     order = np.random.default_rng(SEED).permutation(len(tasks))
     tasks = [tasks[i] for i in order]
@@ -260,7 +288,13 @@ def _auc(neg: np.ndarray, pos: np.ndarray) -> float:
     return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
 
 
-def train(data: Path, minutes: float, out_dir: Path, batch_size: int = 32, lr: float = 2e-3) -> dict:
+def train(data: Path, minutes: float, out_dir: Path, batch_size: int = 32, lr: float = 2e-3,
+          init: Path | None = None, version: str = VERSION) -> dict:
+    """Train on the simulated slices for ``minutes`` (cosine schedule over the measured pace);
+    ``init``: start from these weights (a ``motion_detector.pt`` state_dict) instead of random
+    ones. From random weights the loss can sit on its constant-prediction plateau (0.55) for
+    the whole run: a 2026-12-05 run on the data of 1.3.0 never left it in 6,667 steps
+    (validation AUC 0.50), while 1.2.0 left it after ~450."""
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
     d = np.load(data)
@@ -270,6 +304,8 @@ def train(data: Path, minutes: float, out_dir: Path, batch_size: int = 32, lr: f
     val = (d["seed"] % 10) == 3
     tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
     network = MotionNet()
+    if init is not None:
+        network.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
     pos_weight = torch.tensor(float((1 - labels[tr_idx]).sum() / labels[tr_idx].sum().clamp_min(1)))
     deadline = time.time() + 60 * minutes
@@ -307,8 +343,11 @@ def train(data: Path, minutes: float, out_dir: Path, batch_size: int = 32, lr: f
         p = torch.cat([torch.sigmoid(network(x[va_idx[i : i + 64]])) for i in range(0, len(va_idx), 64)]).numpy()
     y = labels[va_idx].numpy()
     sev = d["severity"][va_idx]
+    source = d["source"][va_idx]
     validation = {"n": int(len(va_idx)), "auc_artifact": _auc(p[y == 0], p[y == 1]),
-                  "auc_mild_or_worse": _auc(p[sev == "none"], p[sev != "none"])}
+                  "auc_mild_or_worse": _auc(p[sev == "none"], p[sev != "none"]),
+                  "auc_artifact_by_source": {str(s): _auc(p[(source == s) & (y == 0)], p[(source == s) & (y == 1)])
+                                             for s in np.unique(source)}}
     print(f"validation: {validation}")
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / MOTION_WEIGHTS_FILE
@@ -317,10 +356,10 @@ def train(data: Path, minutes: float, out_dir: Path, batch_size: int = 32, lr: f
 
     (out_dir / MOTION_SHA256_FILE).write_text(f"{file_sha256(weights)}  {MOTION_WEIGHTS_FILE}\n")
     sources, counts = np.unique(d["source"], return_counts=True)
-    info = {"name": "cervical_motion_detector", "version": VERSION, "file": MOTION_WEIGHTS_FILE,
+    info = {"name": "cervical_motion_detector", "version": version, "file": MOTION_WEIGHTS_FILE,
             "sha256": file_sha256(weights), "widths": list(network.widths),
             "input_size": INPUT_SIZE, "label": f"RMS artifact > {ARTIFACT_LABEL_ANR} noise SD",
-            "training": {"seed": SEED, "steps": step, "minutes": round((time.time() - start) / 60, 1),
+            "training": {"seed": SEED, "steps": step, "initialised_from": None if init is None else init.name, "minutes": round((time.time() - start) / 60, 1),
                          "batch_size": batch_size, "lr": lr, "n_train": int(len(tr_idx)),
                          "slices_by_source": {str(s): int(c) for s, c in zip(sources, counts)},
                          "phantom_seeds": [int(d["seed"][d["source"] == "phantom"].min()),
@@ -341,15 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--generic", type=int, default=2000)
     sim.add_argument("--workers", type=int, default=2)
     sim.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    sim.add_argument("--low-resolution-share", type=float, default=LOW_RESOLUTION_SHARE,
+                     help="share of generic slices made low-resolution sources (candidate 1.3.0: 0.35)")
     tr = sub.add_parser("train", help="train on simulated slices")
     tr.add_argument("--minutes", type=float, default=20.0)
     tr.add_argument("--data-dir", type=Path, default=DATA_DIR)
     tr.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--init", type=Path, default=None, help="start from these weights (motion_detector.pt)")
+    tr.add_argument("--version", default=VERSION, help="version written into motion_detector.json")
     args = parser.parse_args(argv)
     if args.command == "simulate":
-        simulate(args.phantoms, args.generic, args.workers, args.data_dir)
+        simulate(args.phantoms, args.generic, args.workers, args.data_dir, args.low_resolution_share)
     else:
-        train(args.data_dir / "motion_examples.npz", args.minutes, args.out)
+        train(args.data_dir / "motion_examples.npz", args.minutes, args.out, lr=args.lr, init=args.init,
+              version=args.version)
     return 0
 
 
