@@ -107,7 +107,7 @@ class GuardParameters:
     ``rician_floor``, in tissue the level given back is the input's local mean less its
     magnitude-noise floor (``sqrt(m**2 - sd**2)`` instead of ``m``)."""
 
-    mean_sigma: float = 8.0
+    mean_sigma: float = 2.0
     window_sigma: float = 2.5
     low: float = 1.5
     high: float = 3.0
@@ -118,8 +118,11 @@ class GuardParameters:
     air_sigma: float = 3.0
     rician_floor: bool = True
     signal_noise: bool = True
-    # (both chosen on the selection source, dipy aniso_vox, 2026-12-05: medium's worst slice
-    # bias +2.60 -> +1.76 %, SSIM 0.917 -> 0.923; docs/model_selection_real_0.2.0.json)
+    # (air and Rician floor chosen on the selection source, dipy aniso_vox, 2026-12-05: medium's
+    # worst slice bias +2.60 -> +1.76 %, SSIM 0.917 -> 0.923; docs/model_selection_real_0.2.0.json.
+    # mean_sigma 8 -> 2 px on the same source at 128-512 px, 2026-12-06: the network darkens
+    # small bright structures and an 8 px level gave back only part of it at 128/192 px;
+    # 4, 2.5, 2, 1.5, 1 px tried, 2 the best, docs/model_selection_real_0.2.0.json)
 
 
 @dataclass
