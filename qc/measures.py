@@ -31,7 +31,29 @@ def phase_encode_axis(datasets: list) -> tuple[int, str, str | None]:
     return 1, "ROW", "InPlanePhaseEncodingDirection missing: ghosting measured along rows"
 
 
-def series_masks(volume: np.ndarray, pe_axis: int | None = None) -> list[qm.SliceMasks]:
+def interpolation_factor(datasets: list) -> float:
+    """Displayed pixels per acquired pixel (>= 1) of a series, from AcquisitionMatrix
+    (frequency and phase samples) against Rows / Columns and the phase-encode direction:
+    2 for a 256 acquisition shown at 512. 1 when the tags are missing or inconsistent."""
+    ds = datasets[0] if datasets else None
+    try:
+        matrix = [int(v) for v in ds.AcquisitionMatrix]
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        return 1.0
+    if len(matrix) != 4:
+        return 1.0
+    freq_rows, freq_cols, phase_rows, phase_cols = matrix
+    # Which display axis each count belongs to: "ROW" phase encoding runs along a row (columns).
+    if str(ds.get("InPlanePhaseEncodingDirection", "")).strip().upper() == "COL":
+        along_columns, along_rows = freq_cols, phase_rows
+    else:
+        along_columns, along_rows = phase_cols or freq_cols, freq_rows or phase_rows
+    factors = [n_display / n for n_display, n in ((columns, along_columns), (rows, along_rows)) if n > 0]
+    return float(min(max(max(factors), 1.0), 16.0)) if factors else 1.0
+
+
+def series_masks(volume: np.ndarray, pe_axis: int | None = None, margin: int = qm.BACKGROUND_MARGIN_PX) -> list[qm.SliceMasks]:
     """Body and background masks of every slice, from one threshold for the series.
 
     With ``pe_axis``: where strong ghosts rise above that threshold they join the body,
@@ -41,11 +63,11 @@ def series_masks(volume: np.ndarray, pe_axis: int | None = None) -> list[qm.Slic
     """
     vol = np.asarray(volume, dtype=np.float32)
     threshold = qm.body_threshold(vol)
-    masks = [qm.slice_masks(image, threshold) for image in vol]
+    masks = [qm.slice_masks(image, threshold, margin) for image in vol]
     if pe_axis is not None:
         for i, image in enumerate(vol):
             if qm.ghost_ratio(qm.ghost_profile(image, masks[i], pe_axis)) is None and image.max() > image.min():
-                masks[i] = qm.slice_masks(image, max(threshold, float(threshold_otsu(image))))
+                masks[i] = qm.slice_masks(image, max(threshold, float(threshold_otsu(image))), margin)
     return masks
 
 
@@ -98,10 +120,13 @@ def motion_flagged(score: float | None) -> bool:
 
 def measure_original(source: np.ndarray, pe_axis: int, calibration: QCCalibration,
                      detector: "MotionDetector | None" = None,
-                     mask_source: np.ndarray | None = None) -> tuple[list[qm.SliceMasks], ImageQuality]:
+                     mask_source: np.ndarray | None = None,
+                     interpolation: float = 1.0) -> tuple[list[qm.SliceMasks], ImageQuality]:
     """Masks (from ``mask_source``, the Dixon in-phase partner, when given) and measures of an
-    original series ``(slices, rows, columns)``, as the product's QC takes them."""
-    masks = series_masks(source if mask_source is None else mask_source, pe_axis)
+    original series ``(slices, rows, columns)``, as the product's QC takes them.
+    ``interpolation``: displayed pixels per acquired pixel (:func:`interpolation_factor`)."""
+    masks = series_masks(source if mask_source is None else mask_source, pe_axis,
+                         qm.background_margin(interpolation))
     return masks, measure_series(source, pe_axis, calibration, masks, detector, mask_source)
 
 
@@ -211,7 +236,8 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     axis, direction, note = phase_encode_axis(item.datasets)
     numbers = image_numbers(item.datasets)
     source = item.source_pixels
-    masks, original = measure_original(source, axis, calibration, detector, mask_source)
+    masks, original = measure_original(source, axis, calibration, detector, mask_source,
+                                       interpolation_factor(item.datasets))
     # The detector learned acquired images; DL output (no noise) is outside what it saw
     # (it scores clean DL output high), so the DL output is scored by the ghost measure.
     dl = measure_series(item.pixels, axis, calibration, masks)

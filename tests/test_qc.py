@@ -103,6 +103,46 @@ def test_ghost_measure_separates_clean_from_severe_motion(ce_t1_planes):
     assert q_wrong_axis.ghost < q_moved.ghost
 
 
+def test_interpolated_series_get_a_wider_background_margin():
+    """AcquisitionMatrix against Rows / Columns says how many displayed pixels one acquired
+    pixel spans; the background keeps 9 acquired pixels (at least 20 displayed) clear of the
+    body, where an interpolated series spreads the body's edge ringing."""
+    from qc.measures import interpolation_factor
+
+    ds = pydicom.Dataset()
+    ds.Rows, ds.Columns = 512, 512
+    ds.InPlanePhaseEncodingDirection = "ROW"
+    ds.AcquisitionMatrix = [256, 0, 0, 192]  # 256 readout samples down the rows, 192 phase lines across
+    assert interpolation_factor([ds]) == pytest.approx(512 / 192)
+    ds.InPlanePhaseEncodingDirection = "COL"
+    ds.AcquisitionMatrix = [0, 256, 128, 0]
+    assert interpolation_factor([ds]) == pytest.approx(4.0)
+    ds.AcquisitionMatrix = [0, 512, 512, 0]
+    assert interpolation_factor([ds]) == 1.0
+    del ds.AcquisitionMatrix
+    assert interpolation_factor([ds]) == 1.0 and interpolation_factor([]) == 1.0
+    assert qm.background_margin(1.0) == 20 and qm.background_margin(1.33) == 20
+    assert qm.background_margin(4.0) == 36 and qm.background_margin(float("nan")) == 20
+
+
+def test_local_ghost_excess_is_not_raised_by_a_correlated_background():
+    """Neighbouring lines of an interpolated series (or a real source's own background
+    texture) correlate: the background's fluctuation is read from the smoothed profile, so
+    it is not taken for a band of ghosts; a real band still is."""
+    rng = np.random.default_rng(3)
+    n = 400
+    correlated = 40.0 + np.convolve(rng.normal(0, 4.0, n + 6), np.ones(7) / 7, mode="valid")  # 7-line correlation
+    drive = np.full(n, 500.0)
+
+    def excess(background):
+        return qm.local_ghost_excess(qm.GhostProfile(background, drive, np.ones(n, dtype=bool), 1000.0))
+
+    assert excess(correlated) < 0.001
+    banded = correlated.copy()
+    banded[150:190] += 10.0  # swallowing ghosts on a band of 40 lines: 1 % of the body signal
+    assert excess(banded) > 0.005
+
+
 def _enhanced(images, role="SAG_CE_T1", pe="ROW"):
     datasets = []
     for i in range(images.shape[0]):

@@ -26,7 +26,9 @@ both ends of the readout axis (8 % each; scanners that crop oversampling or filt
 field-of-view edge leave such bands), which the product must not read as a clean air floor.
 
 The product scores each series exactly as it does in the application (``measure_original``:
-series masks, ghost measure, detector on every slice, the series rule). Per series: motion
+series masks, ghost measure, detector on every slice, the series rule), told the series'
+interpolation (source pixel / displayed pixel) as the application reads it from
+AcquisitionMatrix. Per series: motion
 score, flag, the artifact really produced (RMS difference to the same acquisition without
 the artifact, in noise SDs), and the per-slice raw measures.
 """
@@ -150,7 +152,8 @@ def run(series: list[RealSeries], calibration: QCCalibration) -> list[dict]:
         anr = 0.0 if kind == "none" else artifact_in_noise_sds(images, still)
         for background in BACKGROUNDS:
             seen = with_zero_band(images) if background == "zero band" else images
-            _, q = measure_original(seen, 1, calibration, detector)
+            # What AcquisitionMatrix would say of such a series: acquired at the source's resolution.
+            _, q = measure_original(seen, 1, calibration, detector, interpolation=max(1.0, s.pixel_mm / pixel))
             rows.append({"source": s.source, "slices": int(len(images)), "matrix": matrix,
                          "acquisition": acquisition, "kind": kind, "severity": severity, "draw": draw,
                          "background": background, "seed": seed, "anr": round(anr, 3),
