@@ -48,7 +48,7 @@ def interpolation_factor(datasets: list) -> float:
     if str(ds.get("InPlanePhaseEncodingDirection", "")).strip().upper() == "COL":
         along_columns, along_rows = freq_cols, phase_rows
     else:
-        along_columns, along_rows = phase_cols or freq_cols, freq_rows or phase_rows
+        along_columns, along_rows = phase_cols, freq_rows
     factors = [n_display / n for n_display, n in ((columns, along_columns), (rows, along_rows)) if n > 0]
     return float(min(max(max(factors), 1.0), 16.0)) if factors else 1.0
 
