@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows, calibration)
     print_table(summary)
     out.write_text(json.dumps({
-        "command": "python -m models.evaluation.qc_real " + " ".join(argv or []), "date": time.strftime("%Y-%m-%d"),
+        "command": "python -m models.evaluation.qc_real " + " ".join(sys.argv[1:] if argv is None else argv), "date": time.strftime("%Y-%m-%d"),
         "seconds": round(time.time() - start), "role": args.role, "calibration": json.loads((ROOT / "qc" / "calibration.json").read_text()),
         "detector": {k: json.loads((WEIGHTS_DIR / "motion_detector.json").read_text()).get(k) for k in ("name", "version")},
         "summary": summary, "series": rows}, indent=1))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from multiprocessing import Pool
@@ -382,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows)
     print_table(summary)
     out.write_text(json.dumps({
-        "command": "python -m models.evaluation.qc_series " + " ".join(argv or []),
+        "command": "python -m models.evaluation.qc_series " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - start),
         "patients": sorted({r["seed"] for r in rows}), "calibration": json.loads(DEFAULT_CALIBRATION_PATH.read_text()),
         "detector": {k: detector.get(k) for k in ("name", "version")}, "summary": summary, "series": rows,
