@@ -292,7 +292,8 @@ def markdown(record: dict) -> str:
 REAL_METHODS = ("accelerated", "conventional", "nlm", "bm3d", "dl_network", "dl_low", "dl_medium", "dl_high")
 REAL_NAMES = {"accelerated": "accelerated input", "conventional": "conventional (full time)", "nlm": "NLM",
               "bm3d": "BM3D (true noise SD)", "dl_network": "DL network alone",
-              "dl_low": "DL + guard, low", "dl_medium": "**DL + guard, medium (default)**", "dl_high": "DL + guard, high"}
+              **{f"dl_{level}": (f"**DL + guard, {level} (default)**" if level == DEFAULT_STRENGTH
+                                 else f"DL + guard, {level}") for level in ("low", "medium", "high")}}
 
 
 def real_groups(rows: list[dict], methods: list[str]) -> dict[str, dict]:
