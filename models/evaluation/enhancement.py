@@ -275,7 +275,7 @@ def snr_summary(rows: list[dict]) -> list[dict]:
 def markdown(record: dict) -> str:
     """README tables from a ``model_evaluation.json`` record."""
     names = {"accelerated": "accelerated", "conventional": "conventional", "nlm": "NLM", "bm3d": "BM3D",
-             "dl_network": "DL network alone", "dl": "**DL (product: + guard, medium)**"}
+             "dl_network": "DL network alone", "dl": f"**DL (product: + guard, {DEFAULT_STRENGTH})**"}
     lines = ["| group | slices | " + " | ".join(names[m] for m in METHODS) + " |",
              "|---|---|" + "---|" * len(METHODS)]
     for g, s in record["groups"].items():
