@@ -13,16 +13,16 @@ slice's noise (else it removed structure or texture). Per slice:
    removes, not signal.
 2. **Structure.** The remaining method noise's local variance (Gaussian, ``window_sigma``
    px) is compared with the slice's noise variance ``sigma**2``. Where it exceeds
-   ``low`` x ``sigma**2`` (2x) the change is withheld progressively, fully above ``high`` x (4x).
+   ``low`` x ``sigma**2`` the change is withheld progressively, fully above ``high`` x.
    ``sigma`` is the smaller of two estimates: the median local variance of the method
    noise over the tissue (what the network removes almost everywhere is noise) and a
    robust estimate from the input alone (median absolute neighbour differences along the
    less band-limited axis), so a noise-free or non-MR image (nothing to remove) keeps its
    detail.
-3. **Strength.** The kept change is scaled by the strength (low / medium / high, default
-   high since model 0.3.0), like a vendor's DL reconstruction levels.
+3. **Strength.** The kept change is scaled by the strength (low / medium / high), like
+   a vendor's DL reconstruction levels.
 
-    result = guard_series(source, enhanced, strength=STRENGTHS[DEFAULT_STRENGTH])
+    result = guard_series(source, enhanced, strength=STRENGTHS["medium"])
     result.images           # float32 (S, H, W), input units
     result.held_back        # (S,) share of the DL change withheld on each slice (0..1)
 
@@ -42,10 +42,8 @@ __all__ = ["STRENGTHS", "DEFAULT_STRENGTH", "GuardParameters", "GuardResult", "g
 
 #: Share of the (guarded) DL change applied at each strength level.
 STRENGTHS: dict[str, float] = {"low": 0.6, "medium": 0.85, "high": 1.0}
-#: The level used unless configured: chosen with the model on the selection source (model
-#: 0.3.0, 2026-12-06, by the rule in docs/model_choice_rule_0.3.0.json: high gave the most
-#: slices at or above the conventional, overall and for R = 2 SENSE; medium for model 0.2.0).
-DEFAULT_STRENGTH = "high"
+#: The level used unless configured (the best on the calibration slices).
+DEFAULT_STRENGTH = "medium"
 
 
 def strength_value(level: str | float) -> float:
@@ -111,8 +109,8 @@ class GuardParameters:
 
     mean_sigma: float = 2.0
     window_sigma: float = 2.5
-    low: float = 2.0
-    high: float = 4.0
+    low: float = 1.5
+    high: float = 3.0
     input_factor: float = 2.0
     restore_mean: bool = True
     air_low: float = 1.6
@@ -124,10 +122,7 @@ class GuardParameters:
     # worst slice bias +2.60 -> +1.76 %, SSIM 0.917 -> 0.923; docs/model_selection_real_0.2.0.json.
     # mean_sigma 8 -> 2 px on the same source at 128-512 px, 2026-12-06: the network darkens
     # small bright structures and an 8 px level gave back only part of it at 128/192 px;
-    # 4, 2.5, 2, 1.5, 1 px tried, 2 the best, docs/model_selection_real_0.2.0.json.
-    # low / high 1.5 / 3 -> 2 / 4 with model 0.3.0, 2026-12-06, on the same source by the rule in
-    # docs/model_choice_rule_0.3.0.json: 0.3.0 removes less texture than 0.2.0, so less of its
-    # change needs withholding; docs/model_selection_real_0.3.0.json)
+    # 4, 2.5, 2, 1.5, 1 px tried, 2 the best, docs/model_selection_real_0.2.0.json)
 
 
 @dataclass
