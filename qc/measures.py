@@ -283,6 +283,11 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
         notes.append("DL accentuated artifacts; read the original")
     if original.noise_sd is None:
         notes.append("background noise not measurable (suppressed or no air): SNR not reported")
+    elif dl.noise_sd is None:
+        # At strength high the guard applies all of the network's removal of the air's noise:
+        # the paper's SNR (signal / SD of the air) has no finite value for the DL series.
+        notes.append("DL series: its air is noise-free, so its SNR/CNR (signal over the SD of the air) are not "
+                     "reported; compare the original's")
     number = item.datasets[0].get("SeriesNumber")
     return SeriesQC(item.role, str(item.datasets[0].SeriesInstanceUID),
                     int(number) if number not in (None, "") else None, direction,

@@ -222,6 +222,22 @@ def test_missing_phase_encode_direction_is_noted(ce_t1_planes):
     assert any("InPlanePhaseEncodingDirection missing" in n for n in qc.notes)
 
 
+def test_noise_free_air_in_the_dl_series_is_explained_not_reported(ce_t1_planes):
+    """At strength high the DL series' air can be all zero: no SNR/CNR for it, and a note says why."""
+    clean = _series(ce_t1_planes, "none")
+    datasets = _enhanced(clean.images)
+    pixels = clean.images.astype(np.uint16)
+    masks = series_masks(pixels.astype(np.float32))
+    dl = np.where(np.stack([m.body for m in masks]), pixels, 0).astype(np.uint16)  # air set to zero
+    qc = check_series(EnhancedSeries("SAG_CE_T1", datasets, pixels, dl, 0.0, ModelDescription("m", "0", "0")),
+                      CALIBRATION)
+    assert qc.original.noise_sd is not None and qc.dl.noise_sd is None and qc.dl.snr is None
+    assert any(n.startswith("DL series: its air is noise-free") for n in qc.notes), qc.notes
+    same = check_series(EnhancedSeries("SAG_CE_T1", datasets, pixels, pixels, 0.0, ModelDescription("m", "0", "0")),
+                        CALIBRATION)
+    assert not any(n.startswith("DL series: its air is noise-free") for n in same.notes)
+
+
 QC_KEYS = {"SeriesInstanceUID", "derived_SeriesInstanceUID", "role", "snr_original", "snr_dl", "cnr_original",
            "cnr_dl", "motion_score_original", "motion_score_dl", "motion_flag", "dl_accentuated", "notes"}
 
