@@ -25,11 +25,12 @@ demo: viewer
 test: setup viewer
 	ulimit -s $(STACK_KIB); $(PY) -m pytest -q tests
 
-# Two stages (commands, seeds and data in models/weights/MODEL_CARD.md); the second starts from the
-# first's checkpoint and exports models/weights/cervical_dl_recon.{pt,onnx} + sha256 + model_info.json.
+# Three stages (commands, seeds and data in models/weights/MODEL_CARD.md); each starts from the
+# previous checkpoint and exports models/weights/cervical_dl_recon.{pt,onnx} + sha256 + model_info.json.
 train: setup
 	$(PY) -m models.training.train --config models/training/configs/default.json
 	$(PY) -m models.training.train --config models/training/configs/stage2.json
+	$(PY) -m models.training.train --config models/training/configs/stage3.json
 
 # The QC motion detector (models/weights/motion_detector.*): simulate slices, train 20 min, recalibrate
 # (per role, on whole series of the calibration patients 7000-7029).

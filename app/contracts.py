@@ -138,7 +138,7 @@ class EnhancedSeries:
     seconds: float
     model: ModelDescription
     device: str = "cpu"
-    #: the strength applied (``medium (0.85)``) and, per slice, the share of the network's
+    #: the strength applied (``high (1.00)``) and, per slice, the share of the network's
     #: change the do-no-harm guard withheld (0..1), see models/guard.py
     strength: str = ""
     held_back: list[float] = field(default_factory=list)

@@ -13,16 +13,18 @@ slice's noise (else it removed structure or texture). Per slice:
    removes, not signal.
 2. **Structure.** The remaining method noise's local variance (Gaussian, ``window_sigma``
    px) is compared with the slice's noise variance ``sigma**2``. Where it exceeds
-   ``low`` x ``sigma**2`` the change is withheld progressively, fully above ``high`` x.
+   ``low`` x ``sigma**2`` (2x) the change is withheld progressively, fully above ``high`` x (4x).
    ``sigma`` is the smaller of two estimates: the median local variance of the method
    noise over the tissue (what the network removes almost everywhere is noise) and a
    robust estimate from the input alone (median absolute neighbour differences along the
    less band-limited axis), so a noise-free or non-MR image (nothing to remove) keeps its
    detail.
-3. **Strength.** The kept change is scaled by the strength (low / medium / high), like
-   a vendor's DL reconstruction levels.
+3. **Strength.** The kept change is scaled by the strength (low / medium / high, default
+   high since model 0.3.0), like a vendor's DL reconstruction levels. In the air it is
+   capped at medium's share (``air_strength``): the output's background keeps some noise, so
+   the quality check can still measure the DL series' SNR / CNR.
 
-    result = guard_series(source, enhanced, strength=STRENGTHS["medium"])
+    result = guard_series(source, enhanced, strength=STRENGTHS[DEFAULT_STRENGTH])
     result.images           # float32 (S, H, W), input units
     result.held_back        # (S,) share of the DL change withheld on each slice (0..1)
 
@@ -42,8 +44,10 @@ __all__ = ["STRENGTHS", "DEFAULT_STRENGTH", "GuardParameters", "GuardResult", "g
 
 #: Share of the (guarded) DL change applied at each strength level.
 STRENGTHS: dict[str, float] = {"low": 0.6, "medium": 0.85, "high": 1.0}
-#: The level used unless configured (the best on the calibration slices).
-DEFAULT_STRENGTH = "medium"
+#: The level used unless configured: chosen with the model on the selection source (model
+#: 0.3.0, 2026-12-06, by the rule in docs/model_choice_rule_0.3.0.json: high gave the most
+#: slices at or above the conventional, overall and for R = 2 SENSE; medium for model 0.2.0).
+DEFAULT_STRENGTH = "high"
 
 
 def strength_value(level: str | float) -> float:
@@ -100,17 +104,18 @@ class StrengthSetting:
 @dataclass(frozen=True)
 class GuardParameters:
     """Guard settings: Gaussian widths in pixels, thresholds as ratios to the noise
-    variance; ``input_factor`` scales the input-only noise estimate (it reads band-limited
-    noise low); ``restore_mean`` gives the method noise's local mean back, except in the
-    air: where the input's local mean (Gaussian, ``air_sigma`` px) is below ``air_low`` x
-    the noise SD (a ramp up to ``air_high`` x), the noise floor is not given back; with
+    variance; ``air_strength`` caps the strength in the air; ``input_factor`` scales the
+    input-only noise estimate (it reads band-limited noise low); ``restore_mean`` gives the
+    method noise's local mean back, except in the air: where the input's local mean
+    (Gaussian, ``air_sigma`` px) is below ``air_low`` x the noise SD (a ramp up to
+    ``air_high`` x), the noise floor is not given back; with
     ``rician_floor``, in tissue the level given back is the input's local mean less its
     magnitude-noise floor (``sqrt(m**2 - sd**2)`` instead of ``m``)."""
 
     mean_sigma: float = 2.0
     window_sigma: float = 2.5
-    low: float = 1.5
-    high: float = 3.0
+    low: float = 2.0
+    high: float = 4.0
     input_factor: float = 2.0
     restore_mean: bool = True
     air_low: float = 1.6
@@ -118,11 +123,19 @@ class GuardParameters:
     air_sigma: float = 3.0
     rician_floor: bool = True
     signal_noise: bool = True
+    #: The most of the change applied in the air (the ramp above): at least 1 - this share
+    #: of the input's magnitude noise stays there, so the output's background noise can be
+    #: measured (the quality check's SNR / CNR, as the study measured them) and the
+    #: background does not look blanked. Only strengths above it are affected.
+    air_strength: float = STRENGTHS["medium"]
     # (air and Rician floor chosen on the selection source, dipy aniso_vox, 2026-12-05: medium's
     # worst slice bias +2.60 -> +1.76 %, SSIM 0.917 -> 0.923; docs/model_selection_real_0.2.0.json.
     # mean_sigma 8 -> 2 px on the same source at 128-512 px, 2026-12-06: the network darkens
     # small bright structures and an 8 px level gave back only part of it at 128/192 px;
-    # 4, 2.5, 2, 1.5, 1 px tried, 2 the best, docs/model_selection_real_0.2.0.json)
+    # 4, 2.5, 2, 1.5, 1 px tried, 2 the best, docs/model_selection_real_0.2.0.json.
+    # low / high 1.5 / 3 -> 2 / 4 with model 0.3.0, 2026-12-06, on the same source by the rule in
+    # docs/model_choice_rule_0.3.0.json: 0.3.0 removes less texture than 0.2.0, so less of its
+    # change needs withholding; docs/model_selection_real_0.3.0.json)
 
 
 @dataclass
@@ -228,6 +241,8 @@ def guard_slice(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
     change = np.abs(r_detail)
     total = float(change[tissue].sum())
     held = 1.0 - float((keep * change)[tissue].sum()) / total if total > 0 else 0.0
+    if params.restore_mean and strength > params.air_strength:
+        strength = strength - (strength - params.air_strength) * air  # (H, W) map
     out = x - strength * keep * r_detail
     return np.clip(out, 0.0, None).astype(np.float32), held, float(np.sqrt(noise_var))
 

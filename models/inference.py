@@ -2,7 +2,7 @@
 
     model = load_model(WEIGHTS_DIR)                 # checksums verified; CUDA when present
     enhanced = enhance_volume(model, volume)           # the network alone: float32 (S, H, W), input units
-    result = enhance_series(model, volume, "medium")   # the product: network, do-no-harm guard, strength
+    result = enhance_series(model, volume)   # the product: network, do-no-harm guard, strength
 
 The shipped model is one set of weights in two files: ``cervical_dl_recon.pt`` (a
 weights-only ``state_dict`` for :class:`models.network.CascadedUNet`, loaded with
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from models import WEIGHTS_DIR
+from models.guard import DEFAULT_STRENGTH
 from models.network import CascadedUNet
 from models.normalization import robust_scale
 
@@ -241,7 +242,7 @@ def enhance_volume(model: SliceModel, volume: np.ndarray, batch_size: int = 4,
     return out
 
 
-def enhance_series(model: SliceModel, volume: np.ndarray, strength: str | float = "medium",
+def enhance_series(model: SliceModel, volume: np.ndarray, strength: str | float = DEFAULT_STRENGTH,
                    batch_size: int = 4) -> "GuardResult":
     """The product's enhancement of a series ``(S, H, W)``: the network
     (:func:`enhance_volume`), then the do-no-harm guard and the strength level

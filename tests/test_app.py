@@ -74,7 +74,7 @@ def test_derived_series_follow_the_dicom_conventions(app_run, accelerated_study)
             assert (d.Rows, d.Columns) == (src.Rows, src.Columns)
             assert list(d.ImageType[:2]) == ["DERIVED", "SECONDARY"]
             assert model["name"] in d.DerivationDescription and model["version"] in d.DerivationDescription
-            assert "strength medium (0.85), do-no-harm guard" in d.DerivationDescription  # the default
+            assert "strength high (1.00), do-no-harm guard" in d.DerivationDescription  # the default
             # the QC verdict the viewer shows, and on a flagged series' worst slice where it opens
             assert d.ImageComments in (entry["qc_verdict"], f"{entry['qc_verdict']} Worst slice."), d.ImageComments
             purpose = d.SourceImageSequence[0].PurposeOfReferenceCodeSequence[0]

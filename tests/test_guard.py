@@ -57,7 +57,10 @@ def test_inputs_the_model_was_never_meant_for_stay_within_their_noise(model, pha
     network_change = float(np.sqrt(np.mean((network[0] - image[0]) ** 2)))
     noise = input_noise_sd(image[0].astype(np.float64))
     assert change <= noise, f"{name}: guarded change {change:.1f} RMS > input noise {noise:.1f}"
-    assert change <= 0.4 * network_change, f"{name}: guard let {change / network_change:.0%} of the change through"
+    # At most half the network's change in RMS, as at least half is held back below. (0.4 until
+    # model 0.3.0 and the guard's 2x / 4x thresholds: on the noise-free slice 0.42 of a smaller
+    # network change, 13.6 RMS, against 0.34 of 0.2.0's, 14.8 RMS, with the 1.5x / 3x thresholds.)
+    assert change <= 0.5 * network_change, f"{name}: guard let {change / network_change:.0%} of the change through"
     assert result.held_back[0] >= 0.5
 
 
@@ -107,3 +110,31 @@ def test_dark_tissue_keeps_its_true_level_not_the_magnitude_noise_floor():
     bias = {"input": float(image[inner].mean() / level - 1), "guarded": float(guarded[inner].mean() / level - 1)}
     assert bias["input"] > 0.02, bias  # the premise: the magnitude floor is there
     assert abs(bias["guarded"]) < 0.5 * bias["input"], bias
+
+
+def test_air_keeps_a_measurable_noise_at_every_strength():
+    # A denoiser that returns the truth blanks the air. At strength high the guard would pass
+    # that on, and the quality check could no longer measure the DL series' noise (its SNR /
+    # CNR, the study's comparison). The air keeps 1 - air_strength of the input's noise at
+    # every strength; below the cap nothing changes.
+    from dataclasses import replace
+
+    from models.guard import GuardParameters
+    from qc.metrics import rician_noise_sd
+
+    sd, level = 10.0, 200.0
+    rows, cols = np.indices((256, 256))
+    truth = np.where((rows - 128) ** 2 + (cols - 128) ** 2 < 70**2, level, 0.0)
+    rng = np.random.default_rng(5)
+    image = np.abs(truth + rng.normal(0, sd, truth.shape) + 1j * rng.normal(0, sd, truth.shape))
+    air = (rows - 128) ** 2 + (cols - 128) ** 2 > 100**2
+    kept = 1.0 - GuardParameters().air_strength
+    for strength in ("medium", "high"):
+        guarded = guard_series(image[None], truth[None], strength).images[0]
+        measured = rician_noise_sd(guarded[air])
+        assert measured == pytest.approx(kept * rician_noise_sd(image[air]), rel=0.15), (strength, measured)
+    uncapped = replace(GuardParameters(), air_strength=1.0)
+    assert np.array_equal(guard_series(image[None], truth[None], "medium").images,
+                          guard_series(image[None], truth[None], "medium", params=uncapped).images)
+    blank = guard_series(image[None], truth[None], "high", params=uncapped).images[0]
+    assert (rician_noise_sd(blank[air]) or 0.0) < 0.05 * sd  # the premise: without the cap the air is blank

@@ -209,7 +209,7 @@ def test_hanging_protocol_original_and_dl_side_by_side(browser, stack, stage):
     # and on the image: ORIGINAL and DL ENHANCED (with the model) in two colours
     overlays = state["overlays"]
     assert overlays, "no ORIGINAL / DL ENHANCED overlay on the viewports"
-    assert overlays["cervical-orig"]["text"] == "ORIGINAL" and overlays["cervical-dl"]["text"] == "DL ENHANCED, medium"
+    assert overlays["cervical-orig"]["text"] == "ORIGINAL" and overlays["cervical-dl"]["text"] == "DL ENHANCED, high"
     assert overlays["cervical-orig"]["color"] != overlays["cervical-dl"]["color"]
     # DL corner, top to bottom: label with strength, model, then this series' QC verdict one sentence per line
     # (red when flagged, the slices named; green when not); nothing cut off by the overlay's width
@@ -217,7 +217,7 @@ def test_hanging_protocol_original_and_dl_side_by_side(browser, stack, stage):
     verdict = stack["verdicts"][dl["number"]]
     at_worst = stack["worst"][dl["number"]] is not None  # the flagged series' worst image says so too
     assert [line["text"] for line in lines] == [
-        "DL ENHANCED, medium", f"{MODEL_INFO['name']} {MODEL_INFO['version']}",
+        "DL ENHANCED, high", f"{MODEL_INFO['name']} {MODEL_INFO['version']}",
         *verdict.replace(". ", ".\n").split("\n"), *(["Worst slice."] if at_worst else [])]
     assert not any(line["clipped"] for line in lines), lines
     flagged = "FLAGGED" in verdict or "ACCENTUATED" in verdict

@@ -117,7 +117,8 @@ def patient_series(task: tuple) -> list[dict]:
                     enhanced = enhance_series(_enhancer(), series.images.astype(np.uint16)).images
                     dl_quality = measure_series(np.clip(np.rint(enhanced), 0, 65535), series.protocol.phase_encode_axis,
                                                 calibration.for_role(role), masks)
-                    dl = {"slice_ghosts_dl": dl_quality.slice_ghosts}
+                    # noise_sd_dl None = the DL output's background noise is not measurable (no DL SNR / CNR)
+                    dl = {"slice_ghosts_dl": dl_quality.slice_ghosts, "noise_sd_dl": dl_quality.noise_sd}
                 if role == "SAG_DIXON_IP":
                     in_phase = series.images.astype(np.float32)
                 score = quality.motion_score
@@ -128,7 +129,7 @@ def patient_series(task: tuple) -> list[dict]:
                              "slices": len(series.images), "slice_scores": quality.slice_motion_scores,
                              "flagged_slices": len(quality.flagged_slices),
                              "slice_ghosts": quality.slice_ghosts, "slice_detector": quality.slice_detector,
-                             "slice_body_fraction": quality.slice_body_fraction} | dl)
+                             "slice_body_fraction": quality.slice_body_fraction, "noise_sd": quality.noise_sd} | dl)
     return rows
 
 
@@ -278,6 +279,11 @@ def summarise(rows: list[dict]) -> dict:
                                                                   if r["severity"] == severity])
         out["dl_ghost_change_mean"] = round(float(np.mean([r["ghost_dl"] - r["ghost"] for r in with_dl
                                                            if r["ghost"] is not None and r["ghost_dl"] is not None])), 5)
+        # the DL series whose original has a background noise but the DL output has none (no DL SNR / CNR)
+        recorded = [r for r in with_dl if "noise_sd_dl" in r and r.get("noise_sd")]
+        if recorded:
+            out["dl_noise_not_measurable"] = {"series": len(recorded),
+                                              "flagged": sum(r["noise_sd_dl"] is None for r in recorded)}
     # where the false flags come from: the share of slices scoring >= 0.5 by position in the stack
     lateral = {}
     for r in (r for r in clean if r["slice_scores"] is not None):
@@ -305,6 +311,9 @@ def print_table(summary: dict) -> None:
     print_rates(summary)
     for name, r in summary.get("dl_accentuated", {}).items():
         print(f"DL accentuated, {name:<22}{r['flagged']:>6}/{r['series']:<5}{100 * (r['rate'] or 0):>6.1f} %")
+    if "dl_noise_not_measurable" in summary:
+        r = summary["dl_noise_not_measurable"]
+        print(f"DL noise not measurable (original's is) {r['flagged']:>4}/{r['series']}")
     print(f"clean slices scoring >= 0.5: {summary['clean_slices_scoring_ge_0.5']}")
 
 
