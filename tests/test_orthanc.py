@@ -204,13 +204,13 @@ class Stack:
         r.raise_for_status()
         return r.json()
 
-    def wait(self, predicate, what: str, timeout: float = WAIT_S):
+    def wait(self, predicate, what: str, timeout: float = WAIT_S, interval: float = 0.5):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = predicate()
             if value:
                 return value
-            time.sleep(0.5)
+            time.sleep(interval)
         raise AssertionError(f"timed out waiting for {what}\n--- worker log\n{self.log_tail('worker.log')}"
                              f"\n--- orthanc log\n{self.log_tail('orthanc.log', 20)}")
 
@@ -716,9 +716,11 @@ def test_warm_runner_killed_mid_run_the_study_is_retried_and_nothing_partial(sta
     files = _copy_as_new_study(studies["b"] / "501_ax_t2", stack.tmp / "warm-killed")
     answer = stack.upload(files)[0]
     source_id, study_id = answer["ParentSeries"], answer["ParentStudy"]
-    info = stack.wait_job(source_id, states=("running",))
-    marker = f"cervical-dl-w{stack.worker.pid}-job{info['job']['id']}-"
-    [app] = stack.wait(lambda: _app_processes(marker), "the app process of the job", 60)
+    # The job's id as soon as it is queued, then its app process, polled fast: on idle cores this
+    # 2-slice run lasts under a second (CI saw a 0.7 s run finish between two 0.5 s polls).
+    job = stack.wait(lambda: (stack.job_info(source_id) or {}).get("job"), "the job of the series", interval=0.05)
+    marker = f"cervical-dl-w{stack.worker.pid}-job{job['id']}-"
+    [app] = stack.wait(lambda: _app_processes(marker), "the app process of the job", 60, interval=0.02)
     warm_runner = _parent_pid(app)
     assert warm_runner != stack.worker.pid  # forked by the warm runner, not started cold
     # at once: on idle cores a 2-slice run can finish within a second (CI saw attempt 1 done)
