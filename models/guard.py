@@ -126,7 +126,8 @@ class GuardParameters:
     #: The most of the change applied in the air (the ramp above): at least 1 - this share
     #: of the input's magnitude noise stays there, so the output's background noise can be
     #: measured (the quality check's SNR / CNR, as the study measured them) and the
-    #: background does not look blanked. Only strengths above it are affected.
+    #: background does not look blanked. Only strengths above it are affected, and only with
+    #: ``restore_mean`` (which defines the air).
     air_strength: float = STRENGTHS["medium"]
     # (air and Rician floor chosen on the selection source, dipy aniso_vox, 2026-12-05: medium's
     # worst slice bias +2.60 -> +1.76 %, SSIM 0.917 -> 0.923; docs/model_selection_real_0.2.0.json.

@@ -2,7 +2,7 @@
 
     model = load_model(WEIGHTS_DIR)                 # checksums verified; CUDA when present
     enhanced = enhance_volume(model, volume)           # the network alone: float32 (S, H, W), input units
-    result = enhance_series(model, volume)   # the product: network, do-no-harm guard, strength
+    result = enhance_series(model, volume)             # the product: network, do-no-harm guard, strength
 
 The shipped model is one set of weights in two files: ``cervical_dl_recon.pt`` (a
 weights-only ``state_dict`` for :class:`models.network.CascadedUNet`, loaded with

@@ -284,8 +284,9 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
     if original.noise_sd is None:
         notes.append("background noise not measurable (suppressed or no air): SNR not reported")
     elif dl.noise_sd is None:
-        # At strength high the guard applies all of the network's removal of the air's noise:
-        # the paper's SNR (signal / SD of the air) has no finite value for the DL series.
+        # A DL output whose air is blank (a denoiser that removes all of the air's noise, passed
+        # on if the guard's air cap is raised to 1): the paper's SNR (signal / SD of the air)
+        # has no finite value for the DL series.
         notes.append("DL series: its air is noise-free, so its SNR/CNR (signal over the SD of the air) are not "
                      "reported; compare the original's")
     number = item.datasets[0].get("SeriesNumber")

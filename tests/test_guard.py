@@ -95,16 +95,22 @@ def test_strength_orders_the_change_and_validates(model, phantom):
             strength_value(bad)
 
 
+def _magnitude_disc(level: float, radius: float, sd: float, seed: int):
+    """A disc of true signal ``level`` in air on a 256x256 grid, acquired as magnitude (Rician
+    noise of complex SD ``sd``): (rows, cols, truth, image)."""
+    rows, cols = np.indices((256, 256))
+    truth = np.where((rows - 128) ** 2 + (cols - 128) ** 2 < radius**2, level, 0.0)
+    rng = np.random.default_rng(seed)
+    image = np.abs(truth + rng.normal(0, sd, truth.shape) + 1j * rng.normal(0, sd, truth.shape))
+    return rows, cols, truth, image
+
+
 def test_dark_tissue_keeps_its_true_level_not_the_magnitude_noise_floor():
     # A disc of true signal 4 noise SDs in air, acquired as magnitude (Rician): the input's
     # mean there is about 3 % high. A denoiser that returns the truth must not get that
     # floor given back by the guard's signal-level step.
     sd, level = 10.0, 40.0
-    rows, cols = np.indices((256, 256))
-    disc = (rows - 128) ** 2 + (cols - 128) ** 2 < 90**2
-    truth = np.where(disc, level, 0.0)
-    rng = np.random.default_rng(12)
-    image = np.abs(truth + rng.normal(0, sd, truth.shape) + 1j * rng.normal(0, sd, truth.shape))
+    rows, cols, truth, image = _magnitude_disc(level, 90, sd, seed=12)
     inner = (rows - 128) ** 2 + (cols - 128) ** 2 < 60**2  # away from the disc's edge
     guarded = guard_series(image[None], truth[None], 1.0).images[0]
     bias = {"input": float(image[inner].mean() / level - 1), "guarded": float(guarded[inner].mean() / level - 1)}
@@ -122,11 +128,8 @@ def test_air_keeps_a_measurable_noise_at_every_strength():
     from models.guard import GuardParameters
     from qc.metrics import rician_noise_sd
 
-    sd, level = 10.0, 200.0
-    rows, cols = np.indices((256, 256))
-    truth = np.where((rows - 128) ** 2 + (cols - 128) ** 2 < 70**2, level, 0.0)
-    rng = np.random.default_rng(5)
-    image = np.abs(truth + rng.normal(0, sd, truth.shape) + 1j * rng.normal(0, sd, truth.shape))
+    sd = 10.0
+    rows, cols, truth, image = _magnitude_disc(200.0, 70, sd, seed=5)
     air = (rows - 128) ** 2 + (cols - 128) ** 2 > 100**2
     kept = 1.0 - GuardParameters().air_strength
     for strength in ("medium", "high"):

@@ -223,7 +223,7 @@ def test_missing_phase_encode_direction_is_noted(ce_t1_planes):
 
 
 def test_noise_free_air_in_the_dl_series_is_explained_not_reported(ce_t1_planes):
-    """At strength high the DL series' air can be all zero: no SNR/CNR for it, and a note says why."""
+    """A DL series whose air is all zero (the guard's air cap raised to 1): no SNR/CNR for it, and a note says why."""
     clean = _series(ce_t1_planes, "none")
     datasets = _enhanced(clean.images)
     pixels = clean.images.astype(np.uint16)
