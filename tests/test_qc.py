@@ -498,3 +498,18 @@ def test_morphology_matches_scipy():
             accumulated = (np.maximum.accumulate(mask, axis=axis)
                            & np.flip(np.maximum.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis))
             assert np.array_equal(qm._fill_between_extremes(mask, axis), accumulated)
+
+
+def test_independent_evaluation_measures_only_the_artifact():
+    """qc_independent's moved series and its still twin share noise and scale: an unchanged
+    volume reads 0 noise SDs of artifact, a moved one a clear artifact."""
+    from models.evaluation.qc_independent import slices_with_noise
+    from models.evaluation.qc_real import artifact_in_noise_sds
+
+    yy, xx = np.mgrid[:64, :64]
+    head = ((yy - 32) ** 2 / 400 + (xx - 32) ** 2 / 225 < 1).astype(np.float32)
+    vol = np.stack([head * (1 + 0.1 * k) for k in range(5)])
+    still = slices_with_noise(vol, [1, 2, 3], seed=5)
+    assert artifact_in_noise_sds(slices_with_noise(vol.copy(), [1, 2, 3], seed=5, reference=vol), still) == 0.0
+    moved = np.roll(vol, 3, axis=2)
+    assert artifact_in_noise_sds(slices_with_noise(moved, [1, 2, 3], seed=5, reference=vol), still) > 1.0

@@ -15,10 +15,17 @@ artifacts come from TorchIO (a separate code base with its own conventions):
 
 Anatomy: the mricron ch2 head and the nilearn MNI152 2009a head (1 mm), never used to
 calibrate or tune the detector, padded with air to a 256 x 256 field of view before the
-artifact. Three sagittal slices near the midline per case, then Rician noise (complex
-Gaussian, SNR 20 on the head), scored with the thresholds of contrast-enhanced sagittal
-T1. Clean negatives: the same slices without the artifact. Severity is the simulator's
-parameter range (mild / severe), listed in the JSON; nothing is re-labelled after the fact.
+artifact. Each case is a whole sagittal series as the product receives one: 13 slices 4 mm
+apart around a randomly offset midline (the lateral ones included), then Rician noise
+(complex Gaussian, SNR 20 on the head), scored by the product's own path
+(``measure_original``: series masks, ghost measure, detector on every slice, series rule)
+with the thresholds of contrast-enhanced sagittal T1. Clean negatives: the same slices
+without the artifact. Severity is the simulator's parameter range (mild / severe), listed in
+the JSON; nothing is re-labelled after the fact. Because a random draw of TorchIO can move
+the head very little, each case also records the artifact really produced (RMS difference to
+the same slices with the same noise and no artifact, in noise SDs, as ``qc_real`` does), and
+the summary gives the flag rate and AUC of the series with a clear artifact (> 1 noise SD),
+the issue's definition.
 """
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ from tqdm import tqdm
 from models import WEIGHTS_DIR
 from models.evaluation.qc import roc_auc
 from qc.calibration import QCCalibration
-from qc.measures import measure_series, series_masks
+from qc.measures import measure_original, motion_flagged
 
 ROOT = Path(__file__).resolve().parents[2]
 #: TorchIO parameters per (kind, severity); symmetric ranges are drawn uniformly by TorchIO.
@@ -45,6 +52,10 @@ SETTINGS: dict[tuple[str, str], dict] = {
 }
 MATRIX = 256
 SNR = 20.0
+#: Sagittal slice positions relative to the midline, mm (= voxels of the 1 mm heads).
+SLICE_OFFSETS_MM = tuple(range(-24, 25, 4))
+#: A "clear" artifact (the issue's definition): RMS change larger than one noise SD.
+CLEAR_ARTIFACT_NOISE_SDS = 1.0
 
 
 def head_volumes() -> dict[str, np.ndarray]:
@@ -92,18 +103,28 @@ def apply_artifact(vol: np.ndarray, kind: str, severity: str, seed: int) -> np.n
     return np.asarray(transform(image).data[0].numpy(), dtype=np.float32)
 
 
-def slices_with_noise(vol: np.ndarray, x_positions: list[int], seed: int) -> np.ndarray:
+def slices_with_noise(vol: np.ndarray, x_positions: list[int], seed: int,
+                      reference: np.ndarray | None = None) -> np.ndarray:
     """Sagittal slices ``(n, 256, 256)`` (rows = y, columns = z: phase encode along columns)
-    with Rician noise at SNR 20, as 12-bit integers."""
+    with Rician noise at SNR 20, as 12-bit integers. Noise SD and display scale come from
+    ``reference`` (default ``vol``): the artifact-free volume, so that a moved series and its
+    still twin (same ``seed``) differ by the artifact only."""
     rng = np.random.default_rng(seed)
-    out = np.abs(np.stack([vol[x] for x in x_positions]).astype(np.float64))
-    fg = out[out > 0.1 * out.max()]
+
+    def stack(v: np.ndarray) -> np.ndarray:
+        return np.abs(np.stack([v[x] for x in x_positions]).astype(np.float64))
+
+    out, ref = stack(vol), stack(vol if reference is None else reference)
+    fg = ref[ref > 0.1 * ref.max()]
     sigma = float(np.median(fg)) / SNR
-    noisy = np.abs(out + rng.normal(0, sigma, out.shape) + 1j * rng.normal(0, sigma, out.shape))
-    return np.clip(np.round(noisy / np.percentile(noisy, 99.9) * 2800), 0, 4095).astype(np.uint16)
+    noise = rng.normal(0, sigma, (2, *out.shape))
+    scale = 2800 / np.percentile(np.abs(ref + noise[0] + 1j * noise[1]), 99.9)
+    noisy = np.abs(out + noise[0] + 1j * noise[1])
+    return np.clip(np.round(noisy * scale), 0, 4095).astype(np.uint16)
 
 
 def run(repeats: int, calibration: QCCalibration) -> list[dict]:
+    from models.evaluation.qc_real import artifact_in_noise_sds
     from models.motion_detector import load_motion_detector
 
     detector = load_motion_detector(WEIGHTS_DIR)
@@ -115,11 +136,17 @@ def run(repeats: int, calibration: QCCalibration) -> list[dict]:
         vol = heads[name]
         seed = 31_000 + 1000 * list(heads).index(name) + 10 * r + conditions.index((kind, severity))
         mid = vol.shape[0] // 2 + int(np.random.default_rng(seed).integers(-8, 9))
+        positions = [mid + d for d in SLICE_OFFSETS_MM]
         moved = apply_artifact(vol, kind, severity, seed)
-        series = slices_with_noise(moved, [mid - 4, mid, mid + 4], seed + 7)
-        q = measure_series(series, 1, calibration, series_masks(series, 1), detector)
+        series = slices_with_noise(moved, positions, seed + 7, reference=vol)
+        anr = 0.0
+        if kind != "none":
+            anr = artifact_in_noise_sds(series, slices_with_noise(vol, positions, seed + 7))
+        _, q = measure_original(series, 1, calibration, detector)
         cases.append({"volume": name, "repeat": r, "kind": kind, "severity": severity, "seed": seed,
-                      "ghost": q.ghost, "detector": q.detector, "motion_score": q.motion_score})
+                      "slices": len(positions), "anr": round(anr, 3), "ghost": q.ghost, "detector": q.detector,
+                      "motion_score": q.motion_score, "flag": motion_flagged(q.motion_score),
+                      "slice_scores": q.slice_motion_scores})
     return cases
 
 
@@ -138,11 +165,21 @@ def summarize(cases: list[dict], calibration: QCCalibration) -> dict:
     for name in ("ghost", "detector"):  # each measure alone
         raw = lambda cs: np.array([c.get(name) or 0.0 for c in cs])  # noqa: E731
         out[f"auc_mild_or_worse_{name}_only"] = roc_auc(raw([c for c in cases if c["severity"] == "none"]), raw(pos))
+    clear = [c for c in pos if c.get("anr", 0.0) > CLEAR_ARTIFACT_NOISE_SDS]
+    out["clear_artifact"] = {"n": len(clear), "flag_rate": float(np.mean(val(clear) >= thr)) if clear else None,
+                             "auc": roc_auc(neg, val(clear)) if clear else None}
     for kind in ("motion", "ghosting"):
         for severity in ("mild", "severe"):
-            p = val([c for c in pos if (c["kind"], c["severity"]) == (kind, severity)])
-            out["by_condition"].append({"kind": kind, "severity": severity, "n": int(p.size),
-                                        "flag_rate": float(np.mean(p >= thr)), "auc": roc_auc(neg, p)})
+            group = [c for c in pos if (c["kind"], c["severity"]) == (kind, severity)]
+            p = val(group)
+            anr = np.array([c.get("anr", np.nan) for c in group])
+            clear_here = val([c for c in group if c.get("anr", 0.0) > CLEAR_ARTIFACT_NOISE_SDS])
+            out["by_condition"].append({
+                "kind": kind, "severity": severity, "n": int(p.size), "flag_rate": float(np.mean(p >= thr)),
+                "auc": roc_auc(neg, p), "anr_median": round(float(np.nanmedian(anr)), 3),
+                "anr_range": [round(float(np.nanmin(anr)), 3), round(float(np.nanmax(anr)), 3)],
+                "n_clear": int(clear_here.size),
+                "flag_rate_clear": float(np.mean(clear_here >= thr)) if clear_here.size else None})
     for severity in ("mild", "severe"):
         p = val([c for c in pos if c["severity"] == severity])
         out[f"flag_rate_{severity}"] = float(np.mean(p >= thr))
@@ -166,9 +203,16 @@ def main(argv: list[str] | None = None) -> int:
           f"(n={int(sum(c['severity'] == 'none' for c in cases))}); AUC mild-or-worse {result['auc_mild_or_worse']:.3f} "
           f"(ghost alone {result['auc_mild_or_worse_ghost_only']:.3f}, "
           f"detector alone {result['auc_mild_or_worse_detector_only']:.3f})")
-    print(f"{'kind':9s} {'severity':8s} {'n':>4s} {'flagged':>8s} {'AUC':>6s}")
+    clear = result["clear_artifact"]
+    if clear["n"]:
+        print(f"clear artifact (> {CLEAR_ARTIFACT_NOISE_SDS:g} noise SD): {clear['n']} cases, "
+              f"flagged {100 * clear['flag_rate']:.1f} %, AUC {clear['auc']:.3f}")
+    print(f"{'kind':9s} {'severity':8s} {'n':>4s} {'flagged':>8s} {'AUC':>6s} {'artifact SDs':>16s} {'clear flagged':>14s}")
     for row in result["by_condition"]:
-        print(f"{row['kind']:9s} {row['severity']:8s} {row['n']:4d} {100 * row['flag_rate']:7.1f}% {row['auc']:6.3f}")
+        clear_rate = "-" if row["flag_rate_clear"] is None else f"{100 * row['flag_rate_clear']:.1f}%"
+        print(f"{row['kind']:9s} {row['severity']:8s} {row['n']:4d} {100 * row['flag_rate']:7.1f}% {row['auc']:6.3f} "
+              f"{row['anr_median']:6.2f} ({row['anr_range'][0]:.2f}-{row['anr_range'][1]:.2f}) "
+              f"{row['n_clear']:3d} {clear_rate:>9s}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "qc_independent.json").write_text(json.dumps({"result": result, "cases": cases}, indent=1) + "\n")
     print(f"wrote {args.out / 'qc_independent.json'} in {result['seconds']} s")
