@@ -136,6 +136,8 @@ def artifact_anr(series) -> float:
 #: Bins of the artifact actually produced (noise SD units), for reporting.
 ARTIFACT_BINS = ((0.0, 0.25, "barely any (< 0.25 noise SD)"), (0.25, 1.0, "weak (0.25-1)"),
                  (1.0, np.inf, "strong (> 1 noise SD)"))
+#: The strong artifacts split further (noise-SD units): where along its strength the flag starts to work.
+STRENGTH_BINS = ((1.0, 2.0, "1-2 noise SDs"), (2.0, 4.0, "2-4 noise SDs"), (4.0, np.inf, ">= 4 noise SDs"))
 
 
 def roc_auc(negatives: np.ndarray, positives: np.ndarray) -> float:

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models import WEIGHTS_DIR
-from models.evaluation.qc import roc_auc
+from models.evaluation.qc import STRENGTH_BINS, roc_auc
 from qc.calibration import QCCalibration
 from qc.measures import measure_original, motion_flagged
 
@@ -168,6 +168,11 @@ def summarize(cases: list[dict], calibration: QCCalibration) -> dict:
     clear = [c for c in pos if c.get("anr", 0.0) > CLEAR_ARTIFACT_NOISE_SDS]
     out["clear_artifact"] = {"n": len(clear), "flag_rate": float(np.mean(val(clear) >= thr)) if clear else None,
                              "auc": roc_auc(neg, val(clear)) if clear else None}
+    out["by_strength"] = []
+    for lo, hi, name in STRENGTH_BINS:
+        group = val([c for c in pos if lo <= c.get("anr", 0.0) < hi])
+        out["by_strength"].append({"artifact": name, "n": int(group.size),
+                                   "flag_rate": float(np.mean(group >= thr)) if group.size else None})
     for kind in ("motion", "ghosting"):
         for severity in ("mild", "severe"):
             group = [c for c in pos if (c["kind"], c["severity"]) == (kind, severity)]
@@ -207,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     if clear["n"]:
         print(f"clear artifact (> {CLEAR_ARTIFACT_NOISE_SDS:g} noise SD): {clear['n']} cases, "
               f"flagged {100 * clear['flag_rate']:.1f} %, AUC {clear['auc']:.3f}")
+    strengths = []
+    for row in result["by_strength"]:
+        rate = "-" if row["flag_rate"] is None else f"{100 * row['flag_rate']:.0f} %"
+        strengths.append(f"{row['artifact']} {rate} (n={row['n']})")
+    print("flagged by artifact strength: " + ", ".join(strengths))
     print(f"{'kind':9s} {'severity':8s} {'n':>4s} {'flagged':>8s} {'AUC':>6s} {'artifact SDs':>16s} {'clear flagged':>14s}")
     for row in result["by_condition"]:
         clear_rate = "-" if row["flag_rate_clear"] is None else f"{100 * row['flag_rate_clear']:.1f}%"

@@ -44,7 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models import WEIGHTS_DIR
-from models.evaluation.qc import roc_auc
+from models.evaluation.qc import STRENGTH_BINS, roc_auc
 from models.evaluation.qc_independent import SETTINGS as TORCHIO_SETTINGS
 from models.evaluation.real_mr import RealSeries, _resample, evaluation_series, selection_series
 from qc.calibration import QCCalibration
@@ -187,6 +187,8 @@ def summarise(rows: list[dict], calibration: QCCalibration | None = None) -> dic
             out["detection"][f"{kind} {severity}"] = rate([r for r in moved if (r["kind"], r["severity"]) == (
                 kind, severity)])
     out["detection"]["artifact > 1 noise SD"] = rate([r for r in moved if r["anr"] > 1.0])
+    for lo, hi, name in STRENGTH_BINS:
+        out["detection"][f"artifact {name}"] = rate([r for r in moved if lo <= r["anr"] < hi])
     negatives = np.array([r["motion_score"] or 0.0 for r in clean])
     out["auc_clear_artifact"] = {}
     for name, group in (("all", moved), ("ours", [r for r in moved if r["kind"] == "ours"]),
@@ -239,9 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(series, calibration.for_role(args.role))
     summary = summarise(rows, calibration)
     print_table(summary)
-    out.write_text(json.dumps({
-        "command": "python -m models.evaluation.qc_real " + " ".join(sys.argv[1:] if argv is None else argv), "date": time.strftime("%Y-%m-%d"),
-        "seconds": round(time.time() - start), "role": args.role, "calibration": json.loads((ROOT / "qc" / "calibration.json").read_text()),
+    command = "python -m models.evaluation.qc_real " + " ".join(sys.argv[1:] if argv is None else argv)
+    provenance = {"command": command, "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - start)}
+    if args.rows:  # scored again: the run that simulated the series stays the provenance
+        stored = json.loads(args.rows.read_text())
+        provenance = {k: stored.get(k) for k in ("command", "date", "seconds")} | {
+            "rescored": stored.get("rescored", []) + [{"command": command, "date": time.strftime("%Y-%m-%d")}]}
+    out.write_text(json.dumps(provenance | {"role": args.role, "calibration": json.loads((ROOT / "qc" / "calibration.json").read_text()),
         "detector": {k: json.loads((WEIGHTS_DIR / "motion_detector.json").read_text()).get(k) for k in ("name", "version")},
         "summary": summary, "series": rows}, indent=1))
     print(f"wrote {out} in {time.time() - start:.0f} s")

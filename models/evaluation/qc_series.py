@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from models import WEIGHTS_DIR
-from models.evaluation.qc import ARTIFACT_BINS, artifact_anr, roc_auc
+from models.evaluation.qc import ARTIFACT_BINS, STRENGTH_BINS, artifact_anr, roc_auc
 from qc.calibration import DEFAULT_CALIBRATION as DEFAULT_CALIBRATION_PATH
 from qc.calibration import QCCalibration
 from qc.measures import measure_original, measure_series, motion_flagged, series_value
@@ -265,7 +265,7 @@ def summarise(rows: list[dict]) -> dict:
             out["false_flags"][f"{key} {value}"] = rate([r for r in clean if r[key] == value])
     for severity in sorted({r["severity"] for r in moved}):
         out["detection"][f"severity {severity}"] = rate([r for r in moved if r["severity"] == severity])
-    for lo, hi, name in ARTIFACT_BINS:
+    for lo, hi, name in ARTIFACT_BINS + STRENGTH_BINS:
         out["detection"][f"artifact {name}"] = rate([r for r in moved if lo <= r["anr"] < hi])
     negatives = np.array([r["motion_score"] for r in clean if r["motion_score"] is not None])
     positives = np.array([r["motion_score"] for r in moved if r["anr"] > 1.0 and r["motion_score"] is not None])
@@ -391,9 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = rescore(rows, QCCalibration.load())
     summary = summarise(rows)
     print_table(summary)
-    out.write_text(json.dumps({
-        "command": "python -m models.evaluation.qc_series " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - start),
+    command = "python -m models.evaluation.qc_series " + " ".join(sys.argv[1:] if argv is None else argv)
+    provenance = {"command": command, "date": time.strftime("%Y-%m-%d"), "seconds": round(time.time() - start)}
+    if args.rows:  # scored again: the run that simulated the rows stays the provenance
+        stored = json.loads(args.rows.read_text())
+        provenance = {k: stored.get(k) for k in ("command", "date", "seconds")} | {
+            "rescored": stored.get("rescored", []) + [{"command": command, "date": time.strftime("%Y-%m-%d")}]}
+    out.write_text(json.dumps(provenance | {
         "patients": sorted({r["seed"] for r in rows}), "calibration": json.loads(DEFAULT_CALIBRATION_PATH.read_text()),
         "detector": {k: detector.get(k) for k in ("name", "version")}, "summary": summary, "series": rows,
     }, indent=1))
