@@ -15,6 +15,7 @@ Scan time is proportional to (acquired phase-encode lines) x (averages); see
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -173,6 +174,10 @@ class MotionTrajectory:
         swallow_fill: ``(rows, columns)`` signal that appears while the pharynx closes
             around the bolus (tissue where the airway was), scaled per shot by the
             swallow's progress (``|swallow_px|`` relative to its maximum); or ``None``.
+        through_plane_mm: ``(n_shots,)`` displacement along the slice normal in mm, or
+            ``None`` for in-plane motion only. A slice that moves through its own plane
+            acquires other anatomy in some shots: the acquisition then needs the object at
+            those offsets (``simulate_acquisition(object_at_offset=...)``).
     """
 
     translations_px: np.ndarray
@@ -181,6 +186,16 @@ class MotionTrajectory:
     swallow_weight: np.ndarray | None = None
     ordering: Literal["interleaved", "sequential"] = "interleaved"
     swallow_fill: np.ndarray | None = None
+    through_plane_mm: np.ndarray | None = None
+
+    def state_key(self, shot: int) -> tuple:
+        """What makes two shots see the same object (their motion state)."""
+        dz = 0.0 if self.through_plane_mm is None else round(float(self.through_plane_mm[shot]), 4)
+        return (tuple(np.round(self.translations_px[shot], 4)), round(float(self.rotations_deg[shot]), 4),
+                tuple(np.round(self.swallow_px[shot], 4)), dz)
+
+    def has_through_plane(self) -> bool:
+        return self.through_plane_mm is not None and bool(np.any(self.through_plane_mm))
 
     def swallow_closure(self) -> np.ndarray:
         """Per shot, how far the pharynx is closed (0-1)."""
@@ -196,14 +211,15 @@ class MotionTrajectory:
         shot = self.shot_of_line(n_lines, acquired)
         half = max(2, int(round(0.05 * n_lines)))
         centre = shot[max(0, n_lines // 2 - half) : n_lines // 2 + half + 1]
-        keys = [(tuple(np.round(self.translations_px[k], 4)), round(float(self.rotations_deg[k]), 4),
-                 tuple(np.round(self.swallow_px[k], 4))) for k in centre]
+        keys = [self.state_key(int(k)) for k in centre]
         c = int(centre[max(range(len(keys)), key=lambda i: (keys.count(keys[i]), -i))])
         n = self.n_shots
         fill = None if self.swallow_fill is None else self.swallow_fill * float(self.swallow_closure()[c])
+        through = None if self.through_plane_mm is None else np.repeat(self.through_plane_mm[c : c + 1], n)
         return replace(self, translations_px=np.repeat(self.translations_px[c : c + 1], n, axis=0),
                        rotations_deg=np.repeat(self.rotations_deg[c : c + 1], n),
-                       swallow_px=np.repeat(self.swallow_px[c : c + 1], n, axis=0), swallow_fill=fill)
+                       swallow_px=np.repeat(self.swallow_px[c : c + 1], n, axis=0), swallow_fill=fill,
+                       through_plane_mm=through)
 
     @property
     def n_shots(self) -> int:
@@ -214,6 +230,7 @@ class MotionTrajectory:
             not np.any(self.translations_px)
             and not np.any(self.rotations_deg)
             and (self.swallow_weight is None or not np.any(self.swallow_px))
+            and not self.has_through_plane()
         )
 
     def shot_of_line(self, n_lines: int, acquired: np.ndarray | None = None) -> np.ndarray:
@@ -252,11 +269,15 @@ def random_motion_trajectory(
     swallow_weight: np.ndarray | None = None,
     swallow_fill: np.ndarray | None = None,
     n_shots: int | None = None,
+    through_plane: bool = False,
 ) -> MotionTrajectory:
     """Draw a plausible motion pattern.
 
     Rigid motion: one to three events (step shifts or slow drift) at random times,
-    amplitude around ``SEVERITY_AMPLITUDE_MM[severity]`` (random direction, +/-40 %).
+    amplitude around ``SEVERITY_AMPLITUDE_MM[severity]`` (random direction, +/-40 %); with
+    ``through_plane`` the direction is drawn in 3-D and its component along the slice normal
+    becomes ``through_plane_mm`` (head motion is three-dimensional; without it, the same
+    draws as before).
     Swallowing: one (mild) or two to three (severe) episodes of a few consecutive shots in
     which the pharynx and larynx (``swallow_weight``) move up by 6-14 (mild) or 12-25 mm
     (severe). The direction "up" assumes rows run head to feet (sagittal); pass a weight of
@@ -267,19 +288,24 @@ def random_motion_trajectory(
     t = np.zeros((n_shots, 2))
     r = np.zeros(n_shots)
     s = np.zeros((n_shots, 2))
+    dz = np.zeros(n_shots)
     amp_px = SEVERITY_AMPLITUDE_MM[severity] / pixel_spacing_mm
     if amp_px > 0 and kind in ("rigid", "both"):
         for _ in range(int(rng.integers(1, 4))):
             start = int(rng.integers(1, n_shots))
             a = amp_px * rng.uniform(0.6, 1.4)
-            direction = rng.normal(size=2)
+            direction = rng.normal(size=3 if through_plane else 2)
             direction /= np.linalg.norm(direction) + 1e-12
+            through_mm = a * float(direction[2]) * pixel_spacing_mm if through_plane else 0.0
+            direction = direction[:2]
             if rng.random() < 0.5:  # step: patient shifts and stays
                 t[start:] += a * direction
+                dz[start:] += through_mm
                 r[start:] += rng.normal(0, 0.4) * a / max(amp_px, 1e-6)
             else:  # drift: a slow ramp to the new position
                 ramp = np.clip((np.arange(n_shots) - start) / max(1, n_shots - start), 0, 1)
                 t += ramp[:, None] * a * direction
+                dz += ramp * through_mm
     if severity != "none" and kind in ("swallow", "both") and swallow_weight is not None:
         # A swallow lifts the larynx and hyoid by 1-3 cm for about a second: one to three
         # consecutive shots (more when TR is short). Severity sets how often and how far.
@@ -295,7 +321,7 @@ def random_motion_trajectory(
     ordering = "interleaved" if rng.random() < 0.7 else "sequential"
     swallowing = kind != "rigid"
     return MotionTrajectory(t, r, s, swallow_weight if swallowing else None, ordering,
-                            swallow_fill if swallowing else None)
+                            swallow_fill if swallowing else None, dz if through_plane else None)
 
 
 def _moved(image: np.ndarray, shift: np.ndarray, rot_deg: float, swallow: np.ndarray,
@@ -324,27 +350,32 @@ def _moved(image: np.ndarray, shift: np.ndarray, rot_deg: float, swallow: np.nda
 
 
 def _motion_corrupted_kspace(image: np.ndarray, motion: MotionTrajectory, pe_axis: int,
-                             acquired: np.ndarray | None = None) -> np.ndarray:
+                             acquired: np.ndarray | None = None,
+                             object_at_offset: Callable[[float], np.ndarray] | None = None) -> np.ndarray:
     """k-space of a 2-D complex image assembled shot by shot from moved copies
-    (``acquired``: the sampled phase-encode lines, see :meth:`MotionTrajectory.shot_of_line`)."""
+    (``acquired``: the sampled phase-encode lines, see :meth:`MotionTrajectory.shot_of_line`;
+    ``object_at_offset``: the complex object displaced by so many mm along the slice normal,
+    for shots that moved through the plane)."""
     n_lines = image.shape[pe_axis]
     shot = motion.shot_of_line(n_lines, acquired)
     kspace = np.empty(image.shape, dtype=np.complex128)
     states: dict[tuple, list[int]] = {}
     for s in range(motion.n_shots):
-        key = (
-            tuple(np.round(motion.translations_px[s], 4)),
-            round(float(motion.rotations_deg[s]), 4),
-            tuple(np.round(motion.swallow_px[s], 4)),
-        )
-        states.setdefault(key, []).append(s)
+        states.setdefault(motion.state_key(s), []).append(s)
     closure = motion.swallow_closure()
-    for shots in states.values():
+    for key, shots in states.items():
         s0 = shots[0]
         fill = None
         if motion.swallow_fill is not None and closure[s0] > 0:
             fill = closure[s0] * motion.swallow_fill
-        moved = _moved(image, motion.translations_px[s0], float(motion.rotations_deg[s0]),
+        base = image
+        if key[3] != 0.0:
+            if object_at_offset is None:
+                raise ValueError("through-plane motion needs the object at its offsets (object_at_offset)")
+            base = np.asarray(object_at_offset(key[3]), dtype=np.complex128)
+            if base.shape != image.shape:
+                raise ValueError(f"object_at_offset gave {base.shape}, expected {image.shape}")
+        moved = _moved(base, motion.translations_px[s0], float(motion.rotations_deg[s0]),
                        motion.swallow_px[s0], motion.swallow_weight, fill)
         k = fft2c(moved)
         lines = np.isin(shot, shots)
@@ -373,6 +404,7 @@ def simulate_acquisition(
     motion: MotionTrajectory | None = None,
     phase: np.ndarray | None = None,
     return_kspace: bool = False,
+    object_at_offset: Callable[[float], np.ndarray] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Acquire a 2-D slice and return its magnitude image at the display matrix.
 
@@ -386,6 +418,9 @@ def simulate_acquisition(
         phase: optional smooth phase (radians) of the object, ``(rows, columns)``.
         return_kspace: also return the sampled, noiseless k-space (zeros outside the
             acquired lines) for inspection and tests.
+        object_at_offset: for motion with ``through_plane_mm``: the clean magnitude object
+            ``(rows, columns)`` with the slice displaced by the given mm along its normal
+            (``phase`` is applied to it as to ``truth``).
 
     Returns:
         magnitude ``(rows, columns)`` float64 (Rician where signal is present), and
@@ -401,8 +436,13 @@ def simulate_acquisition(
         obj = obj * np.exp(1j * phase)
     pe_axis = protocol.phase_encode_axis
     if motion is not None and not motion.is_static():
+        at_offset = None
+        if object_at_offset is not None:
+            def at_offset(mm: float) -> np.ndarray:
+                moved_obj = np.asarray(object_at_offset(mm), dtype=np.float64).astype(np.complex128)
+                return moved_obj * np.exp(1j * phase) if phase is not None else moved_obj
         kspace = _motion_corrupted_kspace(obj, motion, pe_axis,
-                                          acquired_phase_encode_mask(truth.shape[pe_axis], protocol))
+                                          acquired_phase_encode_mask(truth.shape[pe_axis], protocol), at_offset)
     else:
         kspace = fft2c(obj)
     sample_mask = protocol.sampling_mask(truth.shape)

@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from simulation import acquisition as acq
 from simulation.phantom import (
     CONTRASTS,
+    Contrast,
     PhantomPatient,
     PlaneGeometry,
     axial_geometry,
@@ -253,7 +254,8 @@ def _localizer(patient: PhantomPatient) -> tuple[list[PlaneGeometry], list[np.nd
 
 def write_study(out: Path, *, protocol: str, acquisition: str, seed: int, vendor: Vendor = "philips",
                 motion: str = "none", motion_series: str = "ce", save_truth: bool = False,
-                sagittal_slices: int = 13, axial_slices: int = 24) -> list[SeriesRecord]:
+                sagittal_slices: int = 13, axial_slices: int = 24,
+                through_plane: bool = False) -> list[SeriesRecord]:
     """Render, acquire and write one study; returns a record per series written.
 
     Args:
@@ -267,6 +269,7 @@ def write_study(out: Path, *, protocol: str, acquisition: str, seed: int, vendor
         motion_series: ``"ce"`` (only the contrast-enhanced T1, where the study saw it) or
             ``"all"``.
         save_truth: also write ``truth.npz`` (reference images in stored units, labels).
+        through_plane: rigid motion in 3-D, slices moving along their normal too.
     """
     if protocol not in PROTOCOL_ROLES:
         raise ValueError(f"unknown protocol {protocol!r}")
@@ -304,7 +307,7 @@ def write_study(out: Path, *, protocol: str, acquisition: str, seed: int, vendor
         rendered = rendered_cache[plane_kind]
         series_motion = motion if (motion_series == "all" or role == "SAG_CE_T1") else "none"
         acquired_series = simulate_series(patient, role, planes, rendered, acquisition=acquisition, seed=seed,
-                                          motion=series_motion)
+                                          motion=series_motion, through_plane=through_plane)
         images, refs, proto = acquired_series.images, acquired_series.references, acquired_series.protocol
         contrast_key = ROLE_CONTRAST[role]
         conv = acq.CONVENTIONAL.with_phase_encode_axis(proto.phase_encode_axis)
@@ -329,6 +332,7 @@ def write_study(out: Path, *, protocol: str, acquisition: str, seed: int, vendor
         np.savez_compressed(out / "truth.npz", **truth)
     (out / "study.json").write_text(json.dumps(
         {"protocol": protocol, "acquisition": acquisition, "seed": seed, "vendor": vendor, "motion": motion,
+         "through_plane_motion": through_plane,
          "study_instance_uid": study_uid, "series": [asdict(r) for r in records]}, indent=2))
     return records
 
@@ -351,12 +355,14 @@ class SimulatedSeries:
 def simulate_series(patient: PhantomPatient, role: str, planes: list[PlaneGeometry], rendered: list,
                     *, acquisition: str, seed: int, motion: str = "none", motion_kind: str = "both",
                     protocol: acq.AcquisitionProtocol | None = None,
-                    with_motion_free: bool = False) -> SimulatedSeries:
+                    with_motion_free: bool = False, through_plane: bool = False) -> SimulatedSeries:
     """Acquire one series of a role over rendered planes (conventional or accelerated).
 
     Noise is seeded by ``(seed, role, slice, acquisition)``; Dixon in-phase and water
     images share noise and motion, as they come from one acquisition. ``protocol``
     overrides the accelerated protocol (its phase-encode axis is set from the role).
+    ``through_plane``: rigid motion in 3-D, the slices moving along their normal too (each
+    displaced slice rendered again from the patient); off, the draws are those of before.
     """
     pe_axis = 1 if ROLE_PHASE_ENCODE[role] == "ROW" else 0
     conv = acq.CONVENTIONAL.with_phase_encode_axis(pe_axis)
@@ -375,7 +381,7 @@ def simulate_series(patient: PhantomPatient, role: str, planes: list[PlaneGeomet
         # k-space shot by shot in the same TRs, so all slices see the same movements.
         trajectory = acq.random_motion_trajectory(
             np.random.default_rng([seed, hash_role(acq_key), 99]), motion, planes[0].spacing[0],
-            kind=motion_kind, swallow_weight=np.zeros(planes[0].shape))
+            kind=motion_kind, swallow_weight=np.zeros(planes[0].shape), through_plane=through_plane)
     refs, acquired, still = [], [], []
     for i, (obj, plane, rend) in enumerate(zip(objects, planes, rendered)):
         rng_key = [seed, hash_role(acq_key), i, 0 if acquisition == "conventional" else 1]
@@ -388,18 +394,34 @@ def simulate_series(patient: PhantomPatient, role: str, planes: list[PlaneGeomet
                 trajectory,
                 swallow_weight=swallowing_weight(patient, plane) if swallowing else None,
                 swallow_fill=swallowing_fill(patient, rend, contrast, plane) if swallowing else None)
+        at_offset = _object_at_offset(patient, plane, contrast) if through_plane else None
         refs.append(acq.band_limited_truth(obj * np.exp(1j * phase), conv))
-        acquired.append(acq.simulate_acquisition(obj, proto, sigma, rng, phase=phase, motion=slice_motion))
+        acquired.append(acq.simulate_acquisition(obj, proto, sigma, rng, phase=phase, motion=slice_motion,
+                                                 object_at_offset=at_offset))
         if with_motion_free:
             frozen = None if slice_motion is None else slice_motion.frozen_at_centre(
                 obj.shape[pe_axis], acq.acquired_phase_encode_mask(obj.shape[pe_axis], proto))
             still.append(acq.simulate_acquisition(obj, proto, sigma, np.random.default_rng(rng_key), phase=phase,
-                                                  motion=frozen))
+                                                  motion=frozen, object_at_offset=at_offset))
     # One scale per contrast from the noiseless reference, shared by both acquisitions.
     scale = 2800.0 / max(float(np.percentile(np.stack(refs), 99.9)), 1e-9)
     images = np.clip(np.round(np.stack(acquired) * scale), 0, 4095)
     motion_free = np.clip(np.round(np.stack(still) * scale), 0, 4095) if with_motion_free else None
     return SimulatedSeries(images, (np.stack(refs) * scale).astype(np.float32), proto, sigma * scale, motion_free)
+
+
+def _object_at_offset(patient: PhantomPatient, plane: PlaneGeometry, contrast: Contrast):
+    """The slice's clean object with the plane moved so many mm along its normal, rendered
+    from the patient (cached: the shots of one motion state share it)."""
+    cache: dict[float, np.ndarray] = {}
+
+    def at(mm: float) -> np.ndarray:
+        if mm not in cache:
+            moved = replace(plane, origin=np.asarray(plane.origin, dtype=np.float64) + mm * plane.normal)
+            cache[mm] = contrast_image(patient, render_plane(patient, moved), contrast, moved)
+        return cache[mm]
+
+    return at
 
 
 def hash_role(role: str) -> int:

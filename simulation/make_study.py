@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--motion", choices=["none", "mild", "severe"], default="none",
                         help="rigid motion and swallowing (on the CE T1 series unless --motion-series all)")
     parser.add_argument("--motion-series", choices=["ce", "all"], default="ce")
+    parser.add_argument("--through-plane", action="store_true",
+                        help="rigid motion in 3-D: slices also move along their normal (other anatomy per shot)")
     parser.add_argument("--save-truth", action="store_true",
                         help="also write truth.npz: noiseless conventional references and label maps")
     parser.add_argument("--sagittal-slices", type=int, default=13)
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     records = write_study(args.out, protocol=args.protocol, acquisition=args.acquisition, seed=args.seed,
                           vendor=args.vendor, motion=args.motion, motion_series=args.motion_series,
                           save_truth=args.save_truth, sagittal_slices=args.sagittal_slices,
-                          axial_slices=args.axial_slices)
+                          axial_slices=args.axial_slices, through_plane=args.through_plane)
     for r in records:
         print(f"{r.series_number:4d}  {r.role:13s} {r.series_description:28s} {r.n_slices:3d} x {r.rows}x{r.columns}"
               f"  PE {r.phase_encode_direction}  scan time x{r.scan_time_ratio:.2f}  motion {r.motion}")

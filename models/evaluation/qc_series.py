@@ -75,14 +75,16 @@ def _enhancer():
 def patient_series(task: tuple) -> list[dict]:
     """Every role of one patient, per acquisition and motion severity: the series' motion
     score, its flag, the slice scores and the artifact really produced (noise SD units).
-    ``task``: (seed, acquisitions, severities[, with_dl]); with_dl: the product's enhancement
-    (network, guard, default strength) runs too and its ghost measure is kept, on the
-    original's masks as the operator measures it, for the DL-accentuation guard."""
+    ``task``: (seed, acquisitions, severities[, with_dl[, through_plane]]); with_dl: the
+    product's enhancement (network, guard, default strength) runs too and its ghost measure is
+    kept, on the original's masks as the operator measures it, for the DL-accentuation guard;
+    through_plane: rigid motion in 3-D (slices move along their normal too)."""
     from simulation.dicom_study import simulate_series
     from simulation.phantom import PhantomPatient, axial_geometry, render_plane, sagittal_geometry
 
     seed, acquisitions, severities = task[:3]
     with_dl = len(task) > 3 and bool(task[3])
+    through_plane = len(task) > 4 and bool(task[4])
     calibration = QCCalibration.load()
     rng = np.random.default_rng([seed, 13])
     patient = PhantomPatient.from_seed(seed, protocol="myelopathy" if seed % 2 else "hivd")
@@ -105,7 +107,7 @@ def patient_series(task: tuple) -> list[dict]:
                 series = simulate_series(patient, role, geometry[plane], rendered[plane], acquisition=acquisition,
                                          seed=noise_seed, motion=severity,
                                          motion_kind=kind if kind != "none" else "both",
-                                         with_motion_free=severity != "none")
+                                         with_motion_free=severity != "none", through_plane=through_plane)
                 partner = in_phase if role == "SAG_DIXON_W" else None
                 masks, quality = measure_original(series.images.astype(np.float32),
                                                   series.protocol.phase_encode_axis, calibration.for_role(role),
@@ -123,7 +125,7 @@ def patient_series(task: tuple) -> list[dict]:
                     in_phase = series.images.astype(np.float32)
                 score = quality.motion_score
                 rows.append({"seed": seed, "role": role, "acquisition": acquisition, "severity": severity,
-                             "kind": kind, "anr": round(artifact_anr(series), 3), "motion_score": score,
+                             "kind": kind + (" 3-D" if through_plane and kind in ("rigid", "both") else ""), "anr": round(artifact_anr(series), 3), "motion_score": score,
                              "ghost": quality.ghost, "detector": quality.detector,
                              "flag": motion_flagged(score),
                              "slices": len(series.images), "slice_scores": quality.slice_motion_scores,
@@ -364,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="--calibrate: set the detector thresholds only (a new detector); keep the rest")
     parser.add_argument("--detector-corroboration", type=float, default=None,
                         help="--calibrate: the detector needs this fraction of the ghost threshold (default: keep)")
+    parser.add_argument("--through-plane", action="store_true",
+                        help="rigid motion in 3-D: slices also move along their normal (other anatomy per shot)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None,
                         help="default docs/qc_series.json, with --calibrate docs/qc_series_calibration.json")
@@ -373,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(CALIBRATION_SEEDS if args.calibrate else PATIENT_SEEDS)[:args.patients]
     with_motion = len(seeds) if args.motion_patients is None else args.motion_patients
     tasks = [(seed, tuple(args.acquisitions), tuple(m for m in args.motion if m == "none" or k < with_motion),
-              k < args.dl_patients) for k, seed in enumerate(seeds)][args.skip_patients:]
+              k < args.dl_patients, args.through_plane) for k, seed in enumerate(seeds)][args.skip_patients:]
     out = args.out or ROOT / "docs" / ("qc_series_calibration.json" if args.calibrate else "qc_series.json")
     rows = (sorted(_stored_rows(args.rows, detector), key=lambda r: (r["seed"], r["acquisition"], r["severity"],
                                                                     r["role"]))
