@@ -92,6 +92,7 @@ def patient_series(task: tuple) -> list[dict]:
                 "axial": axial_geometry(z_centre=float(rng.uniform(-25, -15)))}
     rendered = {k: [render_plane(patient, p) for p in v] for k, v in geometry.items()}
     rows = []
+    offset_renders: dict = {}  # through-plane motion: displaced planes, shared by roles and draws
     for acquisition in acquisitions:
         for severity in severities:
             # one draw per (patient, acquisition, severity), whatever else is asked for
@@ -107,7 +108,8 @@ def patient_series(task: tuple) -> list[dict]:
                 series = simulate_series(patient, role, geometry[plane], rendered[plane], acquisition=acquisition,
                                          seed=noise_seed, motion=severity,
                                          motion_kind=kind if kind != "none" else "both",
-                                         with_motion_free=severity != "none", through_plane=through_plane)
+                                         with_motion_free=severity != "none", through_plane=through_plane,
+                                         offset_renders=offset_renders)
                 partner = in_phase if role == "SAG_DIXON_W" else None
                 masks, quality = measure_original(series.images.astype(np.float32),
                                                   series.protocol.phase_encode_axis, calibration.for_role(role),
