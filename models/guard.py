@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["STRENGTHS", "DEFAULT_STRENGTH", "GuardParameters", "GuardResult", "guard_slice", "guard_series", "input_noise_sd",
+__all__ = ["STRENGTHS", "DEFAULT_STRENGTH", "GuardParameters", "GuardResult", "guard_slice", "guard_series", "input_noise_sd", "tissue_mask",
            "strength_value", "strength_label", "StrengthSetting"]
 
 #: Share of the (guarded) DL change applied at each strength level.
@@ -185,7 +185,8 @@ def _local_mean(image: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def _tissue(image: np.ndarray) -> np.ndarray:
+def tissue_mask(image: np.ndarray) -> np.ndarray:
+    """Pixels above 10 % of the slice's 99th percentile (all pixels when fewer than 100)."""
     peak = float(np.percentile(image, 99))
     m = image > 0.1 * peak
     return m if m.sum() >= 100 else np.ones_like(m)
@@ -201,7 +202,7 @@ def guard_slice(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
     r_detail = r - r_mean
     local_var = np.maximum(ndimage.gaussian_filter(r_detail**2, params.window_sigma, truncate=3.0)
                            - ndimage.gaussian_filter(r_detail, params.window_sigma, truncate=3.0) ** 2, 0.0)
-    tissue = _tissue(x)
+    tissue = tissue_mask(x)
     var_method = float(np.median(local_var[tissue][::4]))
     var_input = (params.input_factor * input_noise_sd(x, tissue)) ** 2
     noise_var = min(var_method, var_input)

@@ -35,7 +35,7 @@ import torch
 from models import WEIGHTS_DIR
 from models.guard import DEFAULT_STRENGTH
 from models.network import CascadedUNet
-from models.normalization import robust_scale
+from models.normalization import noise_level, robust_scale, with_noise_level
 
 if TYPE_CHECKING:
     from models.guard import GuardResult
@@ -121,6 +121,8 @@ class SliceModel:
 
     device: torch.device = torch.device("cpu")
     runtime: str = ""
+    #: the network takes a second channel with the slice's noise level
+    noise_input: bool = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -134,6 +136,7 @@ class TorchSliceModel(SliceModel):
     def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
         self.network = network.to(device).eval()
         self.device = device
+        self.noise_input = bool(getattr(network, "noise_input", False))
         self._amp_dtype = None
         if device.type == "cuda":
             self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -157,9 +160,10 @@ class OnnxSliceModel(SliceModel):
     runtime = "onnxruntime"
     multiple = 16
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, noise_input: bool = False) -> None:
         import onnxruntime as ort
 
+        self.noise_input = bool(noise_input)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
@@ -195,12 +199,12 @@ def load_model(model_dir: Path = MODEL_DIR, device: torch.device | None = None,
     checksums = read_checksums(model_dir / SHA256_FILE)
     if runtime == "auto":
         runtime = "torch"
+    info = json.loads((model_dir / INFO_FILE).read_text())
+    arch = {k: v for k, v in info["architecture"].items() if k != "class"}
     if runtime == "onnxruntime":
         if device.type != "cpu":
             raise ValueError("the onnxruntime runtime runs on the CPU only")
-        return OnnxSliceModel(_verified(model_dir / ONNX_FILE, checksums))
-    info = json.loads((model_dir / INFO_FILE).read_text())
-    arch = {k: v for k, v in info["architecture"].items() if k != "class"}
+        return OnnxSliceModel(_verified(model_dir / ONNX_FILE, checksums), noise_input=bool(arch.get("noise_input")))
     state = torch.load(_verified(model_dir / WEIGHTS_FILE, checksums), map_location="cpu", weights_only=True)
     network = CascadedUNet(**arch)
     network.load_state_dict(state)
@@ -230,13 +234,17 @@ def enhance_volume(model: SliceModel, volume: np.ndarray, batch_size: int = 4,
     scale = np.float32(robust_scale(vol))  # one scale for the whole series (never per slice)
     batch_size = max(1, int(batch_size)) if model.device.type == "cuda" else 1
 
-    def run(chunk: np.ndarray) -> np.ndarray:
-        return model(chunk[:, None])[:, 0]
+    def runner(levels: np.ndarray | None):
+        # A noise-aware network gets each whole slice's level, also on its tiles.
+        if levels is None:
+            return lambda part: model(part[:, None])[:, 0]
+        return lambda part: model(with_noise_level(part, levels))[:, 0]
 
     tiled = max(vol.shape[1:]) > tile
     for i in range(0, n, batch_size):
         chunk = np.asarray(vol[i : i + batch_size], dtype=np.float32)
         chunk = np.nan_to_num(chunk, nan=0.0, posinf=0.0, neginf=0.0) / scale
+        run = runner(np.array([noise_level(s) for s in chunk]) if model.noise_input else None)
         y = _run_tiled(run, chunk, tile, overlap) if tiled else run(chunk)
         out[i : i + y.shape[0]] = np.clip(y, 0.0, None) * scale
     return out

@@ -11,7 +11,9 @@ contrast and large-scale intensities faithful to the acquired image while the ne
 free to denoise and sharpen at higher spatial frequencies.
 
 Input and output are ``(B, 1, H, W)`` float32 in normalised units (see
-:mod:`models.normalization`). Any ``H, W`` is accepted: the image is reflect-padded to a
+:mod:`models.normalization`). With ``noise_input`` the input is ``(B, 2, H, W)``: the image
+and a constant map of its noise level (:func:`models.normalization.noise_level`,
+FFDNet-style); the output is still ``(B, 1, H, W)``. Any ``H, W`` is accepted: the image is reflect-padded to a
 multiple of 16 internally and cropped back. The module is TorchScript-scriptable.
 """
 from __future__ import annotations
@@ -138,18 +140,22 @@ class CascadedUNet(nn.Module):
         cascade_channels: hidden channels of each cascade stage.
         dc_band: central fraction of each frequency axis where data consistency acts.
         dc_edge: width of the raised-cosine edge of the band (fraction of the axis).
+        noise_input: a second input channel carries the slice's noise level.
     """
 
     def __init__(self, base_channels: int = 16, cascade_stages: int = 3,
-                 cascade_channels: int = 8, dc_band: float = 0.25, dc_edge: float = 0.1) -> None:
+                 cascade_channels: int = 8, dc_band: float = 0.25, dc_edge: float = 0.1,
+                 noise_input: bool = False) -> None:
         super().__init__()
         c = int(base_channels)
         chans = [c, 2 * c, 4 * c, 8 * c, 16 * c]
         self.base_channels = c
         self.n_cascade = int(cascade_stages)
         self.multiple = 16
+        self.noise_input = bool(noise_input)
+        self.in_channels = 2 if self.noise_input else 1
         self.encoders = nn.ModuleList()
-        in_ch = 1
+        in_ch = self.in_channels
         for ch in chans:
             self.encoders.append(DoubleConv(in_ch, ch))
             in_ch = ch
@@ -178,8 +184,9 @@ class CascadedUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.shape[-2]
         w = x.shape[-1]
-        inp = self._pad(x.float())
-        feats = inp
+        padded = self._pad(x.float())
+        inp = padded[:, :1]  # the image; a second channel is its noise level
+        feats = padded
         skips: List[torch.Tensor] = []
         n_enc = len(self.encoders)
         i = 0
@@ -221,7 +228,7 @@ def count_flops(model: nn.Module, size: int = 512, width: int | None = None) -> 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 1, size, width))
+            model(torch.zeros(1, int(getattr(model, "in_channels", 1)), size, width))
     finally:
         for hnd in handles:
             hnd.remove()

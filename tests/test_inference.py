@@ -80,3 +80,65 @@ def test_large_matrix_tiles_match_the_whole_image(sagittal_t1):
     assert rel < 0.01, rel
     # the tiled output is an enhancement, not a copy of the input
     assert np.abs(tiled - big).mean() > 0.1 * np.abs(whole - big).mean()
+
+
+def test_noise_level_follows_the_noise_and_ignores_the_air():
+    """The noise-aware network's input level is the tissue's noise SD (x the gain): it
+    doubles with the noise and does not drop when most of the slice is masked air."""
+    from models.normalization import NOISE_LEVEL_GAIN, noise_level
+
+    rng = np.random.default_rng(3)
+    body = np.zeros((128, 128), np.float32)
+    body[40:90, 30:100] = 0.6
+    levels = []
+    for sd in (0.02, 0.04):
+        img = body + rng.normal(0, sd, body.shape).astype(np.float32)
+        img[body == 0] = 0.0  # zero-filled air, as in many real series
+        levels.append(noise_level(np.abs(img)))
+    assert levels[0] == pytest.approx(NOISE_LEVEL_GAIN * 0.02, rel=0.15)
+    assert levels[1] / levels[0] == pytest.approx(2.0, rel=0.15)
+
+
+def test_noise_aware_network_starts_as_the_network_it_extends():
+    """A new stage with a noise-level channel starts from the earlier weights with zero
+    weights for that channel: the same output whatever the level."""
+    from models.network import CascadedUNet
+    from models.training.train import with_input_channels
+
+    torch.manual_seed(0)
+    blind = CascadedUNet(base_channels=4, cascade_stages=1)
+    with torch.no_grad():
+        for p in blind.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # the head starts at zero; make it do something
+    aware = CascadedUNet(base_channels=4, cascade_stages=1, noise_input=True)
+    aware.load_state_dict(with_input_channels(blind.state_dict(), aware))
+    x = torch.rand(1, 1, 48, 40)
+    with torch.no_grad():
+        ref = blind(x)
+        assert float((ref - x).abs().max()) > 1e-3
+        for level in (0.1, 2.0):
+            out = aware(torch.cat([x, torch.full_like(x, level)], dim=1))
+            assert out.shape == ref.shape
+            assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_noise_aware_tiles_get_the_whole_slice_level():
+    """Tiles of a noise-aware network see the level of the whole slice, so tiled and whole
+    runs agree (a per-tile estimate would put seams where the noise changes, as with a
+    coil's g-factor)."""
+    from models.inference import TorchSliceModel
+    from models.network import CascadedUNet
+
+    torch.manual_seed(1)
+    net = CascadedUNet(base_channels=4, cascade_stages=1, noise_input=True)
+    with torch.no_grad():
+        net.encoders[0].block1.conv.weight[:, 1].fill_(0.5)  # respond to the level
+        net.head.weight.normal_(0, 0.1)
+    model = TorchSliceModel(net, torch.device("cpu"))
+    rng = np.random.default_rng(4)
+    img = np.full((1, 192, 192), 400.0, np.float32)
+    img[0, :, :96] += rng.normal(0, 5, (192, 96)).astype(np.float32)  # quiet left half
+    img[0, :, 96:] += rng.normal(0, 40, (192, 96)).astype(np.float32)  # noisy right half
+    whole = enhance_volume(model, img, tile=192)
+    tiled = enhance_volume(model, img, tile=96, overlap=32)
+    assert np.abs(tiled - whole).max() < 1e-3 * float(whole.max())

@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import numpy as np
 from scipy import ndimage
 
-from models.normalization import robust_scale
+from models.normalization import noise_level, robust_scale, with_noise_level
 from simulation.parallel_imaging import coil_sensitivities, simulate_sense_acquisition
 from simulation.acquisition import (
     CONVENTIONAL,
@@ -416,7 +416,8 @@ def simulate_pair(obj: np.ndarray, rng: np.random.Generator, cfg: DataConfig,
     protocol whose every second line was acquired, ``sense`` True).
 
     Returns a dict with ``input``, ``target`` (and optionally ``conventional``) float32
-    full images in normalised units, plus ``scale``, ``protocol``, ``sigma``, ``snr``, ``sense``.
+    full images in normalised units, plus ``scale``, ``protocol``, ``sigma``, ``snr``, ``sense``
+    and ``noise_level`` (:func:`models.normalization.noise_level` of the input).
     """
     axis = int(rng.integers(2))
     own_phase = np.angle(obj) if np.iscomplexobj(obj) else 0.0
@@ -455,6 +456,8 @@ def simulate_pair(obj: np.ndarray, rng: np.random.Generator, cfg: DataConfig,
         "target": (target / scale).astype(np.float32),
         "scale": scale, "protocol": protocol, "sigma": sigma, "snr": snr, "sense": sense,
     }
+    # what a noise-aware network is given: estimated on the whole image, as at inference
+    out["noise_level"] = noise_level(out["input"])
     if with_conventional:
         conv = simulate_acquisition(obj, conv_protocol, sigma, rng, phase=phase)
         out["conventional"] = (conv / scale).astype(np.float32)
@@ -493,7 +496,8 @@ def _crop(pair: dict, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 class PairStream:
     """Infinite, seeded stream of training batches ``(inputs, targets)`` as float32
-    arrays ``(B, 1, P, P)``.
+    arrays ``(B, 1, P, P)`` (inputs ``(B, 2, P, P)`` with ``noise_input``: each patch and its
+    whole image's noise level).
 
     Keeps a pool of simulated full-image pairs and refreshes ``refresh_per_batch`` of them
     for each batch (simulation is the CPU bottleneck); patches are cropped from random
@@ -501,8 +505,9 @@ class PairStream:
     alike, after the simulation).
     """
 
-    def __init__(self, cfg: DataConfig, seed: int, use_phantom: bool = True) -> None:
+    def __init__(self, cfg: DataConfig, seed: int, use_phantom: bool = True, noise_input: bool = False) -> None:
         self.cfg = cfg
+        self.noise_input = bool(noise_input)
         self.rng = np.random.default_rng(seed)
         self.sampler = ObjectSampler(cfg, use_phantom=use_phantom, seed=seed)
         self.pool: list[dict] = []
@@ -522,14 +527,16 @@ class PairStream:
             self.pool.append(self._new_pair())
         for _ in range(self.cfg.refresh_per_batch):
             self.pool[int(self.rng.integers(len(self.pool)))] = self._new_pair()
-        xs, ys = [], []
+        xs, ys, levels = [], [], []
         for _ in range(batch_size):
             pair = self.pool[int(self.rng.integers(len(self.pool)))]
             x, y = _crop(pair, self.cfg.patch_size, self.rng)
             x, y = _augment_patch(x, y, self.rng)
             xs.append(x)
             ys.append(y)
-        return np.stack(xs)[:, None], np.stack(ys)[:, None]
+            levels.append(pair["noise_level"])
+        inputs = with_noise_level(np.stack(xs), np.array(levels)) if self.noise_input else np.stack(xs)[:, None]
+        return inputs, np.stack(ys)[:, None]
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # pragma: no cover
         while True:

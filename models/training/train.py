@@ -30,7 +30,7 @@ from tqdm import tqdm
 from models.training.data import DataConfig, PairStream, phantom_available, validation_set
 from models.inference import file_sha256
 from models.network import CascadedUNet, count_flops, count_parameters
-from models.normalization import ROBUST_PERCENTILE
+from models.normalization import NOISE_LEVEL_GAIN, ROBUST_PERCENTILE, noise_level, with_noise_level
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "cervical_dl_recon"
@@ -157,7 +157,11 @@ def plot_losses(history: list, path: Path) -> None:
 
 @torch.no_grad()
 def predict_full(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if getattr(model, "noise_input", False):
+        x = torch.from_numpy(with_noise_level(image[None], np.array([noise_level(image)]))).to(device)
+    else:
+        x = torch.from_numpy(image)[None, None].to(device)
     return model(x)[0, 0].float().cpu().numpy()
 
 
@@ -223,7 +227,7 @@ def export_onnx(model: CascadedUNet, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=64)
     rows = torch.export.Dim("rows", min=32, max=4096)
     cols = torch.export.Dim("cols", min=32, max=4096)
-    x = torch.rand(1, 1, 512, 512, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, model.in_channels, 256, 256, generator=torch.Generator().manual_seed(0))
     tmp = path.with_suffix(".tmp.onnx")
     torch.onnx.export(model, (x,), str(tmp), input_names=["x"], output_names=["y"], dynamo=True,
                       dynamic_shapes={"x": {0: batch, 2: rows, 3: cols}}, external_data=False, verbose=False)
@@ -247,9 +251,10 @@ def export(model: CascadedUNet, cfg: dict, step: int, elapsed: float, ev: dict, 
     export_onnx(model, onnx_path)
     reloaded = CascadedUNet(**cfg["model"])
     reloaded.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    runners = {"weights": TorchSliceModel(reloaded, torch.device("cpu")), "onnx": OnnxSliceModel(onnx_path)}
+    runners = {"weights": TorchSliceModel(reloaded, torch.device("cpu")),
+               "onnx": OnnxSliceModel(onnx_path, noise_input=model.noise_input)}
     gen = torch.Generator().manual_seed(0)
-    for shape in ((1, 1, 512, 512), (2, 1, 320, 320), (1, 1, 200, 168)):
+    for shape in ((1, model.in_channels, 512, 512), (2, model.in_channels, 320, 320), (1, model.in_channels, 200, 168)):
         x = torch.rand(*shape, generator=gen)
         with torch.no_grad():
             ref = model(x).numpy()
@@ -272,7 +277,10 @@ def export(model: CascadedUNet, cfg: dict, step: int, elapsed: float, ev: dict, 
         "parameter_count": count_parameters(model),
         "flops_512x512": count_flops(model, 512),
         "architecture": {"class": "models.network.CascadedUNet", **cfg["model"]},
-        "input": "(B, 1, H, W) float32, any H, W; magnitude divided by the series scale",
+        "input": ("(B, 2, H, W) float32, any H, W; magnitude divided by the series scale, and a constant "
+                  f"map of the slice's noise level (models.normalization.noise_level, gain {NOISE_LEVEL_GAIN:g})"
+                  if model.noise_input else
+                  "(B, 1, H, W) float32, any H, W; magnitude divided by the series scale"),
         "normalization": {
             "rule": f"per-series {ROBUST_PERCENTILE}th percentile of the input intensities "
                     "(models.normalization.robust_scale on the whole series); output multiplied back",
@@ -323,6 +331,18 @@ def load_earlier_stage(cfg: dict) -> dict | None:
     return torch.load(init_path, map_location="cpu", weights_only=False)
 
 
+def with_input_channels(state: dict, model: CascadedUNet) -> dict:
+    """An earlier stage's weights for ``model``: where the model has a noise-level input
+    channel the earlier one lacked, its first convolution gets zero weights for it, so the
+    stage starts as exactly the earlier network."""
+    key = "encoders.0.block1.conv.weight"
+    want = model.state_dict()[key].shape
+    if state[key].shape != want:
+        extra = torch.zeros(want[0], want[1] - state[key].shape[1], *want[2:], dtype=state[key].dtype)
+        state = {**state, key: torch.cat([state[key], extra], dim=1)}
+    return state
+
+
 def export_checkpoint(cfg: dict) -> None:
     """Validate and export the config's last checkpoint (no training)."""
     ckpt_path = _abs(cfg["checkpoint_dir"]) / f"{cfg['config_name']}_last.pt"
@@ -345,7 +365,7 @@ def train(cfg: dict, resume: bool) -> None:
     data_cfg = DataConfig.from_dict(cfg["data"])
     print(f"device {device}; phantom source {'available' if phantom_available() else 'NOT available'}", flush=True)
     t_setup = time.perf_counter()
-    stream = PairStream(data_cfg, seed=cfg["seed"])
+    stream = PairStream(data_cfg, seed=cfg["seed"], noise_input=bool(cfg["model"].get("noise_input")))
     print(f"training sources {stream.sampler.sources} p={np.round(stream.sampler.source_p, 2).tolist()} "
           f"(phantom bank {len(stream.sampler.phantom_bank)}) setup {time.perf_counter() - t_setup:.1f}s", flush=True)
 
@@ -372,7 +392,7 @@ def train(cfg: dict, resume: bool) -> None:
         torch.set_rng_state(ck["torch_rng"])
         print(f"resumed from {ckpt_path} at step {step}, {elapsed:.0f}s", flush=True)
     elif prev is not None:
-        model.load_state_dict(prev["model"])
+        model.load_state_dict(with_input_channels(prev["model"], model))
         history = [dict(h, stage="previous") for h in prev["history"]]
         print(f"stage start from the weights of {cfg['init_from']} (step {prev['step']})", flush=True)
     elif resume:
