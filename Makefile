@@ -7,7 +7,7 @@ unexport PYTHONPATH  # the project is installed into .venv (pip install -e ., sc
 STACK_KIB = $(shell $(PY) -c "from map.layout import STACK_LIMIT_KIB; print(STACK_LIMIT_KIB)")
 DEMO_DIR ?= demo-output
 
-.PHONY: train-motion setup demo test train evaluate benchmark clean
+.PHONY: device-bundle train-motion setup demo test train evaluate benchmark clean
 
 # SETUP_DONE=1: a sub-make of a target that has already run set-up (prints "setup: ready" once).
 setup:
@@ -31,6 +31,12 @@ train: setup
 	$(PY) -m models.training.train --config models/training/configs/default.json
 	$(PY) -m models.training.train --config models/training/configs/stage2.json
 	$(PY) -m models.training.train --config models/training/configs/stage3.json
+
+# A training run on the GPU machine (the workplace's `device` tool, when a task is lent one):
+# copy the training sources and the missing wheels into .device/ (git-ignored), then one
+# device call runs models/training/device_train.sh (its header has the call) with .device carried.
+device-bundle: setup
+	$(PY) -m models.training.device_bundle
 
 # The QC motion detector (models/weights/motion_detector.*): simulate slices, train 20 min, recalibrate
 # (per role, on whole series of the calibration patients 7000-7029).

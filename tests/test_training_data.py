@@ -114,3 +114,60 @@ def test_baselines_are_copied_only_for_the_same_inputs():
     stored["metrics"]["accelerated"]["psnr"] = 25.5  # another noise draw: refused
     with pytest.raises(ValueError, match="not the same input"):
         copy_baselines([copy.deepcopy(row)], {"slices": [stored]})
+
+
+def test_training_sources_are_read_from_the_named_bundle_only(tmp_path, monkeypatch):
+    """On the GPU machine the sources come from the carried bundle
+    (``CERVICAL_TRAINING_DATA``): what is in it is found, what is not is left out, and the
+    installed paths are not looked at."""
+    from models.training.data import MRICRON_DIR, TRAINING_DATA_ENV, real_training_slices, volume_paths
+
+    shutil.copy2(MRICRON_DIR / "ch2bet.nii.gz", tmp_path / "ch2bet.nii.gz")
+    shutil.copy2(ITK_DATA / "BrainT1Slice.png", tmp_path / "BrainT1Slice.png")
+    monkeypatch.setenv(TRAINING_DATA_ENV, str(tmp_path))
+    with pytest.warns(UserWarning, match="training volume missing"):
+        found = volume_paths()
+    assert found == [tmp_path / "ch2bet.nii.gz"]
+    slices = real_training_slices()
+    assert len(slices) == 1 and not np.iscomplexobj(slices[0])
+
+
+def test_worker_stream_gives_fresh_pairs_with_their_noise_level():
+    """``PairStream(workers=N)`` (the GPU machine's simulation): batches of the right shape,
+    each patch with its whole image's level as a constant channel, every pair taken once,
+    and the workers stop with ``close``."""
+    from models.normalization import noise_level
+    from models.training.data import PairStream
+
+    cfg = _config(pool_size=3, refresh_per_batch=1)
+    stream = PairStream(cfg, seed=11, use_phantom=False, noise_input=True, workers=1)
+    try:
+        for _ in range(3):
+            x, y = stream.next_batch(2)
+        assert x.shape == (2, 2, 128, 128) and y.shape == (2, 1, 128, 128)
+        for patch in x:
+            assert np.ptp(patch[1]) == 0.0 and patch[1, 0, 0] > 0  # one level per patch
+        taken = stream.state()["next_task"]
+        assert taken >= 3 + 3 and sum(stream.source_counts.values()) == taken
+        # a pair's level is the whole simulated image's
+        assert all(p["noise_level"] == pytest.approx(noise_level(p["input"])) for p in stream.pool)
+    finally:
+        stream.close()
+    assert stream._procs is None
+
+
+def test_command_line_overrides_move_every_output_with_the_model_dir(tmp_path):
+    """``--model-dir`` (the device run's $OUT) takes the weights, model_info, validation and
+    loss plot with it, so a candidate never overwrites the shipped model."""
+    import argparse
+
+    from models.training.train import apply_overrides, load_config
+
+    cfg = load_config(WEIGHTS_DIR.parent / "training" / "configs" / "stage4.json")
+    args = argparse.Namespace(steps=None, time_budget_s=420.0, batch_size=32, data_workers=14, threads=None,
+                              checkpoint_dir=None, init_from=None, model_dir=tmp_path / "m")
+    out = apply_overrides(cfg, args)
+    assert (out["time_budget_s"], out["batch_size"], out["data_workers"]) == (420.0, 32, 14)
+    for key in ("model_dir", "info_path", "validation_path", "loss_plot"):
+        assert str(out[key]).startswith(str(tmp_path / "m")), key
+    assert out["steps"] == cfg["steps"] and "weights" not in str(out["info_path"])

@@ -21,7 +21,9 @@ input image, slightly jittered in training to mimic per-series scaling).
 """
 from __future__ import annotations
 
+import os
 import warnings
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -57,6 +59,12 @@ ITK_KMEANS = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansT
 ITK_DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
 #: Single MR slices from ITK's examples (training-allowed, DESIGN.md section 4): a real T1
 #: mid-sagittal head with the texture of one acquisition, and BrainWeb T1 and PD slices.
+#: MNI152 2009a T1, shipped inside nilearn's wheel.
+MNI152_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+#: A folder with copies of every file source above, flat (``python -m
+#: models.training.device_bundle``), for a machine without the apt packages and nilearn (the
+#: GPU machine); unset: the installed paths.
+TRAINING_DATA_ENV = "CERVICAL_TRAINING_DATA"
 ITK_REAL_SLICES = ("BrainMidSagittalSlice.png", "BrainT1Slice.png", "BrainProtonDensitySlice.png")
 #: ITK's complex BrainWeb slice (MetaImage, two float channels: real and imaginary).
 ITK_COMPLEX_SLICE = "itkBrainSliceComplex.mha"
@@ -104,16 +112,29 @@ class DataConfig:
 
 # --------------------------------------------------------------------------- sources
 
-def volume_paths() -> list[Path]:
-    """The real MR volumes allowed for training (those present on this machine)."""
-    paths = [MRICRON_DIR / "ch2.nii.gz", MRICRON_DIR / "ch2bet.nii.gz", ITK_KMEANS]
-    try:
-        import nilearn
+def _bundle_dir() -> Path | None:
+    value = os.environ.get(TRAINING_DATA_ENV, "").strip()
+    return Path(value) if value else None
 
-        paths.append(Path(nilearn.__file__).parent / "datasets" / "data"
-                     / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
-    except ImportError:
-        pass
+
+def _itk_dir() -> Path:
+    return _bundle_dir() or ITK_DATA
+
+
+def volume_paths() -> list[Path]:
+    """The real MR volumes allowed for training (those present on this machine, or in the
+    folder named by ``CERVICAL_TRAINING_DATA``)."""
+    bundle = _bundle_dir()
+    if bundle is not None:
+        paths = [bundle / n for n in ("ch2.nii.gz", "ch2bet.nii.gz", ITK_KMEANS.name, MNI152_FILE)]
+    else:
+        paths = [MRICRON_DIR / "ch2.nii.gz", MRICRON_DIR / "ch2bet.nii.gz", ITK_KMEANS]
+        try:
+            import nilearn
+
+            paths.append(Path(nilearn.__file__).parent / "datasets" / "data" / MNI152_FILE)
+        except ImportError:
+            pass
     found = [p for p in paths if p.exists()]
     for p in paths:
         if not p.exists():
@@ -140,8 +161,8 @@ def real_slices() -> list[np.ndarray]:
 
     out = []
     for name in ITK_REAL_SLICES:
-        if (ITK_DATA / name).exists():
-            im = imread(ITK_DATA / name, as_gray=True).astype(np.float64)
+        if (_itk_dir() / name).exists():
+            im = imread(_itk_dir() / name, as_gray=True).astype(np.float64)
             out.append(im / max(float(im.max()), 1e-9))
     return out
 
@@ -165,8 +186,8 @@ def real_training_slices() -> list[np.ndarray]:
     """Source ``real``: ITK's real slices (float64) and its complex slice (complex128, real phase),
     magnitude scaled to a maximum of 1; those missing are left out."""
     out: list[np.ndarray] = list(real_slices())
-    if (ITK_DATA / ITK_COMPLEX_SLICE).exists():
-        z = read_complex_slice(ITK_DATA / ITK_COMPLEX_SLICE)
+    if (_itk_dir() / ITK_COMPLEX_SLICE).exists():
+        z = read_complex_slice(_itk_dir() / ITK_COMPLEX_SLICE)
         out.append(z / max(float(np.abs(z).max()), 1e-9))
     return out
 
@@ -494,6 +515,33 @@ def _crop(pair: dict, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     return x[r : r + size, c : c + size], y[r : r + size, c : c + size]
 
 
+_WORKER: dict = {}
+
+
+def _init_pair_worker(cfg: dict, use_phantom: bool, seed: int, indices) -> None:  # noqa: ANN001
+    """A simulation worker: its own object sampler (loading the sources takes seconds), its
+    phantom bank drawn from its own index, one numerical thread."""
+    index = int(indices.get())
+    data_cfg = DataConfig.from_dict(cfg)
+    _WORKER.update(cfg=data_cfg, seed=seed, tasks=0,
+                   sampler=ObjectSampler(data_cfg, use_phantom=use_phantom, seed=seed + 1 + index))
+
+
+def _pair_task(task: int) -> dict:
+    """Pair number ``task`` of a worker stream: its own generator from (seed, task)."""
+    cfg: DataConfig = _WORKER["cfg"]
+    _WORKER["tasks"] += 1
+    # the serial stream renders a phantom every phantom_refresh_every batches; per pair alike
+    every = cfg.phantom_refresh_every * max(1, cfg.refresh_per_batch)
+    if cfg.phantom_refresh_every > 0 and _WORKER["tasks"] % every == 0:
+        _WORKER["sampler"].refresh_phantom()
+    rng = np.random.default_rng([_WORKER["seed"], 104729, task])
+    obj, source = _WORKER["sampler"].sample(rng)
+    pair = simulate_pair(obj, rng, cfg)
+    pair["source"] = source
+    return pair
+
+
 class PairStream:
     """Infinite, seeded stream of training batches ``(inputs, targets)`` as float32
     arrays ``(B, 1, P, P)`` (inputs ``(B, 2, P, P)`` with ``noise_input``: each patch and its
@@ -503,9 +551,17 @@ class PairStream:
     for each batch (simulation is the CPU bottleneck); patches are cropped from random
     pool entries with random flips and 90-degree rotations (applied to input and target
     alike, after the simulation).
+
+    ``workers`` > 0 simulates in that many processes (for the GPU machine's 16 cores, where
+    one process cannot keep the GPU busy): pair ``i`` is drawn from its own generator
+    ``(seed, i)``, and each batch takes every pair that is ready (at least
+    ``refresh_per_batch``), so a faster machine sees more fresh pairs. Phantom banks are
+    per worker; which worker renders which pair depends on timing, so worker runs are not
+    bit-reproducible (the serial stream, ``workers=0``, is).
     """
 
-    def __init__(self, cfg: DataConfig, seed: int, use_phantom: bool = True, noise_input: bool = False) -> None:
+    def __init__(self, cfg: DataConfig, seed: int, use_phantom: bool = True, noise_input: bool = False,
+                 workers: int = 0) -> None:
         self.cfg = cfg
         self.noise_input = bool(noise_input)
         self.rng = np.random.default_rng(seed)
@@ -513,20 +569,55 @@ class PairStream:
         self.pool: list[dict] = []
         self.source_counts: dict[str, int] = {}
         self.n_batches = 0
+        self.workers = max(0, int(workers))
+        self._procs = None
+        self._pending: deque = deque()
+        self._next_task = 0
+        if self.workers:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")  # never fork a process that holds CUDA
+            indices = ctx.Queue()
+            for i in range(self.workers):
+                indices.put(i)
+            self._procs = ctx.Pool(self.workers, initializer=_init_pair_worker,
+                                   initargs=(dict(cfg.__dict__), use_phantom, int(seed), indices))
+            self._fill_pending()
+
+    def _fill_pending(self) -> None:
+        while len(self._pending) < 2 * self.workers:
+            self._pending.append(self._procs.apply_async(_pair_task, (self._next_task,)))
+            self._next_task += 1
 
     def _new_pair(self) -> dict:
         obj, source = self.sampler.sample(self.rng)
         self.source_counts[source] = self.source_counts.get(source, 0) + 1
         return simulate_pair(obj, self.rng, self.cfg)
 
+    def _new_pairs(self, n: int) -> list[dict]:
+        if self._procs is None:
+            return [self._new_pair() for _ in range(n)]
+        out: list[dict] = []
+        while len(out) < n or (self._pending and self._pending[0].ready()):
+            pair = self._pending.popleft().get()
+            self._fill_pending()
+            self.source_counts[pair["source"]] = self.source_counts.get(pair["source"], 0) + 1
+            out.append(pair)
+        return out
+
     def next_batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         self.n_batches += 1
-        if self.cfg.phantom_refresh_every > 0 and self.n_batches % self.cfg.phantom_refresh_every == 0:
+        if (self._procs is None and self.cfg.phantom_refresh_every > 0
+                and self.n_batches % self.cfg.phantom_refresh_every == 0):
             self.sampler.refresh_phantom()
-        while len(self.pool) < self.cfg.pool_size:
-            self.pool.append(self._new_pair())
-        for _ in range(self.cfg.refresh_per_batch):
-            self.pool[int(self.rng.integers(len(self.pool)))] = self._new_pair()
+        if len(self.pool) < self.cfg.pool_size:
+            self.pool.extend(self._new_pairs(self.cfg.pool_size - len(self.pool)))
+        if self._procs is None:  # the serial stream's draws, in their order since stage 1
+            for _ in range(self.cfg.refresh_per_batch):
+                self.pool[int(self.rng.integers(len(self.pool)))] = self._new_pair()
+        else:
+            for pair in self._new_pairs(self.cfg.refresh_per_batch):
+                self.pool[int(self.rng.integers(len(self.pool)))] = pair
         xs, ys, levels = [], [], []
         for _ in range(batch_size):
             pair = self.pool[int(self.rng.integers(len(self.pool)))]
@@ -542,12 +633,25 @@ class PairStream:
         while True:
             yield self.next_batch(1)
 
+    def close(self) -> None:
+        """Stop the simulation workers (if any)."""
+        if self._procs is not None:
+            self._procs.terminate()
+            self._procs.join()
+            self._procs = None
+            self._pending.clear()
+
     def state(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
+        # the first pair not yet taken: a resumed worker stream asks for it again
+        return {"rng": self.rng.bit_generator.state, "next_task": self._next_task - len(self._pending)}
 
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.pool = []  # refilled from the restored generator
+        if self._procs is not None:
+            self._pending.clear()
+            self._next_task = int(state.get("next_task", 0))
+            self._fill_pending()
 
 
 def validation_set(seed: int, n: int, cfg: DataConfig, use_phantom: bool = True,

@@ -63,6 +63,7 @@ DEFAULTS: dict = {
     "loss_plot": "models/training/loss_curve.png",
     "validation_path": "models/weights/validation.json",
     "init_from": None,
+    "data_workers": 0,
 }
 
 
@@ -137,6 +138,7 @@ def plot_losses(history: list, path: Path) -> None:
 
     if not history:
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     h = np.array([[r["step"], r["loss"], r["l1"]] for r in history])
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(h[:, 0], h[:, 1], label="loss (L1 + w(1-SSIM))")
@@ -287,6 +289,8 @@ def export(model: CascadedUNet, cfg: dict, step: int, elapsed: float, ev: dict, 
             "percentile": ROBUST_PERCENTILE,
         },
         "training_sources": sources,
+        "training_overrides": cfg.get("training_overrides", {}),
+        "training_device": str(select_training_device()),
         "seed": cfg["seed"],
         "validation_seed": cfg["val_seed"],
         "validation": {k: v for k, v in ev["summary"].items() if k != "by_source"},
@@ -362,10 +366,13 @@ def train(cfg: dict, resume: bool) -> None:
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"] % (2**32))
     device = select_training_device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick its kernels
     data_cfg = DataConfig.from_dict(cfg["data"])
     print(f"device {device}; phantom source {'available' if phantom_available() else 'NOT available'}", flush=True)
     t_setup = time.perf_counter()
-    stream = PairStream(data_cfg, seed=cfg["seed"], noise_input=bool(cfg["model"].get("noise_input")))
+    stream = PairStream(data_cfg, seed=cfg["seed"], noise_input=bool(cfg["model"].get("noise_input")),
+                        workers=int(cfg["data_workers"]))
     print(f"training sources {stream.sampler.sources} p={np.round(stream.sampler.source_p, 2).tolist()} "
           f"(phantom bank {len(stream.sampler.phantom_bank)}) setup {time.perf_counter() - t_setup:.1f}s", flush=True)
 
@@ -457,9 +464,25 @@ def train(cfg: dict, resume: bool) -> None:
     elapsed = time.perf_counter() - t0
     save_checkpoint(ckpt_path, model, opt, step, elapsed, history, stream)
     plot_losses(history, _abs(cfg["loss_plot"]))
+    stream.close()
     print(f"training stopped at step {step} after {elapsed:.0f}s; sources used {stream.source_counts}", flush=True)
 
     finalize(model, cfg, step_base + step, elapsed_base + elapsed, stream.sampler.sources, device)
+
+
+def apply_overrides(cfg: dict, args: argparse.Namespace) -> dict:
+    """Command-line settings over the config's, for a run on another machine (the GPU
+    machine: more simulation workers, a bigger batch, its own budget, output under $OUT)."""
+    cfg = dict(cfg)
+    for key in ("steps", "time_budget_s", "batch_size", "data_workers", "threads", "checkpoint_dir", "init_from"):
+        value = getattr(args, key)
+        if value is not None:
+            cfg[key] = value
+    if args.model_dir is not None:
+        out = Path(args.model_dir)
+        cfg.update(model_dir=str(out), info_path=str(out / "model_info.json"),
+                   validation_path=str(out / "validation.json"), loss_plot=str(out / "loss_curve.png"))
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -468,8 +491,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resume", action="store_true", help="continue from the config's last checkpoint")
     ap.add_argument("--export-only", action="store_true",
                     help="validate and export the config's last checkpoint without training")
+    over = ap.add_argument_group("overrides of the config (each recorded in model_info.json's training_overrides)")
+    over.add_argument("--steps", type=int)
+    over.add_argument("--time-budget-s", type=float)
+    over.add_argument("--batch-size", type=int)
+    over.add_argument("--data-workers", type=int, help="simulation processes (0: in the training process)")
+    over.add_argument("--threads", type=int, help="torch CPU threads")
+    over.add_argument("--model-dir", type=Path, help="export folder (weights, ONNX, model_info, validation, loss plot)")
+    over.add_argument("--checkpoint-dir", type=str)
+    over.add_argument("--init-from", type=str)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
+    overrides = {k: str(v) for k, v in vars(args).items()
+                 if k not in ("config", "resume", "export_only") and v is not None}
+    cfg = apply_overrides(cfg, args)
+    cfg["training_overrides"] = overrides
     if args.export_only:
         torch.set_num_threads(int(cfg["threads"]))
         export_checkpoint(cfg)

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Train a config on the GPU machine in one call (the workplace's `device` tool), export the
+# model under $OUT and time its CUDA inference path.
+#
+#   here, once:  python -m models.training.device_bundle     (writes .device/, git-ignored)
+#   device:      run(command="bash models/training/device_train.sh models/training/configs/stage4.json",
+#                    carry=[".device"], timeout_s=600)
+#   back here:   the files under the reply's files_at: model/ (weights, ONNX, sha256, model_info,
+#                validation, loss plot), train.log, cuda_timing.txt. Copy model/ to
+#                models/candidates/<version>/ and choose it by its rule like any candidate.
+#
+# Arguments: CONFIG [BUDGET_S=420] [BATCH=32]. 420 s of training leaves about 2.5 minutes of
+# the 10-minute call for starting the simulation workers, the validation, the ONNX export and
+# the timing. Simulation runs in nproc - 2 worker processes (the CPU side is the bottleneck);
+# the GPU trains. PYTHON overrides the interpreter (a CPU dry run here: PYTHON=.venv/bin/python
+# OUT=/tmp/out bash models/training/device_train.sh CONFIG 20 8).
+set -euo pipefail
+CONFIG=${1:?usage: device_train.sh CONFIG [BUDGET_S] [BATCH]}
+BUDGET=${2:-420}
+BATCH=${3:-32}
+PYTHON=${PYTHON:-python3}
+: "${OUT:?no OUT folder: run through the device tool, or set OUT}"
+[ -d .device/training_data ] || { echo "no .device/training_data: run python -m models.training.device_bundle here and carry .device"; exit 2; }
+"$PYTHON" -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/device-site .device/wheels/*.whl
+export PYTHONPATH="/tmp/device-site:$PWD" PYTHONUNBUFFERED=1 CERVICAL_TRAINING_DATA="$PWD/.device/training_data"
+WORKERS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
+nvidia-smi -L 2>/dev/null || echo "no nvidia-smi: CPU dry run"
+"$PYTHON" -m models.training.train --config "$CONFIG" --time-budget-s "$BUDGET" --batch-size "$BATCH" \
+    --data-workers "$WORKERS" --threads 2 --model-dir "$OUT/model" --checkpoint-dir /tmp/device-checkpoints \
+    > "$OUT/train.log" 2>&1 || { tail -c 4000 "$OUT/train.log"; exit 1; }
+grep -v "it/s\]$" "$OUT/train.log" | tr '\r' '\n' | grep -E "step |held-out|exported|budget|stopped|PSNR" | tail -n 25
+"$PYTHON" - "$OUT/model" <<'PY' | tee "$OUT/cuda_timing.txt"
+import sys, time
+import numpy as np
+import torch
+from models.inference import enhance_series, enhance_volume, load_model
+
+model = load_model(sys.argv[1])  # checksums verified
+vol = (np.random.default_rng(0).random((32, 512, 512)) * 1000).astype(np.uint16)
+def sync():
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+for name, fn in (("network", lambda v: enhance_volume(model, v, batch_size=8)),
+                 ("product (network + guard)", lambda v: enhance_series(model, v))):
+    fn(vol[:8]); sync()
+    t = time.perf_counter(); fn(vol); sync(); dt = time.perf_counter() - t
+    print(f"{model.device} {torch.cuda.get_device_name() if model.device.type == 'cuda' else 'cpu'} "
+          f"torch {torch.__version__}: {name}: {vol.shape[0] / dt:.1f} slices/s at 512x512 (32 slices)")
+PY
