@@ -121,6 +121,12 @@ def _itk_dir() -> Path:
     return _bundle_dir() or ITK_DATA
 
 
+def itk_kmeans_path() -> Path:
+    """ITK's Kmeans T1 volume, from the bundle when ``CERVICAL_TRAINING_DATA`` names one."""
+    bundle = _bundle_dir()
+    return bundle / ITK_KMEANS.name if bundle is not None else ITK_KMEANS
+
+
 def volume_paths() -> list[Path]:
     """The real MR volumes allowed for training (those present on this machine, or in the
     folder named by ``CERVICAL_TRAINING_DATA``)."""

@@ -115,11 +115,12 @@ def _sampler():
     """Object sampler restricted to ITK Kmeans T1 and natural images (no ch2/MNI152)."""
     global _SAMPLER  # one per worker process: loading the sources takes seconds
     if _SAMPLER is None:
-        from models.training.data import ITK_KMEANS, DataConfig, ObjectSampler, _load_volume
+        from models.training.data import DataConfig, ObjectSampler, _load_volume, itk_kmeans_path
 
         cfg = DataConfig(source_weights={"volume": 0.5, "natural": 0.5})
         sampler = ObjectSampler(cfg, use_phantom=False, seed=SEED)
-        sampler.volumes = [_load_volume(ITK_KMEANS)] if ITK_KMEANS.exists() else []
+        kmeans = itk_kmeans_path()
+        sampler.volumes = [_load_volume(kmeans)] if kmeans.exists() else []
         if not sampler.volumes:
             sampler.sources, sampler.source_p = ["natural"], np.array([1.0])
         _SAMPLER = sampler
@@ -306,8 +307,12 @@ def train(data: Path, minutes: float, out_dir: Path, batch_size: int = 32, lr: f
     network = MotionNet()
     if init is not None:
         network.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    # CUDA when present (the GPU machine); the slices stay in host memory, batches move
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    network.to(device)
+    labels = labels.to(device)
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    pos_weight = torch.tensor(float((1 - labels[tr_idx]).sum() / labels[tr_idx].sum().clamp_min(1)))
+    pos_weight = torch.tensor(float((1 - labels[tr_idx]).sum() / labels[tr_idx].sum().clamp_min(1)), device=device)
     deadline = time.time() + 60 * minutes
     est_steps = None
     step, losses, history = 0, [], []
@@ -324,7 +329,7 @@ def train(data: Path, minutes: float, out_dir: Path, batch_size: int = 32, lr: f
             if i == 0:
                 rng.shuffle(tr_idx)
             idx = tr_idx[i : i + batch_size]
-            xb = x[idx]
+            xb = x[idx].to(device)
             if rng.random() < 0.5:
                 xb = xb.flip(-1)
             if rng.random() < 0.5:
@@ -340,8 +345,10 @@ def train(data: Path, minutes: float, out_dir: Path, batch_size: int = 32, lr: f
                 print(f"step {step} loss {history[-1]['loss']:.4f} {time.time() - start:.0f} s", flush=True)
     network.eval()
     with torch.inference_mode():
-        p = torch.cat([torch.sigmoid(network(x[va_idx[i : i + 64]])) for i in range(0, len(va_idx), 64)]).numpy()
-    y = labels[va_idx].numpy()
+        p = torch.cat([torch.sigmoid(network(x[va_idx[i : i + 64]].to(device))).cpu()
+                       for i in range(0, len(va_idx), 64)]).numpy()
+    network.cpu()
+    y = labels[va_idx].cpu().numpy()
     sev = d["severity"][va_idx]
     source = d["source"][va_idx]
     validation = {"n": int(len(va_idx)), "auc_artifact": _auc(p[y == 0], p[y == 1]),
@@ -356,7 +363,7 @@ def train(data: Path, minutes: float, out_dir: Path, batch_size: int = 32, lr: f
 
     (out_dir / MOTION_SHA256_FILE).write_text(f"{file_sha256(weights)}  {MOTION_WEIGHTS_FILE}\n")
     sources, counts = np.unique(d["source"], return_counts=True)
-    info = {"name": "cervical_motion_detector", "version": version, "file": MOTION_WEIGHTS_FILE,
+    info = {"name": "cervical_motion_detector", "version": version, "file": MOTION_WEIGHTS_FILE, "device": str(device),
             "sha256": file_sha256(weights), "widths": list(network.widths),
             "input_size": INPUT_SIZE, "label": f"RMS artifact > {ARTIFACT_LABEL_ANR} noise SD",
             "training": {"seed": SEED, "steps": step, "minutes": round((time.time() - start) / 60, 1),
@@ -390,12 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--lr", type=float, default=2e-3)
     tr.add_argument("--init", type=Path, default=None, help="start from these weights (motion_detector.pt)")
     tr.add_argument("--version", default=VERSION, help="version written into motion_detector.json")
+    tr.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     if args.command == "simulate":
         simulate(args.phantoms, args.generic, args.workers, args.data_dir, args.low_resolution_share)
     else:
-        train(args.data_dir / "motion_examples.npz", args.minutes, args.out, lr=args.lr, init=args.init,
-              version=args.version)
+        train(args.data_dir / "motion_examples.npz", args.minutes, args.out, batch_size=args.batch_size,
+              lr=args.lr, init=args.init, version=args.version)
     return 0
 
 

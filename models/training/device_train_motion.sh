@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Simulate the motion detector's training slices and train it on the GPU machine in one call
+# (the workplace's `device` tool); the candidate comes back under $OUT/detector.
+#
+#   here, once:  python -m models.training.device_bundle     (writes .device/, git-ignored)
+#   device:      run(command="bash models/training/device_train_motion.sh 5", carry=[".device"], timeout_s=600)
+#   back here:   copy detector/ to a candidate folder, recalibrate with it (qc_series --calibrate)
+#                and choose it by a rule written first, as for candidate 1.3.0 (model card).
+#
+# Arguments: [MINUTES=5] [PHANTOMS=120] [GENERIC=2000] [BATCH=32]. The simulation (19 min on
+# 2 cores here) runs in nproc - 2 processes; the GPU trains. PYTHON overrides the
+# interpreter (CPU dry run: PYTHON=.venv/bin/python OUT=/tmp/out bash ... 0.1 1 6 8).
+set -euo pipefail
+MINUTES=${1:-5}
+PHANTOMS=${2:-120}
+GENERIC=${3:-2000}
+BATCH=${4:-32}
+PYTHON=${PYTHON:-python3}
+: "${OUT:?no OUT folder: run through the device tool, or set OUT}"
+[ -d .device/training_data ] || { echo "no .device/training_data: run python -m models.training.device_bundle here and carry .device"; exit 2; }
+"$PYTHON" -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/device-site .device/wheels/*.whl
+export PYTHONPATH="/tmp/device-site:$PWD" PYTHONUNBUFFERED=1 CERVICAL_TRAINING_DATA="$PWD/.device/training_data"
+WORKERS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
+nvidia-smi -L 2>/dev/null || echo "no nvidia-smi: CPU dry run"
+"$PYTHON" -m models.training.train_motion_detector simulate --phantoms "$PHANTOMS" --generic "$GENERIC" \
+    --workers "$WORKERS" --data-dir /tmp/device-motion-data 2>&1 | tr '\r' '\n' | tail -n 3 | tee "$OUT/simulate.log"
+"$PYTHON" -m models.training.train_motion_detector train --minutes "$MINUTES" --batch-size "$BATCH" \
+    --data-dir /tmp/device-motion-data --out "$OUT/detector" 2>&1 | tee "$OUT/train_motion.log" | tail -n 8
