@@ -307,6 +307,7 @@ def finalize(model: CascadedUNet, cfg: dict, step: int, elapsed: float, sources:
     val = validation_set(cfg["val_seed"], int(cfg["n_val"]), DataConfig.from_dict(cfg["data"]))
     ev = evaluate(model, val, device)
     print_eval("held-out, DEFAULT_ACCELERATED", ev)
+    _abs(cfg["validation_path"]).parent.mkdir(parents=True, exist_ok=True)
     _abs(cfg["validation_path"]).write_text(json.dumps(ev, indent=2) + "\n")
     info = export(model, cfg, step, elapsed, ev, sources)
     print(f"exported {cfg['model_dir']}/{{{', '.join(info['files'])}}} sha256 {info['sha256']}", flush=True)
