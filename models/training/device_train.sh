@@ -18,13 +18,7 @@ set -euo pipefail
 CONFIG=${1:?usage: device_train.sh CONFIG [BUDGET_S] [BATCH]}
 BUDGET=${2:-420}
 BATCH=${3:-32}
-PYTHON=${PYTHON:-python3}
-: "${OUT:?no OUT folder: run through the device tool, or set OUT}"
-[ -d .device/training_data ] || { echo "no .device/training_data: run python -m models.training.device_bundle here and carry .device"; exit 2; }
-"$PYTHON" -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/device-site .device/wheels/*.whl
-export PYTHONPATH="/tmp/device-site:$PWD" PYTHONUNBUFFERED=1 CERVICAL_TRAINING_DATA="$PWD/.device/training_data"
-WORKERS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
-nvidia-smi -L 2>/dev/null || echo "no nvidia-smi: CPU dry run"
+source models/training/device_env.sh
 "$PYTHON" -m models.training.train --config "$CONFIG" --time-budget-s "$BUDGET" --batch-size "$BATCH" \
     --data-workers "$WORKERS" --threads 2 --model-dir "$OUT/model" --checkpoint-dir /tmp/device-checkpoints \
     > "$OUT/train.log" 2>&1 || { tail -c 4000 "$OUT/train.log"; exit 1; }

@@ -15,13 +15,7 @@ MINUTES=${1:-5}
 PHANTOMS=${2:-120}
 GENERIC=${3:-2000}
 BATCH=${4:-32}
-PYTHON=${PYTHON:-python3}
-: "${OUT:?no OUT folder: run through the device tool, or set OUT}"
-[ -d .device/training_data ] || { echo "no .device/training_data: run python -m models.training.device_bundle here and carry .device"; exit 2; }
-"$PYTHON" -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target /tmp/device-site .device/wheels/*.whl
-export PYTHONPATH="/tmp/device-site:$PWD" PYTHONUNBUFFERED=1 CERVICAL_TRAINING_DATA="$PWD/.device/training_data"
-WORKERS=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))
-nvidia-smi -L 2>/dev/null || echo "no nvidia-smi: CPU dry run"
+source models/training/device_env.sh
 "$PYTHON" -m models.training.train_motion_detector simulate --phantoms "$PHANTOMS" --generic "$GENERIC" \
     --workers "$WORKERS" --data-dir /tmp/device-motion-data 2>&1 | tr '\r' '\n' | tail -n 3 | tee "$OUT/simulate.log"
 "$PYTHON" -m models.training.train_motion_detector train --minutes "$MINUTES" --batch-size "$BATCH" \

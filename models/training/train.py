@@ -68,8 +68,11 @@ DEFAULTS: dict = {
 
 
 def load_config(path: Path) -> dict:
+    """A training config over :data:`DEFAULTS`; ``"extends": "<name>"`` starts from that config
+    in the same folder instead (one level of dicts merged, as over the defaults)."""
     cfg = json.loads(Path(path).read_text())
-    out = dict(DEFAULTS)
+    base = cfg.pop("extends", None)
+    out = dict(load_config(Path(path).parent / f"{base}.json")) if base else dict(DEFAULTS)
     for k, v in cfg.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = {**out[k], **v}
