@@ -17,6 +17,7 @@ from models.training.data import (
     ITK_DATA,
     DataConfig,
     ObjectSampler,
+    interpolated_from_coarser,
     read_complex_slice,
     simulate_pair,
     validation_set,
@@ -75,6 +76,28 @@ def test_shading_stays_within_its_range():
     field = sampler._shading((64, 80), np.random.default_rng(5))
     assert field.shape == (64, 80)
     assert field.max() <= 1.0 + 1e-12 and field.min() >= 0.6 - 1e-12 and field.min() < 0.95
+
+
+def test_coarse_objects_lose_pixel_detail_but_keep_signal_and_phase():
+    rng = np.random.default_rng(6)
+    fine = np.clip(rng.random((96, 80)), 0, None)  # detail at the pixel scale
+    coarse = interpolated_from_coarser(fine, np.random.default_rng(7), (2.0, 2.0))
+    assert coarse.shape == fine.shape and coarse.min() >= 0
+    assert abs(float(coarse.mean()) - float(fine.mean())) < 0.05  # the signal level stays
+    # neighbour differences: far smaller once resolved 2x coarser
+    assert np.abs(np.diff(coarse, axis=0)).mean() < 0.4 * np.abs(np.diff(fine, axis=0)).mean()
+    z = interpolated_from_coarser(fine * np.exp(0.4j), np.random.default_rng(7), (2.0, 2.0))
+    tissue = np.abs(z) > 0.1
+    assert np.iscomplexobj(z) and np.allclose(np.angle(z[tissue]), 0.4, atol=1e-6)  # phase kept
+    # off by default: a sampler without it draws exactly the objects it drew before
+    a = ObjectSampler(_config(), use_phantom=False, seed=1).sample(np.random.default_rng(8))[0]
+    b = ObjectSampler(_config(low_resolution_prob=0.0), use_phantom=False, seed=1).sample(np.random.default_rng(8))[0]
+    assert np.array_equal(a, b)
+    c = ObjectSampler(_config(low_resolution_prob=1.0, shading_prob=0.0), use_phantom=False, seed=1)
+    d = ObjectSampler(_config(shading_prob=0.0), use_phantom=False, seed=1)
+    smooth = [np.abs(np.diff(np.abs(s.sample(np.random.default_rng(k))[0]), axis=1)).mean() for s in (c, d)
+              for k in (9,)]
+    assert smooth[0] < smooth[1]
 
 
 def test_validation_set_leaves_the_training_slices_out():
