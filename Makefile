@@ -31,6 +31,7 @@ train: setup
 	$(PY) -m models.training.train --config models/training/configs/default.json
 	$(PY) -m models.training.train --config models/training/configs/stage2.json
 	$(PY) -m models.training.train --config models/training/configs/stage3.json
+	$(PY) -m models.training.train --config models/training/configs/stage5_coarse.json
 
 # A training run on the GPU machine (the workplace's `device` tool, when a task is lent one):
 # copy the training sources and the missing wheels into .device/ (git-ignored), then one
