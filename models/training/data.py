@@ -428,11 +428,15 @@ def interpolated_from_coarser(obj: np.ndarray, rng: np.random.Generator,
 def _coarser(image: np.ndarray, factor: float) -> np.ndarray:
     small = ndimage.zoom(ndimage.uniform_filter(image, size=max(1, int(round(factor)))), 1.0 / factor, order=1,
                          grid_mode=True, mode="grid-constant")
-    big = ndimage.zoom(small, (image.shape[0] / small.shape[0], image.shape[1] / small.shape[1]), order=3,
-                       grid_mode=True, mode="nearest")[: image.shape[0], : image.shape[1]]
-    if big.shape != image.shape:  # zoom rounds the shape: repeat the last row / column
-        big = np.pad(big, ((0, image.shape[0] - big.shape[0]), (0, image.shape[1] - big.shape[1])), mode="edge")
-    return big
+    return cubic_to_shape(small, image.shape)
+
+
+def cubic_to_shape(small: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``small`` (rows, cols) cubic-interpolated to ``shape``, as a scanner interpolates a coarse
+    acquisition to its display matrix (zoom's output is exactly ``shape``: it rounds
+    ``small.shape * zoom``, which is ``shape`` itself)."""
+    return ndimage.zoom(small, (shape[0] / small.shape[0], shape[1] / small.shape[1]), order=3,
+                        grid_mode=True, mode="nearest")
 
 
 def _place(obj: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:

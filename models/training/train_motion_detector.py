@@ -192,15 +192,13 @@ def low_resolution_source(obj: np.ndarray, rng: np.random.Generator) -> np.ndarr
     such air and read it as ghosting (real MR false flags). Applied before the acquisition
     simulation, to the moved and the still object alike, so the label still measures motion.
     """
-    from models.training.data import foreground_reference
+    from models.training.data import cubic_to_shape, foreground_reference
 
     factor = float(rng.uniform(2.0, 4.0))
     small = ndimage.zoom(obj, 1.0 / factor, order=1, grid_mode=True, mode="grid-constant").clip(0, None)
     sigma = foreground_reference(small) / float(np.exp(rng.uniform(np.log(8), np.log(40))))
     noisy = np.abs(small + sigma * (rng.standard_normal(small.shape) + 1j * rng.standard_normal(small.shape)))
-    big = ndimage.zoom(noisy, (obj.shape[0] / small.shape[0], obj.shape[1] / small.shape[1]), order=3,
-                       grid_mode=True, mode="nearest")
-    return np.clip(big[: obj.shape[0], : obj.shape[1]], 0, None)
+    return np.clip(cubic_to_shape(noisy, obj.shape), 0, None)
 
 
 def generic_example(seed: int, low_resolution_share: float = LOW_RESOLUTION_SHARE) -> list[dict]:
