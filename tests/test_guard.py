@@ -141,3 +141,25 @@ def test_air_keeps_a_measurable_noise_at_every_strength():
                           guard_series(image[None], truth[None], "medium", params=uncapped).images)
     blank = guard_series(image[None], truth[None], "high", params=uncapped).images[0]
     assert (rician_noise_sd(blank[air]) or 0.0) < 0.05 * sd  # the premise: without the cap the air is blank
+
+
+def test_rician_floor_follows_noise_that_varies_over_the_slice():
+    # Parallel imaging raises the noise, and so the magnitude floor, where the g-factor is
+    # high. A denoiser returning the truth must not get that floor given back there: with
+    # the noise map the guard takes off the local floor, not the slice's median one.
+    from dataclasses import replace
+
+    from models.guard import GuardParameters
+
+    rows, cols = np.indices((256, 256))
+    truth = np.where((rows - 128) ** 2 + (cols - 128) ** 2 < 110**2, 40.0, 0.0)
+    sd = np.where(cols < 128, 6.0, 12.0)  # the right half twice as noisy (g = 2)
+    rng = np.random.default_rng(21)
+    image = np.abs(truth + rng.normal(0, 1, truth.shape) * sd + 1j * rng.normal(0, 1, truth.shape) * sd)
+    noisy = ((rows - 128) ** 2 + (cols - 128) ** 2 < 90**2) & (cols > 150)
+    bias = {}
+    for name, params in (("one value", replace(GuardParameters(), noise_map_width=0.0)), ("map", GuardParameters())):
+        guarded = guard_series(image[None], truth[None], 1.0, params=params).images[0]
+        bias[name] = float(guarded[noisy].mean() / 40.0 - 1)
+    assert bias["one value"] > 0.02, bias  # the premise: the median noise leaves the high-noise floor
+    assert abs(bias["map"]) < 0.5 * bias["one value"], bias
