@@ -7,9 +7,11 @@ slice's noise (else it removed structure or texture). Per slice:
 1. **Signal level.** The method noise's local mean (Gaussian, ``mean_sigma`` px) is given
    back: the output keeps the input's local signal level, the DL only removes detail.
    In tissue the input's magnitude-noise floor is taken off that level
-   (``sqrt(m**2 - sigma**2)`` for a local mean ``m``, ``rician_floor``; ``sigma`` follows a smooth
-   map of the method noise over the tissue, as parallel imaging's g-factor raises it
-   locally, ``noise_map_width``). Not in the air: where the input's local mean (Gaussian, ``air_sigma`` px) is at the level of magnitude noise alone
+   (``rician_floor``: the true signal whose Rician magnitude has the local mean ``m``,
+   ``rician_signal``; ``sigma`` is the robust SD of the method noise where the signal is
+   clear of the floor, times ``floor_factor`` as a real network leaves part of the noise
+   in its output, and follows a smooth map of the method noise over the tissue, as
+   parallel imaging's g-factor raises it locally, ``noise_map_width``). Not in the air: where the input's local mean (Gaussian, ``air_sigma`` px) is at the level of magnitude noise alone
    (below ``air_low`` x ``sigma``, fully above ``air_high`` x; a Rayleigh background has
    its mean at 1.25 ``sigma``), that mean is the noise floor, which the network rightly
    removes, not signal.
@@ -39,9 +41,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 __all__ = ["STRENGTHS", "DEFAULT_STRENGTH", "GuardParameters", "GuardResult", "guard_slice", "guard_series", "input_noise_sd", "tissue_mask",
+           "rician_signal",
            "strength_value", "strength_label", "StrengthSetting"]
 
 #: Share of the (guarded) DL change applied at each strength level.
@@ -112,7 +115,7 @@ class GuardParameters:
     (Gaussian, ``air_sigma`` px) is below ``air_low`` x the noise SD (a ramp up to
     ``air_high`` x), the noise floor is not given back; with
     ``rician_floor``, in tissue the level given back is the input's local mean less its
-    magnitude-noise floor (``sqrt(m**2 - sd**2)`` instead of ``m``)."""
+    magnitude-noise floor (the true signal of a Rician mean ``m`` instead of ``m``)."""
 
     mean_sigma: float = 2.0
     window_sigma: float = 2.5
@@ -138,6 +141,24 @@ class GuardParameters:
     #: (0 = one value per slice).
     noise_map_width: float = 0.1
     noise_map_max: float = 2.0
+    #: The Rician floor's noise variance: "median" (the structure test's estimate, the median
+    #: local variance of the method noise) or "mad" (the robust SD of the method noise with its
+    #: ``floor_mean_sigma`` px local mean removed, over tissue clear of the floor: each
+    #: pixel's whole noise variance, which sets its floor), times ``floor_factor`` squared.
+    floor_noise: str = "mad"
+    floor_mean_sigma: float = 8.0
+    floor_factor: float = 1.1
+    #: Where the noise map is scaled to 1: "tissue" (the tissue mask, which at low SNR takes
+    #: in air whose magnitude noise has 0.43x the variance) or "signal" (tissue clear of the
+    #: floor, where the noise variance is read).
+    noise_map_reference: str = "signal"
+    #: The Rician floor from the exact mean of a Rician magnitude (its inverse, by table)
+    #: instead of the high-SNR form ``sqrt(m**2 - sd**2)``, which leaves part of the floor
+    #: below about 3 noise SDs.
+    rician_exact: bool = True
+    # (floor estimate, map reference and exact Rician mean chosen on the selection source,
+    # 2026-12-07, by the rule in docs/guard_choice_rule_floor_noise_2.json: worst slice bias
+    # 1.16 -> 0.85 %, body SSIM 0.9516 -> 0.9538, SENSE >= conventional 70.6 -> 73.8 %)
     # (noise map chosen on the selection source, dipy aniso_vox, 2026-12-07, by the rule in
     # docs/guard_choice_rule_rician_map.json: worst slice bias +1.18 -> +1.16 %, body SSIM
     # 0.9514 -> 0.9516, SENSE >= conventional 70.0 -> 70.6 %; widths 0.1 / 0.2 x max 2 / 3 tried)
@@ -182,6 +203,26 @@ def input_noise_sd(image: np.ndarray, tissue: np.ndarray | None = None) -> float
     return max(estimates) if estimates else 0.0
 
 
+#: E[M] / sd of a Rician magnitude against its true signal A / sd (0..40):
+#: sqrt(pi / 2) * L_1/2(-A**2 / 2 sd**2), with the scaled Bessel functions for stability.
+_RICIAN_SNR = np.concatenate([np.linspace(0.0, 6.0, 601), np.linspace(6.05, 40.0, 680)])
+_RICIAN_MEAN = np.sqrt(np.pi / 2) * ((1 + _RICIAN_SNR**2 / 2) * special.i0e(_RICIAN_SNR**2 / 4)
+                                     + _RICIAN_SNR**2 / 2 * special.i1e(_RICIAN_SNR**2 / 4))
+
+
+def rician_signal(mean: np.ndarray, sd: np.ndarray | float) -> np.ndarray:
+    """True signal ``A`` whose Rician magnitude (complex noise SD ``sd`` per component) has
+    the mean ``mean`` (same units, any shape): 0 below the pure-noise mean 1.25 ``sd``,
+    the high-SNR form ``sqrt(mean**2 - sd**2)`` above 40 ``sd``."""
+    sd = np.maximum(np.asarray(sd, dtype=np.float64), 1e-12)
+    ratio = np.asarray(mean, dtype=np.float64) / sd
+    a = np.interp(ratio, _RICIAN_MEAN, _RICIAN_SNR, left=0.0, right=np.nan)
+    high = ratio > _RICIAN_MEAN[-1]
+    if np.any(high):
+        a = np.where(high, np.sqrt(np.maximum(ratio * ratio - 1.0, 0.0)), a)
+    return (a * sd).astype(np.float32)
+
+
 def _local_mean(image: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian local mean (``sigma`` px); for wide kernels computed at half resolution and
     repeated back (the field is smooth at that scale: the guarded image changes by less
@@ -204,16 +245,20 @@ def tissue_mask(image: np.ndarray) -> np.ndarray:
     return m if m.sum() >= 100 else np.ones_like(m)
 
 
-def _noise_map(local_var: np.ndarray, tissue: np.ndarray, noise_var: float, params: GuardParameters) -> np.ndarray:
+def _noise_map(local_var: np.ndarray, tissue: np.ndarray, noise_var: float, params: GuardParameters,
+               signal: np.ndarray | None = None) -> np.ndarray:
     """Relative noise variance over the slice (>= 1): the method noise's local variance
     (each pixel capped at ``high`` x the noise variance, so structure the network removed
     cannot raise it far) averaged over the tissue in a Gaussian ``noise_map_width`` x the
-    longer side wide, divided by its tissue median, clipped to [1, ``noise_map_max``]."""
+    longer side wide, divided by its median over the tissue (or over ``signal``, the
+    pixels the noise variance was read on, when given with at least 400 pixels), clipped to
+    [1, ``noise_map_max``]."""
     width = params.noise_map_width * max(local_var.shape)
     weight = tissue.astype(np.float32)
     capped = np.minimum(local_var, params.high * noise_var) * weight
     smooth = _local_mean(capped, width) / np.maximum(_local_mean(weight, width), 1e-3)
-    reference = float(np.median(smooth[tissue])) if tissue.any() else 0.0
+    where = signal if signal is not None and signal.sum() >= 400 else tissue
+    reference = float(np.median(smooth[where])) if where.any() else 0.0
     if reference <= 0:
         return np.ones_like(local_var)
     return np.clip(smooth / reference, 1.0, params.noise_map_max)
@@ -262,10 +307,22 @@ def guard_slice(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
             # floor: m**2 ~ A**2 + sd**2 (Rician, high-SNR form). Giving back m would
             # restore that bias in dark tissue, which the network rightly removed. The
             # noise variance is the complex data's, read where there is signal.
-            floor_var = min(where_signal(noise_var) or noise_var, var_input)
+            floor_var = where_signal(noise_var) or noise_var
+            signal = (level > params.air_high * sd) & tissue
+            if params.floor_noise == "mad":
+                if signal.sum() >= 400:
+                    d = (r - _local_mean(r, params.floor_mean_sigma))[signal]
+                    floor_var = (1.4826 * float(np.median(np.abs(d - np.median(d))))) ** 2
+            elif params.floor_noise != "median":
+                raise ValueError(f"floor_noise must be 'median' or 'mad', got {params.floor_noise!r}")
+            floor_var = min(floor_var * params.floor_factor**2, var_input)
             if params.noise_map_width > 0:
-                floor_var = floor_var * _noise_map(local_var, tissue, noise_var, params)
-            floor = level - np.sqrt(np.maximum(level * level - floor_var, 0.0))
+                floor_var = floor_var * _noise_map(local_var, tissue, noise_var, params,
+                                                   signal if params.noise_map_reference == "signal" else None)
+            if params.rician_exact:
+                floor = level - rician_signal(level, np.sqrt(floor_var))
+            else:
+                floor = level - np.sqrt(np.maximum(level * level - floor_var, 0.0))
             r_detail = r_detail + (1.0 - air) * floor
     ratio = local_var / noise_var
     keep = np.clip((params.high - ratio) / (params.high - params.low), 0.0, 1.0)
