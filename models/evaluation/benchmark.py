@@ -4,6 +4,7 @@
     python -m models.evaluation.benchmark                      # 256, 320, 512, 1024; table + docs/model_benchmark.json
     python -m models.evaluation.benchmark --paths              # also eager / TorchScript / torch.compile / ONNX Runtime at 512
     python -m models.evaluation.benchmark --sizes 512 --slices 4 --bm3d-slices 1
+    python -m models.evaluation.benchmark --guard-ab OLD_GUARD.py  # the guard alone against an earlier one, one process
 
 Every measurement runs in its own child process (fresh interpreter, same thread count),
 so its peak resident memory (``ru_maxrss``) belongs to that method and matrix alone; the
@@ -72,6 +73,40 @@ def _load_dl(path_kind: str, device):
     if path_kind == "torchscript":  # deprecated in torch 2.13; measured for the record
         return TorchSliceModel(torch.jit.script(eager.network), device)
     raise ValueError(f"unknown path {path_kind!r}")
+
+
+def guard_ab(baseline: Path, sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
+    """The do-no-harm guard alone, ``baseline`` (a file holding an earlier ``models/guard.py``)
+    against the current one, on the same slices and network output, interleaved ``rounds``
+    times in one process; prints median s/slice and the speed-up, returns the rows."""
+    import importlib.util
+
+    import torch
+
+    from models import guard
+    from models.inference import enhance_volume, load_model
+
+    torch.set_num_threads(threads)
+    spec = importlib.util.spec_from_file_location("guard_baseline", baseline)
+    base = importlib.util.module_from_spec(spec)
+    sys.modules["guard_baseline"] = base  # dataclasses look their module up
+    spec.loader.exec_module(base)
+    model = load_model(WEIGHTS_DIR)
+    rows = []
+    print("size  baseline s/slice  current s/slice  speed-up")
+    for size in sizes:
+        vol = test_slices(slices, size)
+        net = enhance_volume(model, vol)
+        times: dict[str, list[float]] = {"baseline": [], "current": []}
+        for _ in range(rounds):
+            for name, module in (("baseline", base), ("current", guard)):
+                t0 = time.perf_counter()
+                module.guard_series(vol, net)
+                times[name].append((time.perf_counter() - t0) / len(vol))
+        b, c = float(np.median(times["baseline"])), float(np.median(times["current"]))
+        rows.append({"size": size, "baseline_s": b, "current_s": c, "speedup": b / c})
+        print(f"{size:4d}  {b:16.4f}  {c:15.4f}  {b / c:7.2f}x")
+    return rows
 
 
 def worker(method: str, size: int, slices: int, path_kind: str, device_name: str) -> dict:
@@ -201,10 +236,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="time only the quality check, against its ghost-measure-only baseline (docs/qc_benchmark.json)")
     ap.add_argument("--guard-only", action="store_true",
                     help="time only the product path (network + guard) against the network alone (docs/guard_benchmark.json)")
+    ap.add_argument("--guard-ab", type=Path, metavar="BASELINE_GUARD_PY",
+                    help="time the guard alone against an earlier models/guard.py (e.g. from git show) in one process")
     ap.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
+        return 0
+    if args.guard_ab:
+        guard_ab(args.guard_ab, args.sizes, args.slices, args.threads)
         return 0
     if args._worker:
         m, size, n, path_kind, dev = args._worker
