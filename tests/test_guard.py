@@ -212,3 +212,28 @@ def test_wide_local_means_match_the_full_resolution_gaussian():
         fast = _local_mean(image, sigma)
         assert fast.shape == image.shape
         assert np.abs(fast - ndimage.gaussian_filter(image, sigma, truncate=3.0)).max() < 1.0, sigma  # field range ~160
+
+
+def test_noise_map_reads_one_where_the_noise_is_uniform_even_with_air_in_the_tissue_mask():
+    # At low SNR the tissue mask takes in air, whose magnitude noise has 0.43x the variance;
+    # scaled over that mask the map read 1.3 inside a uniformly noisy disc and the floor
+    # taken off was 1.3x too large. It is scaled where the noise variance is read.
+    from scipy import ndimage
+
+    from models.guard import GuardParameters, _local_mean, _noise_map, tissue_mask
+
+    sd = 10.0
+    rows, cols, truth, image = _magnitude_disc(30.0, 90, sd, seed=31)
+    x = image.astype(np.float32)
+    r = x - truth.astype(np.float32)  # a denoiser that returns the truth: the noise itself
+    detail = r - _local_mean(r, 2.0)
+    local_var = np.maximum(ndimage.gaussian_filter(detail**2, 2.5, truncate=3.0)
+                           - ndimage.gaussian_filter(detail, 2.5, truncate=3.0) ** 2, 0.0)
+    tissue = tissue_mask(x)
+    signal = tissue & (_local_mean(x, 2.0) > 2.4 * sd)
+    inner = (rows - 128) ** 2 + (cols - 128) ** 2 < 60**2
+    noise_var = float(np.median(local_var[signal]))
+    params = GuardParameters()
+    assert tissue.sum() > 1.5 * inner.sum()  # the premise: air in the tissue mask
+    assert _noise_map(local_var, tissue, noise_var, params)[inner].mean() > 1.2  # scaled over the mask
+    assert _noise_map(local_var, tissue, noise_var, params, signal)[inner].mean() < 1.1
