@@ -172,6 +172,12 @@ class GuardParameters:
     # docs/model_choice_rule_0.3.0.json: 0.3.0 removes less texture than 0.2.0, so less of its
     # change needs withholding; docs/model_selection_real_0.3.0.json)
 
+    def __post_init__(self) -> None:
+        if self.floor_noise not in ("median", "mad"):
+            raise ValueError(f"floor_noise must be 'median' or 'mad', got {self.floor_noise!r}")
+        if self.noise_map_reference not in ("tissue", "signal"):
+            raise ValueError(f"noise_map_reference must be 'tissue' or 'signal', got {self.noise_map_reference!r}")
+
 
 @dataclass
 class GuardResult:
@@ -222,7 +228,7 @@ def rician_signal(mean: np.ndarray, sd: np.ndarray | float) -> np.ndarray:
     a = np.sqrt(np.maximum(ratio * ratio - 1.0, 0.0))
     low = ratio < 10.0
     a[low] = np.interp(ratio[low], _RICIAN_MEAN, _RICIAN_SNR, left=0.0)
-    return (a.reshape(np.shape(np.asarray(mean) / sd)) * sd).astype(np.float32)
+    return (a.reshape(np.broadcast_shapes(np.shape(mean), sd.shape)) * sd).astype(np.float32)
 
 
 @lru_cache(maxsize=16)
@@ -255,15 +261,14 @@ def _local_mean(image: np.ndarray, sigma: float) -> np.ndarray:
         # Very wide kernels (the noise map, 10 % of the slice): 8 x 8 block means, the
         # kernel there (at least 2 px), linear interpolation back (16x fewer taps and pixels).
         f = 8
-        small = ndimage.gaussian_filter(image[: h - h % f, : w - w % f].reshape(h // f, f, w // f, f).mean(axis=(1, 3)),
-                                        sigma / f, truncate=3.0)
+    else:
+        f = 2
+    small = ndimage.gaussian_filter(image[: h - h % f, : w - w % f].reshape(h // f, f, w // f, f).mean(axis=(1, 3)),
+                                    sigma / f, truncate=3.0)
+    if f == 8:
         out = _upsample_linear(small, f)
-        if out.shape != image.shape:
-            out = np.pad(out, ((0, h - out.shape[0]), (0, w - out.shape[1])), mode="edge")
-        return out
-    half = ndimage.gaussian_filter(image[: h - h % 2, : w - w % 2].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)),
-                                   sigma / 2, truncate=3.0)
-    out = np.repeat(np.repeat(half, 2, axis=0), 2, axis=1)  # the field is smooth over 2 px
+    else:
+        out = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)  # the field is smooth over 2 px
     if out.shape != image.shape:
         out = np.pad(out, ((0, h - out.shape[0]), (0, w - out.shape[1])), mode="edge")
     return out
@@ -313,17 +318,19 @@ def guard_slice(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
         return x.astype(np.float32), 1.0, 0.0
     level = _local_mean(x, params.mean_sigma) if params.signal_noise or params.rician_floor else None
 
-    def where_signal(var: float) -> float | None:
-        """Median local variance of the method noise where the input's local mean is clear
-        of the magnitude-noise floor (None if too few pixels)."""
-        signal = (level > params.air_high * float(np.sqrt(var))) & tissue
+    def signal_mask(var: float) -> np.ndarray:
+        """Tissue whose input's local mean is clear of the magnitude-noise floor."""
+        return (level > params.air_high * float(np.sqrt(var))) & tissue
+
+    def where_signal(signal: np.ndarray) -> float | None:
+        """Median local variance of the method noise over ``signal`` (None if too few pixels)."""
         return float(np.median(local_var[signal][::4])) if signal.sum() >= 400 else None
 
     if params.signal_noise:
         # Magnitude noise in the air has 0.43x the variance it has where there is signal;
         # when the air is part of the "tissue" (low SNR) it pulled the estimate down and
         # the guard withheld noise removal. Read it where the signal is clear of the floor.
-        var_signal = where_signal(noise_var)
+        var_signal = where_signal(signal_mask(noise_var))
         if var_signal is not None:
             noise_var = min(var_signal, var_input)
     if params.restore_mean:
@@ -339,14 +346,12 @@ def guard_slice(source: np.ndarray, enhanced: np.ndarray, strength: float = 1.0,
             # Giving back m would restore that bias in dark tissue, which the network
             # rightly removed. The noise variance is the complex data's, read where there
             # is signal.
-            floor_var = where_signal(noise_var) or noise_var
-            signal = (level > params.air_high * sd) & tissue
-            if params.floor_noise == "mad":
-                if signal.sum() >= 400:
-                    d = (r - _local_mean(r, params.floor_mean_sigma))[signal]
-                    floor_var = (1.4826 * float(np.median(np.abs(d - np.median(d))))) ** 2
-            elif params.floor_noise != "median":
-                raise ValueError(f"floor_noise must be 'median' or 'mad', got {params.floor_noise!r}")
+            signal = signal_mask(noise_var)
+            if params.floor_noise == "mad" and signal.sum() >= 400:
+                d = (r - _local_mean(r, params.floor_mean_sigma))[signal]
+                floor_var = (1.4826 * float(np.median(np.abs(d - np.median(d))))) ** 2
+            else:
+                floor_var = where_signal(signal) or noise_var
             floor_var = min(floor_var * params.floor_factor**2, var_input)
             if params.noise_map_width > 0:
                 floor_var = floor_var * _noise_map(local_var, tissue, noise_var, params,

@@ -237,3 +237,12 @@ def test_noise_map_reads_one_where_the_noise_is_uniform_even_with_air_in_the_tis
     assert tissue.sum() > 1.5 * inner.sum()  # the premise: air in the tissue mask
     assert _noise_map(local_var, tissue, noise_var, params)[inner].mean() > 1.2  # scaled over the mask
     assert _noise_map(local_var, tissue, noise_var, params, signal)[inner].mean() < 1.1
+
+
+def test_guard_parameters_reject_unknown_floor_options():
+    from models.guard import GuardParameters
+
+    with pytest.raises(ValueError, match="floor_noise"):
+        GuardParameters(floor_noise="mean")
+    with pytest.raises(ValueError, match="noise_map_reference"):
+        GuardParameters(noise_map_reference="air")
