@@ -22,7 +22,7 @@ from models.training.data import (
     simulate_pair,
     validation_set,
 )
-from models.training.train import gradient_l1, load_earlier_stage
+from models.training.train import gaussian_lowpass, gradient_l1, load_earlier_stage, lowpass_l1
 
 
 def _config(**kw) -> DataConfig:
@@ -111,6 +111,25 @@ def test_gradient_loss_penalises_smoothing():
     assert float(gradient_l1(texture, texture)) == 0.0
     # the smoothed texture costs more through its gradients than through plain L1
     assert float(gradient_l1(smooth, texture)) > 2 * float(torch.nn.functional.l1_loss(smooth, texture))
+
+
+def test_lowpass_loss_sees_the_low_band_noise_that_plain_l1_hardly_weighs():
+    rng = torch.Generator().manual_seed(1)
+    flat = torch.full((1, 1, 96, 96), 0.5)
+    white = 0.05 * torch.randn(1, 1, 96, 96, generator=rng)
+    # a 2 px Gaussian keeps about 1 / (2 sqrt(pi) 2) = 0.14 of white noise's SD
+    kept = float(gaussian_lowpass(white, 2.0).std()) / float(white.std())
+    assert 0.11 < kept < 0.17
+    # a constant stays constant (normalised kernel, reflect padding: no darkened border)
+    assert torch.allclose(gaussian_lowpass(flat, 2.0), flat, atol=1e-6)
+    low_band = gaussian_lowpass(white, 2.0)
+    high_band = white - low_band
+    l1 = torch.nn.functional.l1_loss
+    # plain L1 gives the low band ~15 % of white noise's cost; the term weighs it nearly fully,
+    # and an error in the high band hardly
+    assert float(l1(flat + low_band, flat)) < 0.2 * float(l1(flat + white, flat))
+    assert float(lowpass_l1(flat + low_band, flat)) > 0.6 * float(l1(flat + low_band, flat))
+    assert float(lowpass_l1(flat + high_band, flat)) < 0.1 * float(l1(flat + high_band, flat))
 
 
 def test_training_starts_from_the_shipped_weights_only_when_their_checksum_holds(tmp_path):
