@@ -129,13 +129,19 @@ class SliceModel:
 
 
 class TorchSliceModel(SliceModel):
-    """The PyTorch network; bf16 (else fp16) autocast on CUDA."""
+    """The PyTorch network; bf16 (else fp16) autocast on CUDA. On the CPU the network and
+    its input are in channels-last layout: oneDNN's convolutions run 1.28-1.34x faster that
+    way at 128-512 px on 2 cores (2026-12-07), with outputs equal to 1e-6 of the series scale."""
 
     runtime = "torch"
 
-    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
-        self.network = network.to(device).eval()
+    def __init__(self, network: torch.nn.Module, device: torch.device,
+                 memory_format: torch.memory_format | None = None) -> None:
         self.device = device
+        if memory_format is None:  # CUDA keeps the default layout: not measured there yet
+            memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        self._layout = memory_format
+        self.network = network.to(device).to(memory_format=self._layout).eval()
         self.noise_input = bool(getattr(network, "noise_input", False))
         self._amp_dtype = None
         if device.type == "cuda":
@@ -144,6 +150,7 @@ class TorchSliceModel(SliceModel):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+            t = t.contiguous(memory_format=self._layout)
             if self._amp_dtype is not None:
                 with torch.autocast(device_type="cuda", dtype=self._amp_dtype):
                     y = self.network(t)

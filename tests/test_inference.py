@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from models import WEIGHTS_DIR
-from models.inference import (ModelChecksumError, enhance_volume, load_model, read_checksums, tile_starts)
+from models.inference import (ModelChecksumError, TorchSliceModel, enhance_volume, load_model, read_checksums,
+                              tile_starts)
 from simulation.dicom_study import simulate_series
 from simulation.phantom import PhantomPatient, render_plane, sagittal_geometry
 
@@ -48,6 +49,21 @@ def test_onnx_and_torch_runtimes_give_the_same_image(sagittal_t1):
     b = enhance_volume(load_model(MODELS, torch.device("cpu"), runtime="torch"), sagittal_t1)
     assert a.shape == b.shape == sagittal_t1.shape
     assert np.abs(a - b).max() < 1e-3 * float(b.max())
+
+
+def test_cpu_network_runs_channels_last_with_the_contiguous_layouts_image(sagittal_t1):
+    """The CPU default layout (channels-last, faster with oneDNN) changes no image beyond float
+    rounding, also at an odd matrix."""
+    shipped = load_model(MODELS, torch.device("cpu"), runtime="torch")
+    assert shipped._layout == torch.channels_last
+    assert shipped.network.encoders[0].block1.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    for image in (sagittal_t1, sagittal_t1[:, 5:205, 11:180]):
+        a = enhance_volume(shipped, image)
+        contiguous = TorchSliceModel(load_model(MODELS, torch.device("cpu"), runtime="torch").network,
+                                     torch.device("cpu"), memory_format=torch.contiguous_format)
+        b = enhance_volume(contiguous, image)
+        assert a.shape == b.shape == image.shape
+        assert np.abs(a - b).max() < 1e-4 * float(b.max())
 
 
 def test_odd_matrix_is_padded_like_the_network(sagittal_t1):

@@ -5,6 +5,7 @@
     python -m models.evaluation.benchmark --paths              # also eager / TorchScript / torch.compile / ONNX Runtime at 512
     python -m models.evaluation.benchmark --sizes 512 --slices 4 --bm3d-slices 1
     python -m models.evaluation.benchmark --guard-ab OLD_GUARD.py  # the guard alone against an earlier one, one process
+    python -m models.evaluation.benchmark --layout-ab --sizes 256 512   # network / product, contiguous vs channels-last
 
 Every measurement runs in its own child process (fresh interpreter, same thread count),
 so its peak resident memory (``ru_maxrss``) belongs to that method and matrix alone; the
@@ -106,6 +107,52 @@ def guard_ab(baseline: Path, sizes: list[int], slices: int, threads: int, rounds
         b, c = float(np.median(times["baseline"])), float(np.median(times["current"]))
         rows.append({"size": size, "baseline_s": b, "current_s": c, "speedup": b / c})
         print(f"{size:4d}  {b:16.4f}  {c:15.4f}  {b / c:7.2f}x")
+    return rows
+
+
+def layout_ab(sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
+    """The network alone and the product (network + guard) with the network in the default
+    (contiguous) layout against channels-last, the CPU default since 2026-12-07: the same
+    slices, interleaved ``rounds`` times in one process; prints median s/slice and the
+    speed-up, and the largest output difference (input units), returns the rows."""
+    import torch
+
+    from models.guard import guard_series
+    from models.inference import TorchSliceModel, enhance_volume, load_model
+
+    torch.set_num_threads(threads)
+    shipped = load_model(WEIGHTS_DIR, torch.device("cpu"), runtime="torch")
+    models = {layout: TorchSliceModel(shipped.network, torch.device("cpu"), memory_format=fmt)
+              for layout, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last))}
+    rows = []
+    print("size  network s/slice contiguous / channels-last  speed-up  product s/slice  speed-up  max |diff|")
+    for size in sizes:
+        vol = test_slices(slices, size)
+        times: dict[str, list[float]] = {f"{k}_{m}": [] for k in ("network", "product") for m in models}
+        outputs = {}
+        for _ in range(rounds):
+            for name, model in models.items():
+                # each model moves the shared network to its own layout first (not timed)
+                model.network.to(memory_format=model._layout)
+                enhance_volume(model, vol[:1])
+                t0 = time.perf_counter()
+                net = enhance_volume(model, vol)
+                t1 = time.perf_counter()
+                guard_series(vol, net)
+                t2 = time.perf_counter()
+                times[f"network_{name}"].append((t1 - t0) / len(vol))
+                times[f"product_{name}"].append((t2 - t0) / len(vol))
+                outputs[name] = net
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        diff = float(np.abs(outputs["contiguous"] - outputs["channels_last"]).max())
+        row = {"size": size, **{f"{k}_s": v for k, v in med.items()},
+               "network_speedup": med["network_contiguous"] / med["network_channels_last"],
+               "product_speedup": med["product_contiguous"] / med["product_channels_last"],
+               "max_abs_diff": diff}
+        rows.append(row)
+        print(f"{size:4d}  {med['network_contiguous']:.4f} / {med['network_channels_last']:.4f}"
+              f"{row['network_speedup']:27.2f}x  {med['product_contiguous']:.4f} / {med['product_channels_last']:.4f}"
+              f"  {row['product_speedup']:.2f}x  {diff:.2e}")
     return rows
 
 
@@ -238,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="time only the product path (network + guard) against the network alone (docs/guard_benchmark.json)")
     ap.add_argument("--guard-ab", type=Path, metavar="BASELINE_GUARD_PY",
                     help="time the guard alone against an earlier models/guard.py (e.g. from git show) in one process")
+    ap.add_argument("--layout-ab", action="store_true",
+                    help="time the network and the product with the network contiguous against channels-last, one process")
     ap.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.markdown:
@@ -245,6 +294,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.guard_ab:
         guard_ab(args.guard_ab, args.sizes, args.slices, args.threads)
+        return 0
+    if args.layout_ab:
+        rows = layout_ab(args.sizes, args.slices, args.threads)
+        out = ROOT / "docs" / f"layout_benchmark_{_dt.date.today().isoformat()}.json"
+        out.write_text(json.dumps({"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                   "machine": f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads",
+                                   "slices": args.slices,
+                                   "command": "python -m models.evaluation.benchmark " + " ".join(argv or sys.argv[1:]),
+                                   "rows": rows}, indent=2) + "\n")
+        print(out)
         return 0
     if args._worker:
         m, size, n, path_kind, dev = args._worker
