@@ -25,7 +25,7 @@ demo: viewer
 test: setup viewer
 	ulimit -s $(STACK_KIB); $(PY) -m pytest -q tests
 
-# Three stages (commands, seeds and data in models/weights/MODEL_CARD.md); each starts from the
+# Four stages (commands, seeds and data in models/weights/MODEL_CARD.md); each starts from the
 # previous checkpoint and exports models/weights/cervical_dl_recon.{pt,onnx} + sha256 + model_info.json.
 train: setup
 	$(PY) -m models.training.train --config models/training/configs/default.json
