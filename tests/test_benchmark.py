@@ -27,3 +27,15 @@ def test_layout_ab_times_both_network_layouts_and_finds_the_same_output(capsys):
     # test slices are 12-bit: the layouts agree to far below one stored unit
     assert r["max_abs_diff"] < 0.01
     assert "max |diff|" in capsys.readouterr().out
+
+
+def test_markdown_table_names_every_method_a_record_holds():
+    from models.evaluation.benchmark import markdown
+
+    row = {"size": 512, "path": "torch", "device": "cpu", "s_per_slice": 0.2, "peak_rss_mib": 400.0, "rss_ready_mib": 300.0}
+    record = {"rows": [dict(row, method=m) for m in ("dl", "dl+guard", "bm3d", "nlm", "qc", "qc_ghost")]
+              + [dict(row, method="dl", speedup_vs={"bm3d": 40.0, "nlm": 1.5})]}
+    table = markdown(record).splitlines()
+    assert len(table) == 2 + 7
+    assert "DL product: network + guard (torch, cpu)" in table[3]
+    assert "| 5.00 |" in table[2] and "40.0x vs BM3D, 1.5x vs NLM" in table[-1]

@@ -260,7 +260,9 @@ def markdown(record: dict) -> str:
         if "error" in r:
             lines.append(f"| {r['size']} | {r['method']} {r['path']} | failed: {r['error']} | | | |")
             continue
-        name = {"dl": f"DL ({r['path']}, {r['device']})", "bm3d": "BM3D", "nlm": "non-local means",
+        name = {"dl": f"DL network alone ({r['path']}, {r['device']})",
+                "dl+guard": f"DL product: network + guard ({r['path']}, {r['device']})",
+                "bm3d": "BM3D", "nlm": "non-local means",
                 "qc": "quality check (original + DL)",
                 "qc_ghost": "quality check, ghost measure only"}[r["method"]]
         ratio = ", ".join(f"{v:.1f}x vs {k.upper() if k == 'bm3d' else 'NLM'}" for k, v in r.get("speedup_vs", {}).items())
