@@ -59,6 +59,9 @@ __all__ = [
     "tile_starts",
     "TILE_SIZE",
     "TILE_OVERLAP",
+    "CPU_PRECISION_ENV",
+    "cpu_has_native_bfloat16",
+    "cpu_precision",
 ]
 
 MODEL_DIR = WEIGHTS_DIR
@@ -70,6 +73,11 @@ INFO_FILE = "model_info.json"
 TILE_SIZE = 512
 #: Overlap between neighbouring tiles (pixels), blended with linear ramps.
 TILE_OVERLAP = 64
+#: The network's arithmetic on the CPU: ``auto`` (bfloat16 where the CPU has it natively,
+#: else float32), ``float32`` or ``bfloat16``.
+CPU_PRECISION_ENV = "CERVICAL_DL_CPU_PRECISION"
+#: What ``auto`` picks on a CPU with native bfloat16 arithmetic.
+CPU_PRECISION_AUTO_NATIVE = "bfloat16"
 
 
 class ModelChecksumError(RuntimeError):
@@ -115,12 +123,35 @@ def select_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16); elsewhere
+    oneDNN would emulate it, slower than float32."""
+    try:
+        caps = torch.cpu.get_capabilities()
+    except (AttributeError, RuntimeError):  # an older or unusual build: do not guess
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def cpu_precision(requested: str | None = None) -> torch.dtype:
+    """The network's dtype on the CPU for ``requested`` (else ``CERVICAL_DL_CPU_PRECISION``,
+    else ``auto``). Raises ``ValueError`` for an unknown name."""
+    name = (requested or os.environ.get(CPU_PRECISION_ENV) or "auto").strip().lower()
+    if name not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"unknown value {name!r} (auto, float32 or bfloat16)")
+    if name == "auto":
+        name = CPU_PRECISION_AUTO_NATIVE if cpu_has_native_bfloat16() else "float32"
+    return torch.bfloat16 if name == "bfloat16" else torch.float32
+
+
 class SliceModel:
     """Callable ``(B, 1, H, W)`` float32 normalised slices -> same shape, on ``device``.
     ``runtime`` names the engine ("torch" or "onnxruntime")."""
 
     device: torch.device = torch.device("cpu")
     runtime: str = ""
+    #: the network's arithmetic ("float32", or the autocast dtype: "bfloat16", "float16")
+    precision: str = "float32"
     #: the network takes a second channel with the slice's noise level
     noise_input: bool = False
 
@@ -131,12 +162,16 @@ class SliceModel:
 class TorchSliceModel(SliceModel):
     """The PyTorch network; bf16 (else fp16) autocast on CUDA. On the CPU the network and
     its input are in channels-last layout: oneDNN's convolutions run 1.28-1.34x faster that
-    way at 128-512 px on 2 cores (2026-12-07), with outputs equal to 1e-6 of the series scale."""
+    way at 128-512 px on 2 cores (2026-12-07), with outputs equal to 1e-6 of the series scale.
+    ``cpu_dtype`` (CPU only; default :func:`cpu_precision`): ``torch.bfloat16`` runs the
+    convolutions under autocast as on CUDA; the residual addition, the data-consistency
+    steps and the output stay float32 (:class:`models.network.CascadedUNet`)."""
 
     runtime = "torch"
 
     def __init__(self, network: torch.nn.Module, device: torch.device,
-                 memory_format: torch.memory_format | None = None) -> None:
+                 memory_format: torch.memory_format | None = None,
+                 cpu_dtype: torch.dtype | None = None) -> None:
         self.device = device
         if memory_format is None:  # CUDA keeps the default layout: not measured there yet
             memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
@@ -146,13 +181,19 @@ class TorchSliceModel(SliceModel):
         self._amp_dtype = None
         if device.type == "cuda":
             self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = cpu_precision() if cpu_dtype is None else cpu_dtype
+            if dtype not in (torch.float32, torch.bfloat16):
+                raise ValueError(f"cpu_dtype must be float32 or bfloat16, not {dtype}")
+            self._amp_dtype = None if dtype == torch.float32 else dtype
+        self.precision = str(self._amp_dtype or torch.float32).replace("torch.", "")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
             t = t.contiguous(memory_format=self._layout)
             if self._amp_dtype is not None:
-                with torch.autocast(device_type="cuda", dtype=self._amp_dtype):
+                with torch.autocast(device_type=self.device.type, dtype=self._amp_dtype):
                     y = self.network(t)
             else:
                 y = self.network(t)

@@ -87,16 +87,24 @@ class DLEnhancementOperator(Operator):
     def _load(self) -> None:
         if self._model is not None:
             return
-        from models.inference import load_model, select_device  # torch import kept out of start-up
+        from models.inference import CPU_PRECISION_ENV, cpu_precision, load_model, select_device  # torch kept out of start-up
 
         self.model_description = describe_model(self.model_dir)
         self._device = select_device()
+        try:
+            cpu_precision()
+        except ValueError as exc:
+            raise ConfigurationError(f"{CPU_PRECISION_ENV}: {exc}") from exc
         try:
             self._model = load_model(self.model_dir, device=self._device)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ModelError(f"cannot load model: {exc}") from exc
         self._logger.info("model %s %s loaded on %s (%s)", self.model_description.name, self.model_description.version,
-                          self._device, self._model.runtime)
+                          self._device, self._runtime_label())
+
+    def _runtime_label(self) -> str:
+        """``torch, bfloat16``: the engine and the network's arithmetic, for the log and the run summary."""
+        return f"{self._model.runtime}, {self._model.precision}"
 
     def compute(self, op_input, op_output, context) -> None:
         selections: list[StudySelectedSeries] = op_input.receive(Ports.STUDY_SELECTED_SERIES) or []
@@ -123,6 +131,6 @@ class DLEnhancementOperator(Operator):
                                   "of the network's change (worst slice %.0f %%)", selected.selection_name,
                                   *volume.shape, seconds, strength_label(level), 100 * np.mean(held), 100 * max(held))
                 out.append(EnhancedSeries(selected.selection_name, datasets, volume, pixels, seconds,
-                                          self.model_description, f"{self._device} ({self._model.runtime})",
+                                          self.model_description, f"{self._device} ({self._runtime_label()})",
                                           strength_label(level), held))
         return out

@@ -206,9 +206,11 @@ def test_strength_per_role_reaches_headers_summary_and_qc(tmp_path, accelerated_
     for name in ("501_ax_t2", "301_sag_t1"):
         shutil.copytree(accelerated_study / name, tmp_path / "in" / name)
     out = tmp_path / "out"
-    result = run_app(tmp_path / "in", out, extra_env={"CERVICAL_DL_STRENGTH": "high, SAG_T1=low"})
+    result = run_app(tmp_path / "in", out, extra_env={"CERVICAL_DL_STRENGTH": "high, SAG_T1=low",
+                                                      "CERVICAL_DL_CPU_PRECISION": "float32"})
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["device"] == "cpu (torch, float32)"  # the engine and its arithmetic, as set
     expected = {"AX_T2": "high (1.00)", "SAG_T1": "low (0.60)"}
     assert {e["role"]: e["strength"] for e in summary["derived"]} == expected
     for entry in summary["derived"]:
@@ -222,11 +224,13 @@ def test_strength_per_role_reaches_headers_summary_and_qc(tmp_path, accelerated_
         assert len(per_slice) == entry["n_instances"] and all(0 <= h <= 100 for h in per_slice)
 
 
-@pytest.mark.parametrize("value", ["extreme", "1.5", "medium,SAG_T9=low"])
-def test_unusable_strength_setting_is_a_usage_error(tmp_path, accelerated_study, value):
+@pytest.mark.parametrize("setting,value", [("CERVICAL_DL_STRENGTH", "extreme"), ("CERVICAL_DL_STRENGTH", "1.5"),
+                                           ("CERVICAL_DL_STRENGTH", "medium,SAG_T9=low"),
+                                           ("CERVICAL_DL_CPU_PRECISION", "fp16")])
+def test_unusable_setting_is_a_usage_error(tmp_path, accelerated_study, setting, value):
     shutil.copytree(accelerated_study / "501_ax_t2", tmp_path / "in")
-    result = run_app(tmp_path / "in", tmp_path / "out", extra_env={"CERVICAL_DL_STRENGTH": value})
-    _assert_failed(result, tmp_path / "out", 2, "CERVICAL_DL_STRENGTH")
+    result = run_app(tmp_path / "in", tmp_path / "out", extra_env={setting: value})
+    _assert_failed(result, tmp_path / "out", 2, setting)
 
 
 def test_corrupt_model_is_refused(tmp_path, accelerated_study):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from models.evaluation.benchmark import guard_ab
 
 
@@ -16,16 +18,20 @@ def test_guard_ab_times_a_baseline_guard_file_against_the_current_one(tmp_path: 
     assert "speed-up" in capsys.readouterr().out
 
 
-def test_layout_ab_times_both_network_layouts_and_finds_the_same_output(capsys):
-    from models.evaluation.benchmark import layout_ab
+@pytest.mark.parametrize("option,variants,max_diff", [
+    # test slices are 12-bit: the layouts agree to far below one stored unit, the precisions to
+    # bfloat16 rounding (under 1 % of the range)
+    ("layout_ab", ("contiguous", "channels_last"), 0.01),
+    ("precision_ab", ("float32", "bfloat16"), 41.0)])
+def test_variant_ab_times_both_networks_and_compares_their_output(capsys, option, variants, max_diff):
+    from models.evaluation import benchmark
 
-    rows = layout_ab([64], slices=2, threads=1, rounds=1)
+    rows = getattr(benchmark, option)([64], slices=2, threads=1, rounds=1)
     r = rows[0]
     assert r["size"] == 64
-    assert all(r[f"{k}_{m}_s"] > 0 for k in ("network", "product") for m in ("contiguous", "channels_last"))
-    assert r["product_contiguous_s"] >= r["network_contiguous_s"]
-    # test slices are 12-bit: the layouts agree to far below one stored unit
-    assert r["max_abs_diff"] < 0.01
+    assert all(r[f"{k}_{m}_s"] > 0 for k in ("network", "product") for m in variants)
+    assert r[f"product_{variants[0]}_s"] >= r[f"network_{variants[0]}_s"]
+    assert r["max_abs_diff"] < max_diff
     assert "max |diff|" in capsys.readouterr().out
 
 
@@ -39,3 +45,5 @@ def test_markdown_table_names_every_method_a_record_holds():
     assert len(table) == 2 + 7
     assert "DL product: network + guard (torch, cpu)" in table[3]
     assert "| 5.00 |" in table[2] and "40.0x vs BM3D, 1.5x vs NLM" in table[-1]
+    named = markdown({"rows": [dict(row, method="dl", precision="bfloat16")]}).splitlines()
+    assert "DL network alone (torch, bfloat16, cpu)" in named[2]

@@ -18,6 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = WEIGHTS_DIR
 
 
+def _float32_torch_model() -> TorchSliceModel:
+    """The shipped PyTorch network in float32 (the CPU default is bfloat16 where the CPU has it)."""
+    return TorchSliceModel(load_model(MODELS, torch.device("cpu"), runtime="torch").network, torch.device("cpu"),
+                           cpu_dtype=torch.float32)
+
+
 @pytest.fixture(scope="module")
 def sagittal_t1() -> np.ndarray:
     patient = PhantomPatient.from_seed(5151, protocol="hivd")
@@ -46,7 +52,7 @@ def test_tampered_file_is_refused_by_its_runtime(tmp_path, runtime, name):
 def test_onnx_and_torch_runtimes_give_the_same_image(sagittal_t1):
     """The two shipped files hold the same network: outputs agree to float precision."""
     a = enhance_volume(load_model(MODELS, torch.device("cpu"), runtime="onnxruntime"), sagittal_t1)
-    b = enhance_volume(load_model(MODELS, torch.device("cpu"), runtime="torch"), sagittal_t1)
+    b = enhance_volume(_float32_torch_model(), sagittal_t1)
     assert a.shape == b.shape == sagittal_t1.shape
     assert np.abs(a - b).max() < 1e-3 * float(b.max())
 
@@ -54,13 +60,14 @@ def test_onnx_and_torch_runtimes_give_the_same_image(sagittal_t1):
 def test_cpu_network_runs_channels_last_with_the_contiguous_layouts_image(sagittal_t1):
     """The CPU default layout (channels-last, faster with oneDNN) changes no image beyond float
     rounding, also at an odd matrix."""
-    shipped = load_model(MODELS, torch.device("cpu"), runtime="torch")
+    shipped = _float32_torch_model()
     assert shipped._layout == torch.channels_last
     assert shipped.network.encoders[0].block1.conv.weight.is_contiguous(memory_format=torch.channels_last)
     for image in (sagittal_t1, sagittal_t1[:, 5:205, 11:180]):
         a = enhance_volume(shipped, image)
         contiguous = TorchSliceModel(load_model(MODELS, torch.device("cpu"), runtime="torch").network,
-                                     torch.device("cpu"), memory_format=torch.contiguous_format)
+                                     torch.device("cpu"), memory_format=torch.contiguous_format,
+                                     cpu_dtype=torch.float32)
         b = enhance_volume(contiguous, image)
         assert a.shape == b.shape == image.shape
         assert np.abs(a - b).max() < 1e-4 * float(b.max())
@@ -70,7 +77,7 @@ def test_odd_matrix_is_padded_like_the_network(sagittal_t1):
     """ONNX Runtime pads non-multiples of 16 itself: same result as the PyTorch network."""
     crop = sagittal_t1[:, 5:205, 11:180]  # 200 x 169
     a = enhance_volume(load_model(MODELS, torch.device("cpu"), runtime="onnxruntime"), crop)
-    b = enhance_volume(load_model(MODELS, torch.device("cpu"), runtime="torch"), crop)
+    b = enhance_volume(_float32_torch_model(), crop)
     assert a.shape == crop.shape
     assert np.abs(a - b).max() < 1e-3 * float(b.max())
 
@@ -158,3 +165,52 @@ def test_noise_aware_tiles_get_the_whole_slice_level():
     whole = enhance_volume(model, img, tile=192)
     tiled = enhance_volume(model, img, tile=96, overlap=32)
     assert np.abs(tiled - whole).max() < 1e-3 * float(whole.max())
+
+
+def test_cpu_precision_follows_the_setting_and_the_cpu(monkeypatch):
+    """``auto`` never picks bfloat16 on a CPU that would emulate it; names are checked."""
+    from models import inference
+
+    monkeypatch.delenv(inference.CPU_PRECISION_ENV, raising=False)
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: False)
+    assert inference.cpu_precision() == torch.float32
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: True)
+    assert inference.cpu_precision() == getattr(torch, inference.CPU_PRECISION_AUTO_NATIVE)
+    monkeypatch.setenv(inference.CPU_PRECISION_ENV, " BFloat16 ")
+    assert inference.cpu_precision() == torch.bfloat16
+    assert inference.cpu_precision("float32") == torch.float32
+    with pytest.raises(ValueError, match="unknown value 'fp8'"):
+        inference.cpu_precision("fp8")
+
+
+def test_bfloat16_on_the_cpu_runs_the_convolutions_in_bfloat16_and_keeps_the_image(sagittal_t1):
+    """Autocast covers the convolutions; the residual, data consistency and output stay float32,
+    so the image moves by rounding only (a bfloat16 residual addition would move it by ~0.4 %)."""
+    network = load_model(MODELS, torch.device("cpu"), runtime="torch").network
+    reference = TorchSliceModel(network, torch.device("cpu"), cpu_dtype=torch.float32)
+    fast = TorchSliceModel(network, torch.device("cpu"), cpu_dtype=torch.bfloat16)
+    assert (reference.precision, fast.precision) == ("float32", "bfloat16")
+    seen = []
+    hook = network.encoders[0].block1.conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        b = enhance_volume(fast, sagittal_t1)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    a = enhance_volume(reference, sagittal_t1)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    scale = float(sagittal_t1.max())
+    diff = b - a
+    assert np.abs(diff).mean() < 5e-4 * scale
+    assert np.abs(diff).max() < 1e-2 * scale
+    assert abs(float(diff.mean())) < 1e-4 * float(a[a > 0.2 * a.max()].mean())
+
+
+def test_the_cpu_default_is_bfloat16_exactly_where_the_cpu_computes_it_natively(monkeypatch):
+    from models.inference import CPU_PRECISION_ENV, cpu_has_native_bfloat16
+
+    monkeypatch.delenv(CPU_PRECISION_ENV, raising=False)
+    model = load_model(MODELS, torch.device("cpu"), runtime="torch")
+    assert model.precision == ("bfloat16" if cpu_has_native_bfloat16() else "float32")
+    monkeypatch.setenv(CPU_PRECISION_ENV, "float32")
+    assert load_model(MODELS, torch.device("cpu"), runtime="torch").precision == "float32"

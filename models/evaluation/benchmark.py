@@ -6,6 +6,7 @@
     python -m models.evaluation.benchmark --sizes 512 --slices 4 --bm3d-slices 1
     python -m models.evaluation.benchmark --guard-ab OLD_GUARD.py  # the guard alone against an earlier one, one process
     python -m models.evaluation.benchmark --layout-ab --sizes 256 512   # network / product, contiguous vs channels-last
+    python -m models.evaluation.benchmark --precision-ab --sizes 256 512   # network / product, float32 vs bfloat16 (CPU)
 
 Every measurement runs in its own child process (fresh interpreter, same thread count),
 so its peak resident memory (``ru_maxrss``) belongs to that method and matrix alone; the
@@ -110,29 +111,27 @@ def guard_ab(baseline: Path, sizes: list[int], slices: int, threads: int, rounds
     return rows
 
 
-def layout_ab(sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
-    """The network alone and the product (network + guard) with the network in the default
-    (contiguous) layout against channels-last, the CPU default since 2026-12-07: the same
-    slices, interleaved ``rounds`` times in one process; prints median s/slice and the
-    speed-up, and the largest output difference (input units), returns the rows."""
+def variant_ab(variants: dict, sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
+    """The network alone and the product (network + guard) for two ``TorchSliceModel``
+    variants of the shipped network (``{name: model}``, baseline first): the same slices,
+    interleaved ``rounds`` times in one process; prints median s/slice, the speed-up of the
+    second over the first, and the largest output difference (input units); returns the rows."""
     import torch
 
     from models.guard import guard_series
-    from models.inference import TorchSliceModel, enhance_volume, load_model
+    from models.inference import enhance_volume
 
     torch.set_num_threads(threads)
-    shipped = load_model(WEIGHTS_DIR, torch.device("cpu"), runtime="torch")
-    models = {layout: TorchSliceModel(shipped.network, torch.device("cpu"), memory_format=fmt)
-              for layout, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last))}
+    (base, _), (other, _) = list(variants.items())
     rows = []
-    print("size  network s/slice contiguous / channels-last  speed-up  product s/slice  speed-up  max |diff|")
+    print(f"size  network s/slice {base} / {other}  speed-up  product s/slice  speed-up  max |diff|")
     for size in sizes:
         vol = test_slices(slices, size)
-        times: dict[str, list[float]] = {f"{k}_{m}": [] for k in ("network", "product") for m in models}
+        times: dict[str, list[float]] = {f"{k}_{m}": [] for k in ("network", "product") for m in variants}
         outputs = {}
         for _ in range(rounds):
-            for name, model in models.items():
-                # each model moves the shared network to its own layout first (not timed)
+            for name, model in variants.items():
+                # the variants may share one network: each puts it in its own layout first (not timed)
                 model.network.to(memory_format=model._layout)
                 enhance_volume(model, vol[:1])
                 t0 = time.perf_counter()
@@ -144,16 +143,46 @@ def layout_ab(sizes: list[int], slices: int, threads: int, rounds: int = 5) -> l
                 times[f"product_{name}"].append((t2 - t0) / len(vol))
                 outputs[name] = net
         med = {k: float(np.median(v)) for k, v in times.items()}
-        diff = float(np.abs(outputs["contiguous"] - outputs["channels_last"]).max())
+        diff = float(np.abs(outputs[base] - outputs[other]).max())
         row = {"size": size, **{f"{k}_s": v for k, v in med.items()},
-               "network_speedup": med["network_contiguous"] / med["network_channels_last"],
-               "product_speedup": med["product_contiguous"] / med["product_channels_last"],
+               "network_speedup": med[f"network_{base}"] / med[f"network_{other}"],
+               "product_speedup": med[f"product_{base}"] / med[f"product_{other}"],
                "max_abs_diff": diff}
         rows.append(row)
-        print(f"{size:4d}  {med['network_contiguous']:.4f} / {med['network_channels_last']:.4f}"
-              f"{row['network_speedup']:27.2f}x  {med['product_contiguous']:.4f} / {med['product_channels_last']:.4f}"
+        print(f"{size:4d}  {med[f'network_{base}']:.4f} / {med[f'network_{other}']:.4f}"
+              f"{row['network_speedup']:27.2f}x  {med[f'product_{base}']:.4f} / {med[f'product_{other}']:.4f}"
               f"  {row['product_speedup']:.2f}x  {diff:.2e}")
     return rows
+
+
+def _shipped_variants(**options: dict) -> dict:
+    """``{name: TorchSliceModel}`` of the shipped network on the CPU, one per keyword's options."""
+    import torch
+
+    from models.inference import TorchSliceModel, load_model
+
+    shipped = load_model(WEIGHTS_DIR, torch.device("cpu"), runtime="torch")
+    return {name: TorchSliceModel(shipped.network, torch.device("cpu"), **kw) for name, kw in options.items()}
+
+
+def layout_ab(sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
+    """:func:`variant_ab` of the network in the default (contiguous) layout against
+    channels-last, the CPU default since 2026-12-07 (both float32)."""
+    import torch
+
+    return variant_ab(_shipped_variants(
+        contiguous={"memory_format": torch.contiguous_format, "cpu_dtype": torch.float32},
+        channels_last={"memory_format": torch.channels_last, "cpu_dtype": torch.float32}),
+        sizes, slices, threads, rounds)
+
+
+def precision_ab(sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
+    """:func:`variant_ab` of the network in float32 against bfloat16 autocast (channels-last)."""
+    import torch
+
+    return variant_ab(_shipped_variants(float32={"cpu_dtype": torch.float32},
+                                        bfloat16={"cpu_dtype": torch.bfloat16}),
+                      sizes, slices, threads, rounds)
 
 
 def worker(method: str, size: int, slices: int, path_kind: str, device_name: str) -> dict:
@@ -224,8 +253,11 @@ def worker(method: str, size: int, slices: int, path_kind: str, device_name: str
             times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     path_kind = path_kind if method.startswith("dl") else "-"
-    return {"method": method, "size": size, "path": path_kind, "device": device_name, "slices": slices,
-            "s_per_slice": statistics.median(times), "peak_rss_mib": peak, "rss_ready_mib": rss_ready}
+    row = {"method": method, "size": size, "path": path_kind, "device": device_name, "slices": slices,
+           "s_per_slice": statistics.median(times), "peak_rss_mib": peak, "rss_ready_mib": rss_ready}
+    if method.startswith("dl"):
+        row["precision"] = model.precision
+    return row
 
 
 def run_child(method: str, size: int, slices: int, path_kind: str = "torch", device: str = "cpu",
@@ -260,8 +292,9 @@ def markdown(record: dict) -> str:
         if "error" in r:
             lines.append(f"| {r['size']} | {r['method']} {r['path']} | failed: {r['error']} | | | |")
             continue
-        name = {"dl": f"DL network alone ({r['path']}, {r['device']})",
-                "dl+guard": f"DL product: network + guard ({r['path']}, {r['device']})",
+        engine = ", ".join(str(x) for x in (r["path"], r.get("precision"), r["device"]) if x)
+        name = {"dl": f"DL network alone ({engine})",
+                "dl+guard": f"DL product: network + guard ({engine})",
                 "bm3d": "BM3D", "nlm": "non-local means",
                 "qc": "quality check (original + DL)",
                 "qc_ghost": "quality check, ghost measure only"}[r["method"]]
@@ -289,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="time the guard alone against an earlier models/guard.py (e.g. from git show) in one process")
     ap.add_argument("--layout-ab", action="store_true",
                     help="time the network and the product with the network contiguous against channels-last, one process")
+    ap.add_argument("--precision-ab", action="store_true",
+                    help="time the network and the product in float32 against bfloat16 on the CPU, one process")
     ap.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.markdown:
@@ -297,16 +332,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.guard_ab:
         guard_ab(args.guard_ab, args.sizes, args.slices, args.threads)
         return 0
-    if args.layout_ab:
-        rows = layout_ab(args.sizes, args.slices, args.threads)
-        out = ROOT / "docs" / f"layout_benchmark_{_dt.date.today().isoformat()}.json"
-        out.write_text(json.dumps({"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                                   "machine": f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads",
-                                   "slices": args.slices,
-                                   "command": "python -m models.evaluation.benchmark " + " ".join(argv or sys.argv[1:]),
-                                   "rows": rows}, indent=2) + "\n")
-        print(out)
-        return 0
+    for option, run_ab in (("layout_ab", layout_ab), ("precision_ab", precision_ab)):
+        if getattr(args, option):
+            rows = run_ab(args.sizes, args.slices, args.threads)
+            out = ROOT / "docs" / f"{option.split('_')[0]}_benchmark_{_dt.date.today().isoformat()}.json"
+            out.write_text(json.dumps({"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                       "machine": f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads",
+                                       "slices": args.slices,
+                                       "command": "python -m models.evaluation.benchmark " + " ".join(argv or sys.argv[1:]),
+                                       "rows": rows}, indent=2) + "\n")
+            print(out)
+            return 0
     if args._worker:
         m, size, n, path_kind, dev = args._worker
         print(json.dumps(worker(m, int(size), int(n), path_kind, dev)))
