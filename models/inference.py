@@ -9,7 +9,8 @@ weights-only ``state_dict`` for :class:`models.network.CascadedUNet`, loaded wit
 ``torch.load(weights_only=True)``: no code is unpickled) and ``cervical_dl_recon.onnx``
 (the same network exported to ONNX; protobuf, no code). Both are verified against
 ``cervical_dl_recon.sha256`` before loading. PyTorch runs the network by default, on CUDA
-with bf16/fp16 autocast when present, else on the CPU: on idle cores it is as fast as
+with bf16/fp16 autocast when present, else on the CPU (in bfloat16 where the CPU computes it
+natively, :func:`cpu_precision`; ``CERVICAL_DL_CPU_PRECISION``): on idle cores it is as fast as
 ONNX Runtime at 512x512 and 5x faster at 320x320, where ONNX Runtime's DFT is not a
 fast FFT (``python -m models.evaluation.benchmark --paths``; README). The ONNX file is shipped for
 portability; ``CERVICAL_DL_RUNTIME=onnxruntime`` runs it on the CPU.

@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     t0 = args.t0 = time.perf_counter()
     model = load_model(args.weights)
-    device = f"{model.device} ({model.runtime})"
+    device = f"{model.device} ({model.runtime}, {model.precision})"
     info = json.loads((args.weights / "model_info.json").read_text())
     if args.real:
         return run_real(args, model, {
