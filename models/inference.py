@@ -19,8 +19,8 @@ Intensities stay in the source's stored-value units: one robust scale per *serie
 (:func:`models.normalization.robust_scale` of the whole input series, the rule used in
 training), never per slice; the output is multiplied back and only negative values are
 clipped (to 0). The caller casts / clips to the source dtype and recomputes windowing.
-Slices larger than ``tile`` (512) along either axis are processed in overlapping tiles
-blended with linear ramps, so memory stays flat for 1024x1024 matrices.
+Slices larger than ``tile`` (1024) along either axis are processed in overlapping tiles
+blended with linear ramps, so memory stays flat for larger matrices.
 """
 from __future__ import annotations
 
@@ -70,8 +70,10 @@ WEIGHTS_FILE = "cervical_dl_recon.pt"
 ONNX_FILE = "cervical_dl_recon.onnx"
 SHA256_FILE = "cervical_dl_recon.sha256"
 INFO_FILE = "model_info.json"
-#: Largest slice side run in one piece; larger slices are tiled (flat memory).
-TILE_SIZE = 512
+#: Largest slice side run in one piece; larger slices are tiled (flat memory). 1024 since
+#: 2026-12-07 (512 before): a whole 1024 slice peaks near 500 MiB, and 512 tiles cost 2.1-2.2x
+#: the network's time at 640-1024 px (docs/inference_choice_rule_tiles.json).
+TILE_SIZE = 1024
 #: Overlap between neighbouring tiles (pixels), blended with linear ramps.
 TILE_OVERLAP = 64
 #: The network's arithmetic on the CPU: ``auto`` (bfloat16 where the CPU has it natively,

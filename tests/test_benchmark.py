@@ -18,17 +18,19 @@ def test_guard_ab_times_a_baseline_guard_file_against_the_current_one(tmp_path: 
     assert "speed-up" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("option,variants,max_diff", [
+@pytest.mark.parametrize("option,variants,size,max_diff", [
     # test slices are 12-bit: the layouts agree to far below one stored unit, the precisions to
-    # bfloat16 rounding (under 1 % of the range)
-    ("layout_ab", ("contiguous", "channels_last"), 0.01),
-    ("precision_ab", ("float32", "bfloat16"), 41.0)])
-def test_variant_ab_times_both_networks_and_compares_their_output(capsys, option, variants, max_diff):
+    # bfloat16 rounding (under 1 % of the range), 512 tiles and a whole 600 px slice to the
+    # tiles' seams (under 2 %)
+    ("layout_ab", ("contiguous", "channels_last"), 64, 0.01),
+    ("precision_ab", ("float32", "bfloat16"), 64, 41.0),
+    ("tiles_ab", ("tile512", "tile1024"), 600, 82.0)])
+def test_variant_ab_times_both_networks_and_compares_their_output(capsys, option, variants, size, max_diff):
     from models.evaluation import benchmark
 
-    rows = getattr(benchmark, option)([64], slices=2, threads=1, rounds=1)
+    rows = getattr(benchmark, option)([size], slices=1 if size > 512 else 2, threads=1, rounds=1)
     r = rows[0]
-    assert r["size"] == 64
+    assert r["size"] == size
     assert all(r[f"{k}_{m}_s"] > 0 for k in ("network", "product") for m in variants)
     assert r[f"product_{variants[0]}_s"] >= r[f"network_{variants[0]}_s"]
     assert r["max_abs_diff"] < max_diff

@@ -7,6 +7,7 @@
     python -m models.evaluation.benchmark --guard-ab OLD_GUARD.py  # the guard alone against an earlier one, one process
     python -m models.evaluation.benchmark --layout-ab --sizes 256 512   # network / product, contiguous vs channels-last
     python -m models.evaluation.benchmark --precision-ab --sizes 256 512   # network / product, float32 vs bfloat16 (CPU)
+    python -m models.evaluation.benchmark --tiles-ab --sizes 640 1024      # network / product, 512 px tiles vs whole slices
 
 Every measurement runs in its own child process (fresh interpreter, same thread count),
 so its peak resident memory (``ru_maxrss``) belongs to that method and matrix alone; the
@@ -112,8 +113,9 @@ def guard_ab(baseline: Path, sizes: list[int], slices: int, threads: int, rounds
 
 
 def variant_ab(variants: dict, sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
-    """The network alone and the product (network + guard) for two ``TorchSliceModel``
-    variants of the shipped network (``{name: model}``, baseline first): the same slices,
+    """The network alone and the product (network + guard) for two variants of the shipped
+    network (``{name: TorchSliceModel}`` or ``{name: (TorchSliceModel, enhance_volume keyword
+    arguments)}``, baseline first): the same slices,
     interleaved ``rounds`` times in one process; prints median s/slice, the speed-up of the
     second over the first, and the largest output difference (input units); returns the rows."""
     import torch
@@ -122,6 +124,7 @@ def variant_ab(variants: dict, sizes: list[int], slices: int, threads: int, roun
     from models.inference import enhance_volume
 
     torch.set_num_threads(threads)
+    variants = {k: v if isinstance(v, tuple) else (v, {}) for k, v in variants.items()}
     (base, _), (other, _) = list(variants.items())
     rows = []
     print(f"size  network s/slice {base} / {other}  speed-up  product s/slice  speed-up  max |diff|")
@@ -130,12 +133,12 @@ def variant_ab(variants: dict, sizes: list[int], slices: int, threads: int, roun
         times: dict[str, list[float]] = {f"{k}_{m}": [] for k in ("network", "product") for m in variants}
         outputs = {}
         for _ in range(rounds):
-            for name, model in variants.items():
+            for name, (model, options) in variants.items():
                 # the variants may share one network: each puts it in its own layout first (not timed)
                 model.network.to(memory_format=model._layout)
-                enhance_volume(model, vol[:1])
+                enhance_volume(model, vol[:1], **options)
                 t0 = time.perf_counter()
-                net = enhance_volume(model, vol)
+                net = enhance_volume(model, vol, **options)
                 t1 = time.perf_counter()
                 guard_series(vol, net)
                 t2 = time.perf_counter()
@@ -153,6 +156,18 @@ def variant_ab(variants: dict, sizes: list[int], slices: int, threads: int, roun
               f"{row['network_speedup']:27.2f}x  {med[f'product_{base}']:.4f} / {med[f'product_{other}']:.4f}"
               f"  {row['product_speedup']:.2f}x  {diff:.2e}")
     return rows
+
+
+def tiles_ab(sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
+    """:func:`variant_ab` of the shipped model (default precision and layout) in 512 px tiles
+    against whole slices up to 1024 px (the default since 2026-12-07)."""
+    import torch
+
+    from models.inference import load_model
+
+    shipped = load_model(WEIGHTS_DIR, torch.device("cpu"), runtime="torch")
+    return variant_ab({"tile512": (shipped, {"tile": 512}), "tile1024": (shipped, {"tile": 1024})},
+                      sizes, slices, threads, rounds)
 
 
 def _shipped_variants(**options: dict) -> dict:
@@ -324,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="time the network and the product with the network contiguous against channels-last, one process")
     ap.add_argument("--precision-ab", action="store_true",
                     help="time the network and the product in float32 against bfloat16 on the CPU, one process")
+    ap.add_argument("--tiles-ab", action="store_true",
+                    help="time the network and the product in 512 px tiles against whole slices up to 1024, one process")
     ap.add_argument("--_worker", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.markdown:
@@ -332,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.guard_ab:
         guard_ab(args.guard_ab, args.sizes, args.slices, args.threads)
         return 0
-    for option, run_ab in (("layout_ab", layout_ab), ("precision_ab", precision_ab)):
+    for option, run_ab in (("layout_ab", layout_ab), ("precision_ab", precision_ab), ("tiles_ab", tiles_ab)):
         if getattr(args, option):
             rows = run_ab(args.sizes, args.slices, args.threads)
             out = ROOT / "docs" / f"{option.split('_')[0]}_benchmark_{_dt.date.today().isoformat()}.json"
