@@ -49,3 +49,24 @@ def test_markdown_table_names_every_method_a_record_holds():
     assert "| 5.00 |" in table[2] and "40.0x vs BM3D, 1.5x vs NLM" in table[-1]
     named = markdown({"rows": [dict(row, method="dl", precision="bfloat16")]}).splitlines()
     assert "DL network alone (torch, bfloat16, cpu)" in named[2]
+
+
+def test_the_commands_issue_12_names_run_the_benchmark_and_the_evaluation():
+    """``python -m models.benchmark`` and ``python -m models.evaluate`` forward to the real modules."""
+    import json
+    import subprocess
+    import sys
+
+    from models.evaluation.benchmark import markdown
+
+    root = Path(__file__).resolve().parents[1]
+    record = root / "docs" / "model_benchmark.json"
+    out = subprocess.run([sys.executable, "-m", "models.benchmark", "--markdown", str(record)], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-800:]
+    assert out.stdout.strip() == markdown(json.loads(record.read_text())).strip()
+    real = subprocess.run([sys.executable, "-m", "models.evaluate", "--markdown",
+                           str(root / "docs" / "model_evaluation_real.json")], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert real.returncode == 0, real.stderr[-800:]
+    assert "| R=2 SENSE | 144 |" in real.stdout
