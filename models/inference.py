@@ -63,6 +63,9 @@ __all__ = [
     "CPU_PRECISION_ENV",
     "cpu_has_native_bfloat16",
     "cpu_precision",
+    "THREADS_ENV",
+    "available_cpus",
+    "configure_cpu_threads",
 ]
 
 MODEL_DIR = WEIGHTS_DIR
@@ -124,6 +127,53 @@ def _verified(path: Path, checksums: dict[str, str]) -> Path:
 def select_device() -> torch.device:
     """CUDA when available, else CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+#: Threads for PyTorch on the CPU (a positive integer); unset: :func:`available_cpus`.
+THREADS_ENV = "CERVICAL_DL_THREADS"
+
+
+def _cgroup_cpu_limit(cgroup_root: Path) -> float | None:
+    """The container's CPU limit in CPUs (cgroup v2 ``cpu.max``, else v1 CFS quota), or None."""
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity, capped by a container's CPU limit (rounded up).
+    PyTorch counts the host's cores, so in a container limited to 2 of 64 CPUs (a Kubernetes
+    ``limits.cpu``, ``docker run --cpus``) it would start 64 threads that the quota throttles."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = _cgroup_cpu_limit(Path(cgroup_root))
+    return max(1, min(n, int(np.ceil(limit)))) if limit else max(1, n)
+
+
+def configure_cpu_threads(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Set PyTorch's CPU threads once for the process and return them: ``CERVICAL_DL_THREADS``
+    when set, else PyTorch's own count (which follows ``OMP_NUM_THREADS``) capped at
+    :func:`available_cpus`. Raises ``ValueError`` for an unusable ``CERVICAL_DL_THREADS``."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if text:
+        try:
+            threads = int(text)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, not {text!r}")
+    else:
+        threads = min(torch.get_num_threads(), available_cpus(cgroup_root))
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
 
 
 def cpu_has_native_bfloat16() -> bool:

@@ -77,6 +77,7 @@ class DLEnhancementOperator(Operator):
             raise ValueError("batch_size must be >= 1")
         self._model = None
         self._device = None
+        self._threads = 0
         self.model_description: ModelDescription | None = None
         super().__init__(fragment, *args, **kwargs)
 
@@ -87,7 +88,8 @@ class DLEnhancementOperator(Operator):
     def _load(self) -> None:
         if self._model is not None:
             return
-        from models.inference import CPU_PRECISION_ENV, cpu_precision, load_model, select_device  # torch kept out of start-up
+        from models.inference import (CPU_PRECISION_ENV, configure_cpu_threads, cpu_precision, load_model,
+                                      select_device)  # torch kept out of start-up
 
         self.model_description = describe_model(self.model_dir)
         self._device = select_device()
@@ -95,12 +97,16 @@ class DLEnhancementOperator(Operator):
             cpu_precision()
         except ValueError as exc:
             raise ConfigurationError(f"{CPU_PRECISION_ENV}: {exc}") from exc
+        try:  # before any torch work: a container's CPU limit, not the host's cores
+            self._threads = configure_cpu_threads()
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
         try:
             self._model = load_model(self.model_dir, device=self._device)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ModelError(f"cannot load model: {exc}") from exc
-        self._logger.info("model %s %s loaded on %s (%s)", self.model_description.name, self.model_description.version,
-                          self._device, self._runtime_label())
+        self._logger.info("model %s %s loaded on %s (%s), %d CPU threads", self.model_description.name,
+                          self.model_description.version, self._device, self._runtime_label(), self._threads)
 
     def _runtime_label(self) -> str:
         """``torch, bfloat16``: the engine and the network's arithmetic, for the log and the run summary."""

@@ -226,7 +226,7 @@ def test_strength_per_role_reaches_headers_summary_and_qc(tmp_path, accelerated_
 
 @pytest.mark.parametrize("setting,value", [("CERVICAL_DL_STRENGTH", "extreme"), ("CERVICAL_DL_STRENGTH", "1.5"),
                                            ("CERVICAL_DL_STRENGTH", "medium,SAG_T9=low"),
-                                           ("CERVICAL_DL_CPU_PRECISION", "fp16")])
+                                           ("CERVICAL_DL_CPU_PRECISION", "fp16"), ("CERVICAL_DL_THREADS", "0")])
 def test_unusable_setting_is_a_usage_error(tmp_path, accelerated_study, setting, value):
     shutil.copytree(accelerated_study / "501_ax_t2", tmp_path / "in")
     result = run_app(tmp_path / "in", tmp_path / "out", extra_env={setting: value})

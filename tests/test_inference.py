@@ -217,3 +217,44 @@ def test_the_cpu_default_is_bfloat16_exactly_where_the_cpu_computes_it_natively(
     assert model.precision == ("bfloat16" if cpu_has_native_bfloat16() else "float32")
     monkeypatch.setenv(CPU_PRECISION_ENV, "float32")
     assert load_model(MODELS, torch.device("cpu"), runtime="torch").precision == "float32"
+
+
+@pytest.fixture
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("files,cap", [
+    ({"cpu.max": "50000 100000\n"}, 1),                      # cgroup v2: half a CPU -> 1 thread
+    ({"cpu.max": "max 100000\n"}, None),                     # v2 without a limit
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1: 1 CPU
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),   # v1 without
+    ({}, None),                                              # no cgroup files: the affinity alone
+])
+def test_available_cpus_follow_a_containers_cpu_limit(tmp_path, files, cap):
+    import os
+
+    from models.inference import available_cpus
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == (min(affinity, cap) if cap else affinity)
+
+
+def test_cpu_threads_come_from_the_setting_or_the_limit(tmp_path, monkeypatch, restore_torch_threads):
+    from models.inference import THREADS_ENV, configure_cpu_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    (tmp_path / "cpu.max").write_text("100000 100000\n")  # a container limited to one CPU
+    torch.set_num_threads(2)
+    assert configure_cpu_threads(tmp_path) == 1 == torch.get_num_threads()
+    monkeypatch.setenv(THREADS_ENV, "3")  # an explicit setting wins (the operator's choice)
+    assert configure_cpu_threads(tmp_path) == 3 == torch.get_num_threads()
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=THREADS_ENV):
+            configure_cpu_threads(tmp_path)
