@@ -133,31 +133,62 @@ def select_device() -> torch.device:
 THREADS_ENV = "CERVICAL_DL_THREADS"
 
 
-def _cgroup_cpu_limit(cgroup_root: Path) -> float | None:
-    """The container's CPU limit in CPUs (cgroup v2 ``cpu.max``, else v1 CFS quota), or None."""
+def _cpu_limit_in(directory: Path) -> float | None:
+    """A cgroup directory's own CPU limit in CPUs: v2 ``cpu.max``, else v1 CFS quota; None if none."""
     try:
-        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        quota, period = (directory / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:
-        quota = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
         return quota / period if quota > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
 
 
-def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may use: its affinity, capped by a container's CPU limit (rounded up).
-    PyTorch counts the host's cores, so in a container limited to 2 of 64 CPUs (a Kubernetes
-    ``limits.cpu``, ``docker run --cpus``) it would start 64 threads that the quota throttles."""
+def _cgroup_cpu_limit(cgroup_root: Path, proc_cgroup: Path) -> float | None:
+    """The tightest CPU limit on this process's cgroup and its ancestors, in CPUs, or None.
+    ``proc_cgroup`` (``/proc/self/cgroup``) names the cgroup: ``0::/path`` (v2) or
+    ``N:cpu,cpuacct:/path`` (v1); in a container with its own cgroup namespace the path is ``/``."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    chains: list[list[Path]] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        controllers, relative = parts[1], parts[2].strip().lstrip("/")
+        if controllers == "":
+            base = cgroup_root
+        elif "cpu" in controllers.split(","):
+            base = next((cgroup_root / n for n in (controllers, "cpu", "cpu,cpuacct") if (cgroup_root / n).is_dir()),
+                        cgroup_root / "cpu")
+        else:
+            continue
+        own = base / relative if relative else base
+        chains.append([own, *[a for a in own.parents if a == base or base in a.parents]])
+    if not chains:  # no /proc/self/cgroup: the root of either hierarchy
+        chains = [[cgroup_root], [cgroup_root / "cpu"]]
+    limits = [lim for chain in chains for d in chain if (lim := _cpu_limit_in(d)) is not None]
+    return min(limits) if limits else None
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """CPUs this process may use: its affinity, capped by its cgroup's CPU limit (rounded up; a
+    container's ``limits.cpu`` or ``docker run --cpus``, a systemd ``CPUQuota``). PyTorch
+    counts the host's cores, so in a container limited to 2 of 64 CPUs it would start 64
+    threads that the quota throttles."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    limit = _cgroup_cpu_limit(Path(cgroup_root))
+    limit = _cgroup_cpu_limit(Path(cgroup_root), Path(proc_cgroup))
     return max(1, min(n, int(np.ceil(limit)))) if limit else max(1, n)
 
 
-def configure_cpu_threads(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+def configure_cpu_threads(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                          proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
     """Set PyTorch's CPU threads once for the process and return them: ``CERVICAL_DL_THREADS``
     when set, else PyTorch's own count (which follows ``OMP_NUM_THREADS``) capped at
     :func:`available_cpus`. Raises ``ValueError`` for an unusable ``CERVICAL_DL_THREADS``."""
@@ -170,7 +201,7 @@ def configure_cpu_threads(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
         if threads < 1:
             raise ValueError(f"{THREADS_ENV} must be a positive integer, not {text!r}")
     else:
-        threads = min(torch.get_num_threads(), available_cpus(cgroup_root))
+        threads = min(torch.get_num_threads(), available_cpus(cgroup_root, proc_cgroup))
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return threads

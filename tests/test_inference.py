@@ -242,7 +242,35 @@ def test_available_cpus_follow_a_containers_cpu_limit(tmp_path, files, cap):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     affinity = len(os.sched_getaffinity(0))
-    assert available_cpus(tmp_path) == (min(affinity, cap) if cap else affinity)
+    # no /proc/self/cgroup to read: the hierarchies' roots, as inside a container
+    assert available_cpus(tmp_path, tmp_path / "no-proc-cgroup") == (min(affinity, cap) if cap else affinity)
+
+
+@pytest.mark.parametrize("proc_line,files", [
+    # v1 (a Kubernetes pod): the pod's own quota, under a looser parent
+    ("4:cpu,cpuacct:/kubepods/pod1/c1", {"cpu,cpuacct/kubepods/cpu.cfs_quota_us": "400000",
+                                         "cpu,cpuacct/kubepods/cpu.cfs_period_us": "100000",
+                                         "cpu,cpuacct/kubepods/pod1/c1/cpu.cfs_quota_us": "100000",
+                                         "cpu,cpuacct/kubepods/pod1/c1/cpu.cfs_period_us": "100000"}),
+    # v2 (a systemd service with CPUQuota=50 %, under a slice without a limit)
+    ("0::/system.slice/cervical.service", {"system.slice/cpu.max": "max 100000",
+                                           "system.slice/cervical.service/cpu.max": "50000 100000"}),
+    # v2: the parent slice is the tighter one
+    ("0::/limited.slice/cervical.service", {"limited.slice/cpu.max": "100000 100000",
+                                            "limited.slice/cervical.service/cpu.max": "400000 100000"}),
+])
+def test_available_cpus_read_the_processs_own_cgroup_and_its_parents(tmp_path, proc_line, files):
+    from models.inference import available_cpus
+
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text + "\n")
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(f"12:memory:/elsewhere\n{proc_line}\n")
+    assert available_cpus(root, proc) == 1
+    proc.write_text("12:memory:/elsewhere\n")  # no cpu controller listed: no limit found
+    assert available_cpus(root, proc) >= 1 and available_cpus(root, proc) == available_cpus(tmp_path / "x", proc)
 
 
 def test_cpu_threads_come_from_the_setting_or_the_limit(tmp_path, monkeypatch, restore_torch_threads):
@@ -251,10 +279,11 @@ def test_cpu_threads_come_from_the_setting_or_the_limit(tmp_path, monkeypatch, r
     monkeypatch.delenv(THREADS_ENV, raising=False)
     (tmp_path / "cpu.max").write_text("100000 100000\n")  # a container limited to one CPU
     torch.set_num_threads(2)
-    assert configure_cpu_threads(tmp_path) == 1 == torch.get_num_threads()
+    no_proc = tmp_path / "no-proc-cgroup"
+    assert configure_cpu_threads(tmp_path, no_proc) == 1 == torch.get_num_threads()
     monkeypatch.setenv(THREADS_ENV, "3")  # an explicit setting wins (the operator's choice)
-    assert configure_cpu_threads(tmp_path) == 3 == torch.get_num_threads()
+    assert configure_cpu_threads(tmp_path, no_proc) == 3 == torch.get_num_threads()
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv(THREADS_ENV, bad)
         with pytest.raises(ValueError, match=THREADS_ENV):
-            configure_cpu_threads(tmp_path)
+            configure_cpu_threads(tmp_path, no_proc)
