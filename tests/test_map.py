@@ -72,7 +72,8 @@ def test_wheel_holds_the_runtime_and_nothing_else(context):
                    "models/inference.py", "models/motion_detector.py", "series/roles.py"):
         assert needed in names, needed
     # nothing for training, evaluation, simulation or tests inside the image; no weights in the code
-    assert not [n for n in names if n.startswith(("models/training", "models/evaluation", "models/weights", "models/candidates"))]
+    assert not [n for n in names if n.startswith(("models/training", "models/evaluation", "models/weights", "models/candidates",
+                                                  "models/benchmark", "models/evaluate"))]
     assert not [n for n in names if n.endswith((".pt", ".onnx"))]
 
 
