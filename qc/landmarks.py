@@ -123,6 +123,8 @@ def _candidates(image: np.ndarray, spacing_mm: tuple[float, float], body: np.nda
                 cov = np.cov(np.stack([r_mm, c_mm])) if npx > 2 else np.zeros((2, 2))
                 evals = np.linalg.eigvalsh(cov)
                 elong = float(np.sqrt(max(evals[1], 1e-9) / max(evals[0], 1e-9)))
+                if elong > 3.0:  # too long for either test below: skip the costly hull
+                    continue
                 # Solidity against the convex hull: a tilted box still fills its hull, and
                 # C2's tapered dens does too (the bounding box of either is half empty).
                 solidity = npx / max(float(morphology.convex_hull_image(region).sum()), 1.0)
