@@ -315,11 +315,12 @@ class OnnxSliceModel(SliceModel):
 
 
 def load_model(model_dir: Path = MODEL_DIR, device: torch.device | None = None,
-               runtime: str | None = None) -> SliceModel:
+               runtime: str | None = None, cpu_dtype: torch.dtype | None = None) -> SliceModel:
     """Verify and load the shipped model from ``model_dir``.
 
     ``runtime``: "torch", "onnxruntime" or "auto" (default, or ``CERVICAL_DL_RUNTIME``;
     "auto" is PyTorch, the fastest path measured on the CPU and the one for CUDA).
+    ``cpu_dtype``: the PyTorch network's arithmetic on the CPU (default :func:`cpu_precision`).
     Raises ``FileNotFoundError`` when a file is missing, :class:`ModelChecksumError` when
     a checksum differs, ``ValueError`` for an unusable description.
     """
@@ -340,7 +341,7 @@ def load_model(model_dir: Path = MODEL_DIR, device: torch.device | None = None,
     state = torch.load(_verified(model_dir / WEIGHTS_FILE, checksums), map_location="cpu", weights_only=True)
     network = CascadedUNet(**arch)
     network.load_state_dict(state)
-    return TorchSliceModel(network, device)
+    return TorchSliceModel(network, device, cpu_dtype=cpu_dtype)
 
 
 def enhance_volume(model: SliceModel, volume: np.ndarray, batch_size: int = 4,

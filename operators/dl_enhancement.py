@@ -93,8 +93,8 @@ class DLEnhancementOperator(Operator):
 
         self.model_description = describe_model(self.model_dir)
         self._device = select_device()
-        try:
-            cpu_precision()
+        try:  # read once here, so that an unusable value is a usage error, not a model error
+            cpu_dtype = cpu_precision()
         except ValueError as exc:
             raise ConfigurationError(f"{CPU_PRECISION_ENV}: {exc}") from exc
         try:  # before any torch work: a container's CPU limit, not the host's cores
@@ -102,7 +102,7 @@ class DLEnhancementOperator(Operator):
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
         try:
-            self._model = load_model(self.model_dir, device=self._device)
+            self._model = load_model(self.model_dir, device=self._device, cpu_dtype=cpu_dtype)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ModelError(f"cannot load model: {exc}") from exc
         self._logger.info("model %s %s loaded on %s (%s), %d CPU threads", self.model_description.name,
