@@ -114,9 +114,7 @@ def guard_ab(baseline: Path, sizes: list[int], slices: int, threads: int, rounds
 
 def variant_ab(variants: dict, sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
     """The network alone and the product (network + guard) for two variants of the shipped
-    network (``{name: TorchSliceModel}`` or ``{name: (TorchSliceModel, enhance_volume keyword
-    arguments)}``, baseline first): the same slices,
-    interleaved ``rounds`` times in one process; prints median s/slice, the speed-up of the
+    network (:func:`inference_variants`, baseline first): the same slices, interleaved ``rounds`` times in one process; prints median s/slice, the speed-up of the
     second over the first, and the largest output difference (input units); returns the rows."""
     import torch
 
@@ -124,8 +122,7 @@ def variant_ab(variants: dict, sizes: list[int], slices: int, threads: int, roun
     from models.inference import enhance_volume
 
     torch.set_num_threads(threads)
-    variants = {k: v if isinstance(v, tuple) else (v, {}) for k, v in variants.items()}
-    (base, _), (other, _) = list(variants.items())
+    base, other = list(variants)
     rows = []
     print(f"size  network s/slice {base} / {other}  speed-up  product s/slice  speed-up  max |diff|")
     for size in sizes:
@@ -158,46 +155,44 @@ def variant_ab(variants: dict, sizes: list[int], slices: int, threads: int, roun
     return rows
 
 
-def tiles_ab(sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
-    """:func:`variant_ab` of the shipped model (default precision and layout) in 512 px tiles
-    against whole slices up to 1024 px (the default since 2026-12-07)."""
-    import torch
-
-    from models.inference import load_model
-
-    shipped = load_model(WEIGHTS_DIR, torch.device("cpu"), runtime="torch")
-    return variant_ab({"tile512": (shipped, {"tile": 512}), "tile1024": (shipped, {"tile": 1024})},
-                      sizes, slices, threads, rounds)
-
-
-def _shipped_variants(**options: dict) -> dict:
-    """``{name: TorchSliceModel}`` of the shipped network on the CPU, one per keyword's options."""
+def inference_variants(name: str) -> dict:
+    """Two variants of the shipped network on the CPU, baseline first, as ``{variant:
+    (TorchSliceModel, enhance_volume keyword arguments)}``: ``layout`` (contiguous /
+    channels-last, both float32), ``precision`` (float32 / bfloat16) or ``tiles`` (512 px tiles /
+    whole slices up to 1024 px, the defaults otherwise). Used by the A/B timings here and by
+    :mod:`models.evaluation.variant_check`."""
     import torch
 
     from models.inference import TorchSliceModel, load_model
 
-    shipped = load_model(WEIGHTS_DIR, torch.device("cpu"), runtime="torch")
-    return {name: TorchSliceModel(shipped.network, torch.device("cpu"), **kw) for name, kw in options.items()}
+    cpu = torch.device("cpu")
+    shipped = load_model(WEIGHTS_DIR, cpu, runtime="torch")
+    if name == "layout":
+        return {layout: (TorchSliceModel(shipped.network, cpu, memory_format=fmt, cpu_dtype=torch.float32), {})
+                for layout, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last))}
+    if name == "precision":
+        return {p: (TorchSliceModel(shipped.network, cpu, cpu_dtype=getattr(torch, p)), {})
+                for p in ("float32", "bfloat16")}
+    if name == "tiles":
+        return {f"tile{t}": (shipped, {"tile": t}) for t in (512, 1024)}
+    raise ValueError(f"unknown variant set {name!r} (layout, precision or tiles)")
 
 
 def layout_ab(sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
     """:func:`variant_ab` of the network in the default (contiguous) layout against
     channels-last, the CPU default since 2026-12-07 (both float32)."""
-    import torch
-
-    return variant_ab(_shipped_variants(
-        contiguous={"memory_format": torch.contiguous_format, "cpu_dtype": torch.float32},
-        channels_last={"memory_format": torch.channels_last, "cpu_dtype": torch.float32}),
-        sizes, slices, threads, rounds)
+    return variant_ab(inference_variants("layout"), sizes, slices, threads, rounds)
 
 
 def precision_ab(sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
     """:func:`variant_ab` of the network in float32 against bfloat16 autocast (channels-last)."""
-    import torch
+    return variant_ab(inference_variants("precision"), sizes, slices, threads, rounds)
 
-    return variant_ab(_shipped_variants(float32={"cpu_dtype": torch.float32},
-                                        bfloat16={"cpu_dtype": torch.bfloat16}),
-                      sizes, slices, threads, rounds)
+
+def tiles_ab(sizes: list[int], slices: int, threads: int, rounds: int = 5) -> list[dict]:
+    """:func:`variant_ab` of the shipped model in 512 px tiles against whole slices up to
+    1024 px (the default since 2026-12-07)."""
+    return variant_ab(inference_variants("tiles"), sizes, slices, threads, rounds)
 
 
 def worker(method: str, size: int, slices: int, path_kind: str, device_name: str) -> dict:

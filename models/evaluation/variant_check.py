@@ -22,48 +22,35 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import torch
 
-from models import WEIGHTS_DIR
+from models.evaluation.benchmark import inference_variants
 from models.evaluation.enhancement import slice_metrics
 from models.evaluation.real_mr import evaluate_real, selection_series, summarize_real
 from models.guard import guard_series
-from models.inference import TorchSliceModel, enhance_volume, load_model
+from models.inference import enhance_volume
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Matrices of the tiles check: the ones above 512 px that the product sees.
 TILE_CHECK_MATRICES = (640, 1024)
 
 
-def _variants(name: str) -> tuple[dict[str, Callable[[np.ndarray], np.ndarray]], tuple[int, ...] | None]:
-    """``({variant: (S, H, W) series -> network output}, matrices or None for the source's own)``,
-    baseline first."""
-    shipped = load_model(WEIGHTS_DIR, torch.device("cpu"), runtime="torch")
-    if name == "precision":
-        models = {p: TorchSliceModel(shipped.network, torch.device("cpu"), cpu_dtype=getattr(torch, p))
-                  for p in ("float32", "bfloat16")}
-        return {p: (lambda vol, m=m: enhance_volume(m, vol)) for p, m in models.items()}, None
-    if name == "tiles":
-        return {f"tile{t}": (lambda vol, t=t: enhance_volume(shipped, vol, tile=t)) for t in (512, 1024)}, \
-            TILE_CHECK_MATRICES
-    raise ValueError(f"unknown variant set {name!r} (precision or tiles)")
-
-
 def compare_variants(name: str, quick: bool = False, strength: str = "high") -> dict:
     """Rows of both variants of ``name`` on the selection source and their summaries (module doc)."""
-    networks, matrices = _variants(name)
+    if name not in ("precision", "tiles"):
+        raise ValueError(f"unknown variant set {name!r} (precision or tiles)")
+    variants = inference_variants(name)
     series = selection_series()
-    if matrices is not None:
-        series = [dataclasses.replace(s, matrices=matrices) for s in series]
+    if name == "tiles":  # the matrices where tiles change anything
+        series = [dataclasses.replace(s, matrices=TILE_CHECK_MATRICES) for s in series]
 
     def enhance(volume: np.ndarray) -> dict[str, np.ndarray]:
-        return {f"product_{v}": guard_series(volume, run(volume), strength).images for v, run in networks.items()}
+        return {f"product_{v}": guard_series(volume, enhance_volume(model, volume, **options), strength).images
+                for v, (model, options) in variants.items()}
 
     rows = evaluate_real(enhance, series, use_bm3d=False, quick=quick, metrics=slice_metrics, use_nlm=False)
-    methods = [f"product_{v}" for v in networks]
+    methods = [f"product_{v}" for v in variants]
     summary = {}
     for label, subset in (("all", rows), ("R=2 SENSE", [r for r in rows if r["kind"] == "R=2 SENSE"])):
         s = summarize_real(subset, methods)
