@@ -202,21 +202,37 @@ def calibrate_detector(rows: list[dict], previous: QCCalibration, margin: float 
                            f"{time.strftime('%Y-%m-%d')}"))
 
 
+def real_ghost_floor(real_rows: list[dict], margin: float = THRESHOLD_MARGIN) -> float:
+    """``margin`` above the highest series ghost measure (whole stack, as ``qc_real`` scores
+    it) of the clean real series in ``real_rows`` (``qc_real --sources calibration``: the
+    training-allowed calibration head). Real air carries more than the phantom's (edge
+    ringing, interpolation, partial volume): clean axial phantoms read 0.001-0.003, the
+    head up to 0.022."""
+    ghosts = [series_value(r["slice_ghosts"], r["slice_body_fraction"]) for r in real_rows if r["kind"] == "none"]
+    ghosts = [g for g in ghosts if g is not None]
+    if not ghosts:
+        raise ValueError("no clean real series with a measurable ghost measure for the floor")
+    return round((1 + margin) * max(ghosts), 5)
+
+
 def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHOLD_MARGIN,
-              detector_corroboration: float | None = None) -> QCCalibration:
+              detector_corroboration: float | None = None, real_rows: list[dict] | None = None) -> QCCalibration:
     """Per role, ghost and detector thresholds ``margin`` above the highest series value
     (anatomy-weighted percentile over its slices, as the product scores; over the whole stack
     and its central 5 and 9 slices) of any clean calibration series of that role; pooled thresholds (the highest over all roles) for roles
     not seen here. The accentuation margin (how far the DL output's ghost measure may exceed
     the original's) is set the same way, per role, on the clean series the enhancement was
     run on (``--dl-patients``), and is at least the ghost threshold; without such
-    series it stays ``previous``'s (pooled)."""
+    series it stays ``previous``'s (pooled). ``real_rows``: clean real series whose
+    :func:`real_ghost_floor` every ghost threshold is raised to
+    (``docs/qc_real_floor_choice.json``)."""
     clean = [r for r in rows if r["severity"] == "none"]
+    real_floor = real_ghost_floor(real_rows, margin) if real_rows else 0.0
 
     def thresholds(group: list[dict]) -> tuple[float, float | None]:
         ghosts = [_covering_value(r, "slice_ghosts") or 0.0 for r in group]
         detectors = [v for v in (_covering_value(r, "slice_detector") for r in group) if v is not None]
-        ghost = (1 + margin) * max(ghosts)
+        ghost = max((1 + margin) * max(ghosts), real_floor)
         return round(ghost, 5), (round(min((1 + margin) * max(detectors), 0.999), 4) if detectors else None)
 
     def accentuation(group: list[dict], ghost: float) -> float:
@@ -247,7 +263,9 @@ def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHO
         previous.local_weight, detector_threshold,
         source=(f"models.evaluation.qc_series --calibrate, whole series of patients {min(r['seed'] for r in rows)}-"
                 f"{max(r['seed'] for r in rows)}, {len(clean)} clean series, {len(roles)} roles, "
-                f"margin {margin:g}, {time.strftime('%Y-%m-%d')}"),
+                f"margin {margin:g}"
+                + (f", ghost thresholds at least {real_floor:g} (clean real calibration head)" if real_rows else "")
+                + f", {time.strftime('%Y-%m-%d')}"),
         roles=roles,
         detector_corroboration=previous.detector_corroboration if detector_corroboration is None
         else detector_corroboration)
@@ -368,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="--calibrate: set the detector thresholds only (a new detector); keep the rest")
     parser.add_argument("--detector-corroboration", type=float, default=None,
                         help="--calibrate: the detector needs this fraction of the ghost threshold (default: keep)")
+    parser.add_argument("--real-floor", type=Path, default=None,
+                        help="--calibrate: qc_real rows of clean real series (docs/qc_real_calibration.json) "
+                             "that every ghost threshold must clear")
     parser.add_argument("--through-plane", action="store_true",
                         help="rigid motion in 3-D: slices also move along their normal (other anatomy per shot)")
     parser.add_argument("--workers", type=int, default=2)
@@ -390,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         from qc.calibration import DEFAULT_CALIBRATION
 
         calibration = (calibrate_detector(rows, QCCalibration.load(), args.margin) if args.detector_only
-                       else calibrate(rows, QCCalibration.load(), args.margin, args.detector_corroboration))
+                       else calibrate(rows, QCCalibration.load(), args.margin, args.detector_corroboration,
+                                      json.loads(args.real_floor.read_text())["series"] if args.real_floor else None))
         DEFAULT_CALIBRATION.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
         print(f"wrote {DEFAULT_CALIBRATION}: {calibration}")
         # below: the calibration patients scored with the new thresholds (in-sample: not an evaluation)
