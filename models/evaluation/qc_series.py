@@ -202,6 +202,10 @@ def calibrate_detector(rows: list[dict], previous: QCCalibration, margin: float 
                            f"{time.strftime('%Y-%m-%d')}"))
 
 
+#: A role's thresholds may flag at most this share of the clean real calibration series (the goal's 5 %).
+MAX_REAL_FALSE_FLAGS = 0.05
+
+
 def real_ghost_floor(real_rows: list[dict], margin: float = THRESHOLD_MARGIN) -> float:
     """``margin`` above the highest series ghost measure (whole stack, as ``qc_real`` scores
     it) of the clean real series in ``real_rows`` (``qc_real --sources calibration``: the
@@ -223,17 +227,29 @@ def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHO
     not seen here. The accentuation margin (how far the DL output's ghost measure may exceed
     the original's) is set the same way, per role, on the clean series the enhancement was
     run on (``--dl-patients``), and is at least the ghost threshold; without such
-    series it stays ``previous``'s (pooled). ``real_rows``: clean real series whose
-    :func:`real_ghost_floor` every ghost threshold is raised to
-    (``docs/qc_real_floor_choice.json``)."""
+    series it stays ``previous``'s (pooled). ``real_rows``: clean real series (the calibration
+    head); a role whose thresholds flag more than ``MAX_REAL_FALSE_FLAGS`` of them has its ghost
+    threshold raised to their :func:`real_ghost_floor` (``docs/qc_real_floor_choice.json``)."""
     clean = [r for r in rows if r["severity"] == "none"]
-    real_floor = real_ghost_floor(real_rows, margin) if real_rows else 0.0
+    corroboration = previous.detector_corroboration if detector_corroboration is None else detector_corroboration
+    real_clean = [r for r in real_rows or [] if r["kind"] == "none"]
+    real_floor = real_ghost_floor(real_clean, margin) if real_clean else 0.0
+
+    def real_false_flags(ghost: float, detector: float | None) -> float:
+        """Share of the clean real series these thresholds flag (scored on the whole stack)."""
+        c = QCCalibration(ghost, ghost, detector_threshold=detector, detector_corroboration=corroboration)
+        return float(np.mean([motion_flagged(c.motion_score(series_value(r["slice_ghosts"], r["slice_body_fraction"]),
+                                                            series_value(r["slice_detector"], r["slice_body_fraction"])))
+                              for r in real_clean]))
 
     def thresholds(group: list[dict]) -> tuple[float, float | None]:
         ghosts = [_covering_value(r, "slice_ghosts") or 0.0 for r in group]
         detectors = [v for v in (_covering_value(r, "slice_detector") for r in group) if v is not None]
-        ghost = max((1 + margin) * max(ghosts), real_floor)
-        return round(ghost, 5), (round(min((1 + margin) * max(detectors), 0.999), 4) if detectors else None)
+        ghost = (1 + margin) * max(ghosts)
+        detector = round(min((1 + margin) * max(detectors), 0.999), 4) if detectors else None
+        if real_clean and real_false_flags(ghost, detector) > MAX_REAL_FALSE_FLAGS:
+            ghost = max(ghost, real_floor)
+        return round(ghost, 5), detector
 
     def accentuation(group: list[dict], ghost: float) -> float:
         """``margin`` above the largest rise of the ghost measure from original to DL output on
@@ -264,11 +280,11 @@ def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHO
         source=(f"models.evaluation.qc_series --calibrate, whole series of patients {min(r['seed'] for r in rows)}-"
                 f"{max(r['seed'] for r in rows)}, {len(clean)} clean series, {len(roles)} roles, "
                 f"margin {margin:g}"
-                + (f", ghost thresholds at least {real_floor:g} (clean real calibration head)" if real_rows else "")
+                + (f", ghost thresholds of roles flagging > {MAX_REAL_FALSE_FLAGS:.0%} of the {len(real_clean)} clean "
+                   f"real calibration head series raised to {real_floor:g}" if real_clean else "")
                 + f", {time.strftime('%Y-%m-%d')}"),
         roles=roles,
-        detector_corroboration=previous.detector_corroboration if detector_corroboration is None
-        else detector_corroboration)
+        detector_corroboration=corroboration)
 
 
 def summarise(rows: list[dict]) -> dict:
