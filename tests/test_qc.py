@@ -466,6 +466,18 @@ def test_whole_series_calibration_and_summary():
     assert new.roles["AX_T2"] == {"detector_threshold": pytest.approx(0.3675, abs=1e-4)}
     assert (new.ghost_threshold, new.accentuation_margin) == (0.02, 0.01)
     assert new.source.startswith("shipped; detector thresholds: whole series of patients 7000-7001")
+    # a real-MR floor: a role whose phantom thresholds flag more than 5 % of the clean real series
+    # is raised to 1.05 x their highest ghost measure; a role that flags none keeps its own
+    real = [{"kind": "none", "slice_ghosts": [g] * 4, "slice_detector": [0.1] * 4, "slice_body_fraction": [0.5] * 4}
+            for g in (0.002, 0.004, 0.006, 0.0)] + [
+           {"kind": "rigid", "slice_ghosts": [0.5] * 4, "slice_detector": [0.9] * 4, "slice_body_fraction": [0.5] * 4}]
+    floored = calibrate(rows, previous, margin=0.05, real_rows=real)
+    assert floored.roles["AX_T2"]["ghost_threshold"] == pytest.approx(1.05 * 0.006, abs=1e-5)  # flagged 2 of 4
+    assert floored.roles["AX_T2"]["accentuation_margin"] == pytest.approx(1.05 * 0.006, abs=1e-5)
+    assert floored.roles["SAG_T1"] == cal.roles["SAG_T1"]  # 0.0105 flags none of them
+    assert "raised to 0.0063" in floored.source
+    with pytest.raises(ValueError, match="no clean real series"):
+        calibrate(rows, previous, margin=0.05, real_rows=real[-1:])
     summary = summarise(scored)
     assert summary["dl_accentuated"]["clean"]["flagged"] == 0 and summary["dl_accentuated"]["severity severe"]["flagged"] == 1
     assert summary["false_flags"]["all"] == {"flagged": 0, "series": 2, "rate": 0.0}

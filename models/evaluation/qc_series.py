@@ -233,7 +233,7 @@ def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHO
     clean = [r for r in rows if r["severity"] == "none"]
     corroboration = previous.detector_corroboration if detector_corroboration is None else detector_corroboration
     real_clean = [r for r in real_rows or [] if r["kind"] == "none"]
-    real_floor = real_ghost_floor(real_clean, margin) if real_clean else 0.0
+    real_floor = real_ghost_floor(real_rows, margin) if real_rows is not None else 0.0
 
     def real_false_flags(ghost: float, detector: float | None) -> float:
         """Share of the clean real series these thresholds flag (scored on the whole stack)."""
@@ -402,9 +402,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="--calibrate: set the detector thresholds only (a new detector); keep the rest")
     parser.add_argument("--detector-corroboration", type=float, default=None,
                         help="--calibrate: the detector needs this fraction of the ghost threshold (default: keep)")
-    parser.add_argument("--real-floor", type=Path, default=None,
-                        help="--calibrate: qc_real rows of clean real series (docs/qc_real_calibration.json) "
-                             "that every ghost threshold must clear")
+    parser.add_argument("--real-floor", type=Path, default=ROOT / "docs" / "qc_real_calibration.json",
+                        help="--calibrate: qc_real rows of the clean real calibration head that a role's thresholds "
+                             "may flag at most 5 %% of (default: %(default)s)")
+    parser.add_argument("--no-real-floor", action="store_true", help="--calibrate: phantom thresholds alone")
     parser.add_argument("--through-plane", action="store_true",
                         help="rigid motion in 3-D: slices also move along their normal (other anatomy per shot)")
     parser.add_argument("--workers", type=int, default=2)
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
 
         calibration = (calibrate_detector(rows, QCCalibration.load(), args.margin) if args.detector_only
                        else calibrate(rows, QCCalibration.load(), args.margin, args.detector_corroboration,
-                                      json.loads(args.real_floor.read_text())["series"] if args.real_floor else None))
+                                      None if args.no_real_floor else json.loads(args.real_floor.read_text())["series"]))
         DEFAULT_CALIBRATION.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
         print(f"wrote {DEFAULT_CALIBRATION}: {calibration}")
         # below: the calibration patients scored with the new thresholds (in-sample: not an evaluation)
