@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from models import WEIGHTS_DIR
 from models.evaluation.baselines import bm3d_denoise, nlm_denoise, oracle_noise_sd
+from models.evaluation.real_mr import SNR_LEVELS
 from models.guard import DEFAULT_STRENGTH, guard_series
 from models.inference import enhance_volume, load_model
 from simulation import acquisition as acq
@@ -379,7 +380,7 @@ def run_real(args, model, record_base: dict) -> int:
 
     stored = json.loads(args.baselines_from.read_text()) if args.baselines_from else None
     rows = evaluate_real(enhance, series, use_bm3d=not args.no_bm3d and stored is None, quick=args.quick,
-                         metrics=slice_metrics, use_nlm=stored is None)
+                         metrics=slice_metrics, use_nlm=stored is None, snr_levels=tuple(args.snr))
     if stored is not None:
         print(f"NLM/BM3D results of {copy_baselines(rows, stored)} slices from {args.baselines_from} "
               f"(same inputs, checked)")
@@ -391,6 +392,8 @@ def run_real(args, model, record_base: dict) -> int:
                             "methods": methods, "groups": groups, "slices": rows}
     name = {"evaluation": "model_evaluation_real.json", "calibration": "model_calibration_real.json",
             "selection": f"model_selection_real_{record_base['model']['version']}.json"}[args.sources]
+    if tuple(args.snr) != SNR_LEVELS:  # other noise levels: a record beside the standard one
+        name = name.replace(".json", "_snr" + "-".join(f"{v:g}" for v in args.snr) + ".json")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / name).write_text(json.dumps(record, indent=1) + "\n")
     print(f"\nwrote {args.out / name} in {time.perf_counter() - args.t0:.0f} s")
@@ -414,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="--real: one matrix per series")
     ap.add_argument("--weights", type=Path, default=WEIGHTS_DIR,
                     help="model folder (default: the shipped weights); e.g. a candidate model to compare")
+    ap.add_argument("--snr", type=float, nargs="+", default=list(SNR_LEVELS),
+                    help="--real: conventional SNRs of the cases (default: %(default)s)")
     ap.add_argument("--baselines-from", type=Path,
                     help="--real: take NLM and BM3D from this earlier record of the same cases (checked)")
     args = ap.parse_args(argv)

@@ -188,20 +188,24 @@ def _as_stored(image: np.ndarray) -> np.ndarray:
 
 
 def evaluate_real(enhance: Callable[[np.ndarray], dict[str, np.ndarray]], series: list[RealSeries],
-                  use_bm3d: bool = True, quick: bool = False, metrics=None, use_nlm: bool = True) -> list[dict]:
+                  use_bm3d: bool = True, quick: bool = False, metrics=None, use_nlm: bool = True,
+                  snr_levels: tuple[float, ...] = SNR_LEVELS) -> list[dict]:
     """Run every (series, matrix, kind, noise level) case; returns one row per slice.
 
     ``enhance``: ``(S, H, W) uint16 series -> {variant name: (S, H, W) float}``, the
     product's enhancement variants (the series is the unit, as in the product).
     ``metrics``: ``(image, truth, peak) -> dict`` (the phantom evaluation's ``slice_metrics``).
+    ``snr_levels``: conventional SNRs (mean body signal / noise SD) of the cases.
     """
+    if not snr_levels or any(not np.isfinite(v) or v <= 0 for v in snr_levels):
+        raise ValueError(f"snr_levels must be positive numbers, got {snr_levels!r}")
     rng = np.random.default_rng(SEED)
     cases = []
     for k, s in enumerate(series):
         matrices = matrices_for(s, k)[:1] if quick else matrices_for(s, k)
         for m_i, matrix in enumerate(matrices):
             for kind in ACQUISITION_KINDS:
-                for snr in SNR_LEVELS:
+                for snr in snr_levels:
                     cases.append((s, matrix, kind, snr, (m_i + k) % 2))
     rows = []
     for s, matrix, kind, snr, pe_axis in tqdm(cases, desc="real-MR series", mininterval=10):
