@@ -24,6 +24,12 @@ protocol, Rician noise at body SNR 20, 12-bit stored values) in these conditions
 Backgrounds: the image as acquired (air around the head), and with a zero-filled band at
 both ends of the readout axis (8 % each; scanners that crop oversampling or filter the
 field-of-view edge leave such bands), which the product must not read as a clean air floor.
+``--backgrounds "cut phase encode" "cut readout"`` (-> ``docs/qc_real_cut.json``): the anatomy
+cut by the field of view, as a small field of view or a large patient gives (a pelvis or a
+shoulder fills it): 15 % of the slice removed at both ends of the phase-encode axis (the
+anatomy reaches the ends of the phase-encode lines, so they hold no air) or 30 % at both
+ends of the readout axis. Where no air can be judged the product must say "not measurable",
+not flag.
 
 The product scores each series exactly as it does in the application (``measure_original``:
 series masks, ghost measure, detector on every slice, the series rule), told the series'
@@ -57,6 +63,9 @@ MATRICES = (256, 512)
 SNR = 20.0
 CLEAN_DRAWS = 3
 BACKGROUNDS = ("air", "zero band")
+#: The anatomy cut by the field of view: fraction of the slice removed at both ends of
+#: (readout = rows, phase encode = columns).
+CUT_BACKGROUNDS = {"cut phase encode": (0.0, 0.15), "cut readout": (0.30, 0.0)}
 CONDITIONS = (("none", "none"), ("ours", "mild"), ("ours", "severe"), ("torchio motion", "mild"),
               ("torchio motion", "severe"), ("torchio ghosting", "mild"), ("torchio ghosting", "severe"))
 SEED = 20261204
@@ -108,6 +117,19 @@ def acquire_series(objects: np.ndarray, acquisition: str, kind: str, severity: s
     return as_stored(acquired), as_stored(still)
 
 
+def with_background(volume: np.ndarray, background: str) -> np.ndarray:
+    """``volume`` (slices, rows = readout, columns = phase encode) as seen with ``background``."""
+    if background == "air":
+        return volume
+    if background == "zero band":
+        return with_zero_band(volume)
+    if background not in CUT_BACKGROUNDS:
+        raise ValueError(f"unknown background {background!r}")
+    readout, phase = CUT_BACKGROUNDS[background]
+    r, c = int(round(readout * volume.shape[1])), int(round(phase * volume.shape[2]))
+    return volume[:, r:volume.shape[1] - r, c:volume.shape[2] - c]
+
+
 def with_zero_band(volume: np.ndarray, fraction: float = 0.08) -> np.ndarray:
     """Zero-filled bands at both ends of the readout axis (array axis 0 here)."""
     out = volume.copy()
@@ -130,7 +152,8 @@ def calibration_series() -> list[RealSeries]:
     return selection_series()
 
 
-def run(series: list[RealSeries], calibration: QCCalibration) -> list[dict]:
+def run(series: list[RealSeries], calibration: QCCalibration,
+        backgrounds: tuple[str, ...] = BACKGROUNDS) -> list[dict]:
     from models.motion_detector import load_motion_detector
 
     detector = load_motion_detector(WEIGHTS_DIR)
@@ -151,8 +174,8 @@ def run(series: list[RealSeries], calibration: QCCalibration) -> list[dict]:
             acquisition) + 10 * CONDITIONS.index((kind, severity)) + draw
         images, still = acquire_series(objects, acquisition, kind, severity, pixel, seed)
         anr = 0.0 if kind == "none" else artifact_in_noise_sds(images, still)
-        for background in BACKGROUNDS:
-            seen = with_zero_band(images) if background == "zero band" else images
+        for background in backgrounds:
+            seen = with_background(images, background)
             # What AcquisitionMatrix would say of such a series: acquired at the source's resolution.
             _, q = measure_original(seen, 1, calibration, detector, interpolation=max(1.0, s.pixel_mm / pixel))
             rows.append({"source": s.source, "slices": int(len(images)), "matrix": matrix,
@@ -222,9 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", default="SAG_CE_T1", help="whose thresholds score the series")
     parser.add_argument("--rows", type=Path, default=None,
                         help="score the series of an earlier run's JSON again (same detector) instead of simulating")
+    parser.add_argument("--backgrounds", nargs="+", default=list(BACKGROUNDS),
+                        choices=list(BACKGROUNDS) + list(CUT_BACKGROUNDS),
+                        help="default: %(default)s; the cut ones write docs/qc_real_cut.json")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    out = args.out or ROOT / "docs" / ("qc_real.json" if args.sources == "evaluation" else "qc_real_calibration.json")
+    name = "qc_real.json" if args.sources == "evaluation" else "qc_real_calibration.json"
+    if tuple(args.backgrounds) != BACKGROUNDS:
+        name = name.replace(".json", "_cut.json")
+    out = args.out or ROOT / "docs" / name
     start = time.time()
     import torch
 
@@ -238,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [dict(r, role=args.role) for r in _stored_rows(args.rows, detector)]
         rows = [r | {"not_measurable": r["motion_score"] is None} for r in rescore(rows, calibration)]
     else:
-        rows = run(series, calibration.for_role(args.role))
+        rows = run(series, calibration.for_role(args.role), tuple(args.backgrounds))
     summary = summarise(rows, calibration)
     print_table(summary)
     command = "python -m models.evaluation.qc_real " + " ".join(sys.argv[1:] if argv is None else argv)
