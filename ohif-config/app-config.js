@@ -114,7 +114,8 @@ window.config = {
             contentF: ({ referenceInstance: i }) => /model (\S+ \S+)/.exec(String(i.DerivationDescription))[1],
           },
           // Under them, on the DL viewport of every stage: the quality check's verdict for this series
-          // (the writer puts it in ImageComments), one sentence per line: red when flagged, else green.
+          // (the writer puts it in ImageComments), one sentence per line: red when flagged, amber when
+          // motion could not be judged (no air beside the body), else green.
           ...[0, 1, 2].map(k => ({
             id: `cervicalQC${k}`, inheritsFrom: 'ohif.overlayItem', title: 'Quality check of this series',
             color: k === 0 ? undefined : '#ff5c5c',
@@ -124,8 +125,11 @@ window.config = {
           })).map(item => (item.color ? item : [
             { ...item, id: `${item.id}Flag`, color: '#ff5c5c',
               condition: a => item.condition(a) && /(FLAGGED|ACCENTUATED)/.test(String(a.referenceInstance.ImageComments)) },
+            { ...item, id: `${item.id}NotMeasurable`, color: '#ffb020',
+              condition: a => item.condition(a) && !/(FLAGGED|ACCENTUATED)/.test(String(a.referenceInstance.ImageComments)) &&
+                /NOT MEASURABLE/.test(String(a.referenceInstance.ImageComments)) },
             { ...item, id: `${item.id}Clear`, color: '#5cd65c',
-              condition: a => item.condition(a) && !/(FLAGGED|ACCENTUATED)/.test(String(a.referenceInstance.ImageComments)) },
+              condition: a => item.condition(a) && !/(FLAGGED|ACCENTUATED|NOT MEASURABLE)/.test(String(a.referenceInstance.ImageComments)) },
           ])).flat(),
           // and on the image the QC scored worst in a flagged series (the one shown, not the series')
           {

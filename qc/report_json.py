@@ -46,15 +46,22 @@ def qc_entries(results: list[SeriesQC], written: list[WrittenSeries]) -> list[di
     return entries
 
 
+#: The verdict where the motion cannot be judged (the viewer shows it in amber).
+MOTION_NOT_MEASURABLE = "MOTION NOT MEASURABLE"
+
+
 def verdict_line(qc: SeriesQC) -> str:
     """The QC verdict of one series, for the derived images' ImageComments: short sentences
     (the viewer shows one per line on the DL viewport of every stage). Slices are named by the
     image numbers a viewer shows (:attr:`SeriesQC.image_numbers`).
 
     "QC: no motion flag." | "QC: MOTION FLAGGED. Images 1-3, 11-13 of 13. Read the original." |
-    "QC: MOTION FLAGGED, DL ACCENTUATED. Images ... Read the original." | "QC: DL ACCENTUATED. Read the original."
+    "QC: MOTION FLAGGED, DL ACCENTUATED. Images ... Read the original." | "QC: DL ACCENTUATED. Read the original." |
+    "QC: MOTION NOT MEASURABLE (no air beside the body)."
     """
     flags = [text for on, text in ((qc.motion_flag, "MOTION FLAGGED"), (qc.dl_accentuated, "DL ACCENTUATED")) if on]
+    if not flags and qc.original.motion_score is None:
+        return f"QC: {MOTION_NOT_MEASURABLE} (no air beside the body)."
     if not flags:
         return "QC: no motion flag."
     where = qc.original.flagged_slices if qc.motion_flag else []

@@ -44,8 +44,13 @@ def render_pdf(results: list[SeriesQC], written: list[WrittenSeries], model: str
         y = 0.9
         ce = [qc for qc in results if qc.role == "SAG_CE_T1"]
         for qc in ce:
-            text = ("CE T1: MOTION ARTIFACT FLAGGED - read the original" if qc.motion_flag else "CE T1: no motion flag")
-            fig.text(0.05, y, text, fontsize=13, weight="bold", color="red" if qc.motion_flag else "green")
+            if qc.motion_flag:
+                text, colour = "CE T1: MOTION ARTIFACT FLAGGED - read the original", "red"
+            elif qc.original.motion_score is None:
+                text, colour = "CE T1: motion not measurable (no air beside the body) - compare with the original", "darkorange"
+            else:
+                text, colour = "CE T1: no motion flag", "green"
+            fig.text(0.05, y, text, fontsize=13, weight="bold", color=colour)
             y -= 0.03
         for qc in flagged:
             reasons = "; ".join(qc.notes)

@@ -155,7 +155,9 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
                     measurements.append(hd.sr.Measurement(
                         name=SLICE_MOTION_SCORE_CODE, value=float(quality.slice_motion_scores[i]), unit=NO_UNITS,
                         algorithm_id=algorithm, referenced_images=[slice_reference(datasets[i])]))
-            evaluations = [hd.sr.QualitativeEvaluation(codes.DCM.MotionBlur, codes.DCM.Present if flag else codes.DCM.Absent)]
+            # Not measurable (no air to judge): no Motion blur evaluation rather than a false "Absent".
+            evaluations = [] if quality.motion_score is None else [
+                hd.sr.QualitativeEvaluation(codes.DCM.MotionBlur, codes.DCM.Present if flag else codes.DCM.Absent)]
             if label == "DL":
                 evaluations.append(hd.sr.QualitativeEvaluation(
                     DL_ACCENTUATED_CODE, codes.DCM.Present if qc.dl_accentuated else codes.DCM.Absent))
@@ -167,7 +169,7 @@ def build_sr(results: list[SeriesQC], written: list[WrittenSeries], model: str, 
                 finding_sites=[hd.sr.FindingSite(codes.SCT.CervicalSpine)],
                 algorithm_id=algorithm,
                 measurements=measurements or None,
-                qualitative_evaluations=evaluations,
+                qualitative_evaluations=evaluations or None,
                 source_images=source_image_references(datasets),
             ))
             if qc.rois is not None and quality.cnr is not None:  # the regions behind snr / cnr, on their image
