@@ -28,9 +28,7 @@ class QCCalibration:
     ``detector_corroboration``: where the ghost measure can be taken (air beside the body),
     the detector's score counts only as far as the ghost measure reaches this fraction of its
     threshold (a fuzzy AND; 0 = the detector flags on its own). Where the body leaves no air
-    to measure (anatomy filling the phase-encode lines, suppressed air), motion is not
-    measurable: the detector does not decide alone, as its clean real MR reads high
-    (``docs/qc_no_air_choice.json``).
+    to measure, the detector decides alone.
     """
 
     ghost_threshold: float
@@ -76,12 +74,11 @@ class QCCalibration:
         return float(np.clip(probability, 0.0, 1.0) ** gamma)
 
     def motion_score(self, ghost: float | None, probability: float | None) -> float | None:
-        """The larger of the two calibrated scores, the detector's capped by the ghost measure's
-        corroboration; ``None`` (not measurable) where the ghost measure is (no air to judge)."""
-        if ghost is None:
-            return None
+        """The larger of the two calibrated scores (``None`` when neither is measurable); the
+        detector's capped by the ghost measure's corroboration where that is measurable."""
         detector = self.detector_score(probability)
-        if detector is not None and self.detector_corroboration > 0:
+        if detector is not None and ghost is not None and self.detector_corroboration > 0:
             detector = min(detector, qm.motion_score_from_ratio(
                 ghost, self.detector_corroboration * self.score_scale))
-        return max(v for v in (self.ghost_score(ghost), detector) if v is not None)
+        scores = [v for v in (self.ghost_score(ghost), detector) if v is not None]
+        return max(scores) if scores else None

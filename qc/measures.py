@@ -53,24 +53,13 @@ def interpolation_factor(datasets: list) -> float:
     return float(min(max(max(factors), 1.0), 16.0)) if factors else 1.0
 
 
-#: A slice re-masked at its own Otsu threshold (:func:`series_masks`) keeps the new mask only if
-#: what left the body has a median at most this fraction of the remaining body's (ghosts, not
-#: tissue); ``docs/qc_no_air_choice.json``.
-GHOST_REMASK_MAX_RATIO = 0.2
-
-
 def series_masks(volume: np.ndarray, pe_axis: int | None = None, margin: int = qm.BACKGROUND_MARGIN_PX) -> list[qm.SliceMasks]:
     """Body and background masks of every slice, from one threshold for the series.
 
     With ``pe_axis``: where strong ghosts rise above that threshold they join the body,
     and no phase-encode line keeps both air and body (the ghost slope is unmeasurable);
     such a slice is masked again with its own Otsu threshold, which leaves ghosts, being
-    fainter than tissue, in the background where they are measured. The new mask is kept
-    only if what it took out of the body is that faint (median at most
-    ``GHOST_REMASK_MAX_RATIO`` of the remaining body's): where the anatomy itself fills the
-    phase-encode lines (cut by the field of view), Otsu splits tissue, and the darker
-    tissue read as air would rise with the body like a ghost. Such a slice keeps no
-    measurable ghost slope.
+    fainter than tissue, in the background where they are measured.
     """
     vol = np.asarray(volume, dtype=np.float32)
     threshold = qm.body_threshold(vol)
@@ -78,11 +67,7 @@ def series_masks(volume: np.ndarray, pe_axis: int | None = None, margin: int = q
     if pe_axis is not None:
         for i, image in enumerate(vol):
             if qm.ghost_ratio(qm.ghost_profile(image, masks[i], pe_axis)) is None and image.max() > image.min():
-                remasked = qm.slice_masks(image, max(threshold, float(threshold_otsu(image))), margin)
-                removed = masks[i].body & ~remasked.body
-                if removed.any() and remasked.body.any() and (
-                        np.median(image[removed]) <= GHOST_REMASK_MAX_RATIO * np.median(image[remasked.body])):
-                    masks[i] = remasked
+                masks[i] = qm.slice_masks(image, max(threshold, float(threshold_otsu(image))), margin)
     return masks
 
 
@@ -283,8 +268,9 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
             notes.append("C3 / C3-C4 not located with confidence: SNR is the whole-body foreground SNR, "
                          "CNR not reported")
     if original.motion_score is None:
-        notes.append("motion not measurable: no air beside the body along the phase-encode lines (anatomy fills the "
-                     "field of view, or the air is suppressed); the detector's probability is reported, not used alone")
+        notes.append("motion not measurable: too little air around the body")
+    elif original.ghost is None:
+        notes.append("too little air around the body for the ghost measure: motion scored by the detector only")
     if flag:
         why = [name for name, score in (("ghosting in the air along the phase-encode direction",
                                          calibration.ghost_score(original.ghost)),

@@ -66,38 +66,6 @@ def test_zero_filled_bands_are_not_air(ce_t1_planes):
     assert q.noise_sd is None and q.ghost is None
 
 
-def test_anatomy_filling_the_phase_encode_lines_is_not_measurable_not_flagged():
-    """A slice whose anatomy fills every phase-encode line (cut by the field of view) has no air
-    to judge. Its own Otsu threshold would split its tissue, and the darker tissue, read as
-    air, rises with the body like a ghost (clean heads cut this way were flagged). Faint ghosts
-    that join the body are still re-masked and measured."""
-    rng = np.random.default_rng(3)
-    rows, cols = 96, 128  # phase encoding along the rows (axis 1): lines run along the columns
-    bright = np.zeros((rows, cols))
-    bright[20:76, 40:88] = 1000.0
-
-    def acquire(objects):
-        noise = rng.normal(0, 8, (2,) + objects.shape)
-        return np.abs(objects + noise[0] + 1j * noise[1]).astype(np.float32)
-
-    # slices 0-1 with air around the body; slice 2 cut: darker tissue (20-40 % of the bright one,
-    # brighter on the lines the bright body crosses, as anatomy is) reaching both ends of every line
-    cut = bright.copy()
-    cut[cut == 0] = 200.0
-    cut[20:76][cut[20:76] == 200.0] = 400.0
-    volume = acquire(np.stack([bright, bright, cut]))
-    q = measure_series(volume, 1, CALIBRATION, series_masks(volume, 1))
-    assert q.slice_ghosts[2] is None and q.slice_motion_scores[2] is None
-    assert q.ghost is not None and q.ghost < 0.005 and q.motion_score < 0.5
-    # ghosts: faint (8 %) replicas along the phase-encode lines of every other line, over the whole line
-    ghosted = bright.copy()
-    for shift in (-48, -24, 24, 48):
-        ghosted += 0.08 * np.roll(bright, shift, axis=1) * (np.arange(rows)[:, None] % 2 == 0)
-    seen = acquire(np.stack([ghosted] * 3))
-    q = measure_series(seen, 1, CALIBRATION, series_masks(seen, 1))
-    assert q.ghost is not None and q.ghost > CALIBRATION.for_role("SAG_CE_T1").ghost_threshold
-
-
 def test_series_value_weights_slices_by_anatomy():
     """Equal anatomy: a plain percentile; a slice with little anatomy barely moves it."""
     from qc.measures import series_value
@@ -118,10 +86,8 @@ def test_role_thresholds_and_detector_corroboration():
     # With corroboration, the detector alone cannot flag where the air shows no ghosts at all ...
     strict = QCCalibration(0.02, 0.01, 2.0, 0.3, detector_corroboration=0.5)
     assert strict.motion_score(0.0, 0.99) < 0.5
-    # ... it can where the ghost measure reaches half its threshold; where that cannot be
-    # measured (no air), motion is not measurable: the detector does not decide alone.
-    assert strict.motion_score(0.011, 0.99) >= 0.5
-    assert strict.motion_score(None, 0.99) is None and cal.motion_score(None, 0.99) is None
+    # ... it can where the ghost measure reaches half its threshold, or cannot be measured.
+    assert strict.motion_score(0.011, 0.99) >= 0.5 and strict.motion_score(None, 0.99) >= 0.5
 
 
 def test_ghost_measure_separates_clean_from_severe_motion(ce_t1_planes):
