@@ -529,3 +529,20 @@ def test_independent_evaluation_measures_only_the_artifact():
     assert artifact_in_noise_sds(slices_with_noise(vol.copy(), [1, 2, 3], seed=5, reference=vol), still) == 0.0
     moved = np.roll(vol, 3, axis=2)
     assert artifact_in_noise_sds(slices_with_noise(moved, [1, 2, 3], seed=5, reference=vol), still) > 1.0
+
+
+def test_real_mr_backgrounds_cut_the_field_of_view():
+    """qc_real's backgrounds: air as acquired, zero-filled readout bands, and the anatomy cut by
+    the field of view along phase encoding (columns) or readout (rows)."""
+    from models.evaluation.qc_real import CUT_BACKGROUNDS, with_background
+
+    volume = np.arange(2 * 100 * 80, dtype=np.float32).reshape(2, 100, 80) + 1
+    assert with_background(volume, "air") is volume
+    banded = with_background(volume, "zero band")
+    assert banded.shape == volume.shape and not banded[:, :8].any() and banded[:, 8:92].all()
+    assert with_background(volume, "cut phase encode").shape == (2, 100, 56)
+    assert with_background(volume, "cut readout").shape == (2, 40, 80)
+    assert np.array_equal(with_background(volume, "cut readout"), volume[:, 30:70])
+    assert set(CUT_BACKGROUNDS) == {"cut phase encode", "cut readout"}
+    with pytest.raises(ValueError, match="unknown background"):
+        with_background(volume, "cropped")
