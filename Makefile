@@ -40,10 +40,12 @@ device-bundle: setup
 	$(PY) -m models.training.device_bundle
 
 # The QC motion detector (models/weights/motion_detector.*): simulate slices, train 20 min, recalibrate
-# (per role, on whole series of the calibration patients 7000-7029).
+# (per role, on whole series of the calibration patients 7000-7029, with the calibration head's
+# clean series, scored by the new detector, as the real-MR floor).
 train-motion: setup
 	$(PY) -m models.training.train_motion_detector simulate --phantoms 120 --generic 2000 --workers 2
 	$(PY) -m models.training.train_motion_detector train --minutes 20
+	$(PY) -m models.evaluation.qc_real --sources calibration
 	$(PY) -m models.evaluation.qc_series --calibrate --patients 30 --motion-patients 10 --dl-patients 3
 
 # Long evaluations and benchmarks (outside CI; results committed under docs/).

@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
 
         calibration = (calibrate_detector(rows, QCCalibration.load(), args.margin) if args.detector_only
                        else calibrate(rows, QCCalibration.load(), args.margin, args.detector_corroboration,
-                                      None if args.no_real_floor else json.loads(args.real_floor.read_text())["series"]))
+                                      None if args.no_real_floor else _stored_rows(args.real_floor, detector)))
         DEFAULT_CALIBRATION.write_text(json.dumps(asdict(calibration), indent=2) + "\n")
         print(f"wrote {DEFAULT_CALIBRATION}: {calibration}")
         # below: the calibration patients scored with the new thresholds (in-sample: not an evaluation)
