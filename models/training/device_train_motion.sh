@@ -4,7 +4,7 @@
 #
 #   here, once:  python -m models.training.device_bundle     (writes .device/, git-ignored)
 #   device:      run(command="bash models/training/device_train_motion.sh 5", carry=[".device"], timeout_s=600)
-#   back here:   copy detector/ to a candidate folder, recalibrate with it (qc_series --calibrate)
+#   back here:   copy detector/ to a candidate folder, recalibrate with it (qc_real --sources calibration, then qc_series --calibrate: the head floor needs the new detector's rows)
 #                and choose it by a rule written first, as for candidate 1.3.0 (model card).
 #
 # Arguments: [MINUTES=5] [PHANTOMS=120] [GENERIC=2000] [BATCH=32]. The simulation (19 min on
