@@ -63,8 +63,8 @@ MATRICES = (256, 512)
 SNR = 20.0
 CLEAN_DRAWS = 3
 BACKGROUNDS = ("air", "zero band")
-#: The anatomy cut by the field of view: fraction of the slice removed at both ends of
-#: (readout = rows, phase encode = columns).
+#: The anatomy cut by the field of view: (readout, phase encode) share of the slice removed at
+#: both ends of each axis (readout = rows, phase encode = columns).
 CUT_BACKGROUNDS = {"cut phase encode": (0.0, 0.15), "cut readout": (0.30, 0.0)}
 CONDITIONS = (("none", "none"), ("ours", "mild"), ("ours", "severe"), ("torchio motion", "mild"),
               ("torchio motion", "severe"), ("torchio ghosting", "mild"), ("torchio ghosting", "severe"))

@@ -232,15 +232,16 @@ def calibrate(rows: list[dict], previous: QCCalibration, margin: float = THRESHO
     threshold raised to their :func:`real_ghost_floor` (``docs/qc_real_floor_choice.json``)."""
     clean = [r for r in rows if r["severity"] == "none"]
     corroboration = previous.detector_corroboration if detector_corroboration is None else detector_corroboration
-    real_clean = [r for r in real_rows or [] if r["kind"] == "none"]
     real_floor = real_ghost_floor(real_rows, margin) if real_rows is not None else 0.0
+    # (ghost, detector) series values of the clean real series, on the whole stack as qc_real scores them
+    real_clean = [(series_value(r["slice_ghosts"], r["slice_body_fraction"]),
+                   series_value(r["slice_detector"], r["slice_body_fraction"]))
+                  for r in real_rows or [] if r["kind"] == "none"]
 
     def real_false_flags(ghost: float, detector: float | None) -> float:
-        """Share of the clean real series these thresholds flag (scored on the whole stack)."""
+        """Share of the clean real series these thresholds flag."""
         c = QCCalibration(ghost, ghost, detector_threshold=detector, detector_corroboration=corroboration)
-        return float(np.mean([motion_flagged(c.motion_score(series_value(r["slice_ghosts"], r["slice_body_fraction"]),
-                                                            series_value(r["slice_detector"], r["slice_body_fraction"])))
-                              for r in real_clean]))
+        return float(np.mean([motion_flagged(c.motion_score(g, p)) for g, p in real_clean]))
 
     def thresholds(group: list[dict]) -> tuple[float, float | None]:
         ghosts = [_covering_value(r, "slice_ghosts") or 0.0 for r in group]
