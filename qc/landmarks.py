@@ -91,12 +91,13 @@ class _Body:
 
 
 def _candidates(image: np.ndarray, spacing_mm: tuple[float, float], body: np.ndarray | None):
-    """Vertebral-body-like regions at several thresholds: (list of _Body, label maps)."""
+    """Vertebral-body-like regions at several thresholds: (list of _Body, label maps, each
+    map's ``ndimage.find_objects`` slices, each map's polarity)."""
     smooth = ndimage.gaussian_filter(image.astype(np.float64), 1.5 / min(spacing_mm))
     inside = smooth[body] if body is not None and body.any() else smooth.reshape(-1)
     px_area = spacing_mm[0] * spacing_mm[1]
     open_px = max(1, int(round(1.5 / min(spacing_mm))))
-    bodies, maps, polarity = [], [], []
+    bodies, maps, found, polarity = [], [], [], []
     # all thresholds from one partial sort (the same values as one np.percentile call per q)
     for t in np.percentile(inside, np.arange(20, 96, 5)).tolist():
         for bright in (True, False):
@@ -105,17 +106,21 @@ def _candidates(image: np.ndarray, spacing_mm: tuple[float, float], body: np.nda
                 binary &= body
             binary = cross_opening(binary, open_px)
             labels, n = ndimage.label(binary)
+            objects = ndimage.find_objects(labels) if n else []
             maps.append(labels)
+            found.append(objects)
             polarity.append(bright)
             if n == 0:
                 continue
-            objects = ndimage.find_objects(labels)
+            # region sizes from one count, so that regions of the wrong size are skipped
+            # before they are cut out (most regions are: speckle and whole tissue layers)
+            sizes = np.bincount(labels.ravel(), minlength=n + 1)
             for lab, sl in enumerate(objects, start=1):
-                region = labels[sl] == lab
-                npx = int(region.sum())
+                npx = int(sizes[lab])
                 area = npx * px_area
                 if not 60.0 <= area <= 1200.0:
                     continue
+                region = labels[sl] == lab
                 rr, cc = np.nonzero(region)
                 # Shape from second moments (tilt-independent, unlike the bounding box):
                 # a rounded body is about as tall as deep; C2 with its dens up to 3 times.
@@ -134,7 +139,7 @@ def _candidates(image: np.ndarray, spacing_mm: tuple[float, float], body: np.nda
                 bodies.append(_Body((len(maps) - 1, lab), float(rr.mean() + sl[0].start), float(cc.mean() + sl[1].start),
                                     sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1, area, strict, bright,
                                     (float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1]))))
-    return bodies, maps, polarity
+    return bodies, maps, found, polarity
 
 
 def _link(a: _Body, b: _Body, spacing_mm: tuple[float, float]) -> tuple[float, float, float] | None:
@@ -192,9 +197,9 @@ class _Maps:
     size along / across the spine. All members are measured on one map at a time so that
     their heights compare (the chain may hold each body from a different threshold)."""
 
-    def __init__(self, maps: list[np.ndarray], spacing_mm: tuple[float, float]):
-        self.maps, self.spacing = maps, spacing_mm
-        self._objects: dict[int, list] = {}
+    def __init__(self, maps: list[np.ndarray], objects: list[list], spacing_mm: tuple[float, float]):
+        self.maps, self.objects, self.spacing = maps, objects, spacing_mm
+        self._measured: dict[tuple[int, int, tuple[float, float]], tuple | None] = {}
 
     def region(self, m: int, point_mm: np.ndarray, axis: np.ndarray) -> tuple[int, np.ndarray, float, float] | None:
         """(label, centre mm, height along ``axis`` mm, depth across mm) of the region of map
@@ -204,10 +209,14 @@ class _Maps:
         if not (0 <= r < labels.shape[0] and 0 <= c < labels.shape[1]) or labels[r, c] == 0:
             return None
         lab = int(labels[r, c])
-        if m not in self._objects:
-            self._objects[m] = ndimage.find_objects(labels)
-        sl = self._objects[m][lab - 1]
-        rr, cc = np.nonzero(labels[sl] == lab)
+        key = (m, lab, (float(axis[0]), float(axis[1])))
+        if key not in self._measured:  # the same region is asked for again from nearby points
+            self._measured[key] = self._measure(m, lab, axis)
+        return self._measured[key]
+
+    def _measure(self, m: int, lab: int, axis: np.ndarray) -> tuple[int, np.ndarray, float, float] | None:
+        sl = self.objects[m][lab - 1]
+        rr, cc = np.nonzero(self.maps[m][sl] == lab)
         area = rr.size * self.spacing[0] * self.spacing[1]
         if not 60.0 <= area <= 1200.0:  # a fragment, or merged with its surroundings
             return None
@@ -321,7 +330,7 @@ def locate_c3_rois(image: np.ndarray, spacing_mm: tuple[float, float], body: np.
         if flipped is None:
             return None
         return VertebralROIs(flipped.c3_marrow[::-1], flipped.c3_c4_disc[::-1], flipped.confidence, flipped.n_bodies)
-    bodies, maps, polarity = _candidates(img, spacing_mm, body)
+    bodies, maps, objects, polarity = _candidates(img, spacing_mm, body)
     chain = _longest_chain(bodies, spacing_mm)
     if len(chain) < 3:
         return None
@@ -329,7 +338,7 @@ def locate_c3_rois(image: np.ndarray, spacing_mm: tuple[float, float], body: np.
     # bodies below it, or a taller region (C2 with its dens, too tall or too tapered to be
     # a chain member) sits right above it. Otherwise the top is taken as C2 with
     # confidence 0.
-    top_ratio, above_ratio = _c2_evidence(_Maps(maps, spacing_mm), polarity, chain, spacing_mm)
+    top_ratio, above_ratio = _c2_evidence(_Maps(maps, objects, spacing_mm), polarity, chain, spacing_mm)
     if top_ratio < C2_MIN_RATIO + C2_RAMP and above_ratio > top_ratio:
         chain = [None] + chain  # C2 is the region above; only its place in the chain matters
         c2_ratio = above_ratio
@@ -343,7 +352,7 @@ def locate_c3_rois(image: np.ndarray, spacing_mm: tuple[float, float], body: np.
     marrow = cross_erosion(c3_region, erode)
     if marrow.sum() < 10:
         marrow = c3_region
-    disc = _disc_box(_Maps(maps, spacing_mm), polarity, c3, c4, img.shape, spacing_mm)
+    disc = _disc_box(_Maps(maps, objects, spacing_mm), polarity, c3, c4, img.shape, spacing_mm)
     if disc.sum() < 4:
         return None
     return VertebralROIs(marrow, disc, round(confidence, 3), len(chain))
