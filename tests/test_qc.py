@@ -425,6 +425,25 @@ def test_no_vertebrae_no_rois():
         assert found is None or found.confidence == 0.0
 
 
+def test_a_stopped_run_resumes_only_rows_of_the_same_measuring_code(tmp_path, capsys):
+    """qc_series' checkpoint: a later run resumes the finished patients only if the code that
+    measured them is the code running now (a candidate since changed or reverted is not mixed in)."""
+    import time
+
+    from models.evaluation.qc_series import _simulate, measuring_code_digest
+
+    detector = {"name": "cervical_motion_detector", "version": "x"}
+    row = {"seed": 7, "role": "SAG_T1", "acquisition": "accelerated", "severity": "none"}
+    checkpoint = tmp_path / "run.partial.json"
+    task = (7, "hivd", None, False)
+    checkpoint.write_text(json.dumps({"detector": detector, "measuring_code": measuring_code_digest(), "series": [row]}))
+    assert _simulate([task], 1, time.time(), checkpoint, detector) == [row]  # resumed: nothing left to run
+    assert "resuming" in capsys.readouterr().out
+    checkpoint.write_text(json.dumps({"detector": detector, "measuring_code": "other", "series": [row]}))
+    assert _simulate([], 1, time.time(), checkpoint, detector) == []
+    assert "not resuming" in capsys.readouterr().out
+
+
 def test_whole_series_calibration_and_summary():
     """models.evaluation.qc_series: per role, thresholds just above every clean series' value
     (from the per-slice raw measures, as the product combines them); false flags and

@@ -25,6 +25,7 @@ changes only the DICOM header, not the pixels simulated here.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -356,20 +357,40 @@ def print_table(summary: dict) -> None:
     print(f"clean slices scoring >= 0.5: {summary['clean_slices_scoring_ge_0.5']}")
 
 
+#: The code a row's numbers come from: a checkpoint written by other code is not resumed.
+MEASURING_CODE = ("qc", "simulation", "models/guard.py", "models/inference.py", "models/network.py",
+                  "models/motion_detector.py")
+
+
+def measuring_code_digest(root: Path = Path(__file__).resolve().parents[2]) -> str:
+    """SHA-256 over the Python files of :data:`MEASURING_CODE` (paths and contents)."""
+    digest = hashlib.sha256()
+    for name in MEASURING_CODE:
+        path = root / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def _simulate(tasks: list[tuple], workers: int, start: float, checkpoint: Path, detector: dict) -> list[dict]:
     """Every task's rows; after each patient the rows so far go to ``checkpoint`` (usable with
-    ``--rows``; a later run with the same detector resumes from it), so that a long run stopped
-    early still leaves its results. Patients with the enhancement (slow) run last."""
+    ``--rows``; a later run with the same detector and measuring code resumes from it), so that
+    a long run stopped early still leaves its results. Patients with the enhancement (slow) run last."""
     rows: list[dict] = []
-    if checkpoint.exists():  # resume a stopped run of the same detector: its finished patients stay
-        rows = [r for r in _stored_rows(checkpoint, detector) if r["seed"] in {t[0] for t in tasks}]
-        tasks = [t for t in tasks if t[0] not in {r["seed"] for r in rows}]
-        print(f"resuming {checkpoint}: {len({r['seed'] for r in rows})} patients done", flush=True)
+    code = measuring_code_digest()
+    if checkpoint.exists():
+        if json.loads(checkpoint.read_text()).get("measuring_code") != code:
+            # rows measured by other code (a candidate since changed or reverted) would mix in silently
+            print(f"not resuming {checkpoint}: written by other measuring code", flush=True)
+        else:  # resume a stopped run of the same detector and code: its finished patients stay
+            rows = [r for r in _stored_rows(checkpoint, detector) if r["seed"] in {t[0] for t in tasks}]
+            tasks = [t for t in tasks if t[0] not in {r["seed"] for r in rows}]
+            print(f"resuming {checkpoint}: {len({r['seed'] for r in rows})} patients done", flush=True)
     with Pool(workers) as pool:
         for i, result in enumerate(pool.imap_unordered(patient_series, sorted(tasks, key=lambda t: bool(t[3])))):
             rows.extend(result)
             checkpoint.write_text(json.dumps({"detector": {k: detector.get(k) for k in ("name", "version")},
-                                              "series": rows}))
+                                              "measuring_code": code, "series": rows}))
             print(f"{i + 1}/{len(tasks)} patients, {time.time() - start:.0f} s", flush=True)
     checkpoint.unlink(missing_ok=True)  # complete: the caller writes the result
     return sorted(rows, key=lambda r: (r["seed"], r["acquisition"], r["severity"], r["role"]))
