@@ -140,7 +140,7 @@ def _candidates(image: np.ndarray, spacing_mm: tuple[float, float], body: np.nda
                 else:
                     solidity = 1.0  # at least the fill of the box: every test below passes as with the hull
                 strict = strict_shape and solidity >= 0.85
-                if not (strict or (elong <= 3.0 and solidity >= 0.75)):
+                if not (strict or solidity >= 0.75):  # elong <= 3 here (longer ones skipped above)
                     continue
                 bodies.append(_Body((len(maps) - 1, lab), float(rr.mean() + sl[0].start), float(cc.mean() + sl[1].start),
                                     sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1, area, strict, bright,
@@ -344,7 +344,8 @@ def locate_c3_rois(image: np.ndarray, spacing_mm: tuple[float, float], body: np.
     # bodies below it, or a taller region (C2 with its dens, too tall or too tapered to be
     # a chain member) sits right above it. Otherwise the top is taken as C2 with
     # confidence 0.
-    top_ratio, above_ratio = _c2_evidence(_Maps(maps, objects, spacing_mm), polarity, chain, spacing_mm)
+    measured = _Maps(maps, objects, spacing_mm)  # one cache for C2 and the disc
+    top_ratio, above_ratio = _c2_evidence(measured, polarity, chain, spacing_mm)
     if top_ratio < C2_MIN_RATIO + C2_RAMP and above_ratio > top_ratio:
         chain = [None] + chain  # C2 is the region above; only its place in the chain matters
         c2_ratio = above_ratio
@@ -358,7 +359,7 @@ def locate_c3_rois(image: np.ndarray, spacing_mm: tuple[float, float], body: np.
     marrow = cross_erosion(c3_region, erode)
     if marrow.sum() < 10:
         marrow = c3_region
-    disc = _disc_box(_Maps(maps, objects, spacing_mm), polarity, c3, c4, img.shape, spacing_mm)
+    disc = _disc_box(measured, polarity, c3, c4, img.shape, spacing_mm)
     if disc.sum() < 4:
         return None
     return VertebralROIs(marrow, disc, round(confidence, 3), len(chain))
