@@ -71,6 +71,16 @@ def series_masks(volume: np.ndarray, pe_axis: int | None = None, margin: int = q
     return masks
 
 
+def slice_ghost(image: np.ndarray, masks: qm.SliceMasks, pe_axis: int, local_weight: float) -> float | None:
+    """The ghost measure of one slice ``(rows, columns)``: the ghost slope over the phase-encode
+    lines, or ``local_weight`` x the excess of a band of lines (swallowing), whichever is larger
+    (:mod:`qc.metrics`); None where neither can be read (too little air)."""
+    profile = qm.ghost_profile(image, masks, pe_axis)
+    local = qm.local_ghost_excess(profile)
+    parts = [v for v in (qm.ghost_ratio(profile), None if local is None else local_weight * local) if v is not None]
+    return max(parts) if parts else None
+
+
 def measure_series(volume: np.ndarray, pe_axis: int, calibration: QCCalibration,
                    masks_per_slice: list[qm.SliceMasks], detector: "MotionDetector | None" = None,
                    detector_volume: np.ndarray | None = None) -> ImageQuality:
@@ -85,11 +95,7 @@ def measure_series(volume: np.ndarray, pe_axis: int, calibration: QCCalibration,
     vol = np.asarray(volume, dtype=np.float32)
     ghosts, background, body_means = [], [], []
     for image, masks in zip(vol, masks_per_slice):
-        profile = qm.ghost_profile(image, masks, pe_axis)
-        slope = qm.ghost_ratio(profile)
-        local = qm.local_ghost_excess(profile)
-        parts = [v for v in (slope, None if local is None else calibration.local_weight * local) if v is not None]
-        ghosts.append(max(parts) if parts else None)
+        ghosts.append(slice_ghost(image, masks, pe_axis, calibration.local_weight))
         background.append(image[masks.background])
         if masks.body.any():
             body_means.append(float(image[masks.body].mean()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -444,6 +445,24 @@ def test_a_stopped_run_resumes_only_rows_of_the_same_measuring_code(tmp_path, ca
     assert "not resuming" in capsys.readouterr().out
 
 
+def test_the_measuring_code_digest_follows_the_calibrations_local_weight(tmp_path):
+    """A slice's ghost depends on calibration.json's local_weight: rows measured with another one
+    are not resumed; the thresholds alone (applied when rows are scored) do not matter."""
+    from models.evaluation.qc_series import MEASURING_CODE, measuring_code_digest
+
+    root = Path(__file__).resolve().parents[1]
+    for name in MEASURING_CODE:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (root / name).is_dir() else shutil.copy)(root / name, tmp_path / name)
+    assert measuring_code_digest(tmp_path) == measuring_code_digest(root)
+    calibration_file = tmp_path / "qc" / "calibration.json"
+    data = json.loads(calibration_file.read_text())
+    calibration_file.write_text(json.dumps(data | {"ghost_threshold": 2 * data["ghost_threshold"]}))
+    assert measuring_code_digest(tmp_path) == measuring_code_digest(root)
+    calibration_file.write_text(json.dumps(data | {"local_weight": data["local_weight"] + 1.0}))
+    assert measuring_code_digest(tmp_path) != measuring_code_digest(root)
+
+
 def test_whole_series_calibration_and_summary():
     """models.evaluation.qc_series: per role, thresholds just above every clean series' value
     (from the per-slice raw measures, as the product combines them); false flags and
@@ -565,3 +584,28 @@ def test_real_mr_backgrounds_cut_the_field_of_view():
     assert set(CUT_BACKGROUNDS) == {"cut phase encode", "cut readout"}
     with pytest.raises(ValueError, match="unknown background"):
         with_background(volume, "cropped")
+
+
+def test_native_ghosting_reads_a_sources_own_ghosts_along_its_phase_encode_axis():
+    """qc_real --native: a source whose body is copied faintly along columns (its phase-encode
+    axis) reads that ghost along columns and not along rows; without the copy, neither."""
+    from models.evaluation.qc_real import native_ghosting
+    from models.evaluation.real_mr import RealSeries
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:96, :96]
+    body = 1000.0 * (((yy - 48) / 30.0) ** 2 + ((xx - 48) / 16.0) ** 2 <= 1)
+    # motion ghosts smeared over each phase-encode line, in proportion to the body on that line
+    ghost = 0.5 * np.repeat(body.mean(axis=1, keepdims=True), 96, axis=1)
+
+    def read(volume):
+        noisy = np.abs(volume + rng.normal(0, 10, volume.shape) + 1j * rng.normal(0, 10, volume.shape))
+        rows = native_ghosting([RealSeries("synthetic", noisy.astype(np.float32), 1.0)], margins=(4,))
+        return {r["axis"].split()[0]: r for r in rows}
+
+    ghosted = read(np.stack([body + ghost] * 3))
+    assert ghosted["columns"]["measurable"] == 3 and ghosted["rows"]["measurable"] == 3
+    assert ghosted["columns"]["median"] > 0.2  # half the line's body signal, smeared: about 0.4
+    assert ghosted["rows"]["median"] < 0.3 * ghosted["columns"]["median"]
+    clean = read(np.stack([body] * 3))
+    assert clean["columns"]["median"] < 0.3 * ghosted["columns"]["median"]

@@ -3,6 +3,7 @@
     python -m models.evaluation.qc_real                      # evaluation-only sources -> docs/qc_real.json
     python -m models.evaluation.qc_real --sources calibration    # dipy aniso_vox -> docs/qc_real_calibration.json
     python -m models.evaluation.qc_real --rows docs/qc_real.json  # score stored series again (new thresholds)
+    python -m models.evaluation.qc_real --native                 # ghosting the sources carry themselves
 
 Sources: ``--sources evaluation`` (default) are the *evaluation-only* real MR of
 docs/engineering.md (dipy ``t1_coronal_slice``, dipy ``S0_10slices``, nibabel ``example4d``),
@@ -54,7 +55,7 @@ from models.evaluation.qc import STRENGTH_BINS, roc_auc
 from models.evaluation.qc_independent import SETTINGS as TORCHIO_SETTINGS
 from models.evaluation.real_mr import RealSeries, _resample, evaluation_series, selection_series
 from qc.calibration import QCCalibration
-from qc.measures import measure_original, motion_flagged
+from qc.measures import measure_original, motion_flagged, series_masks, slice_ghost
 from qc.metrics import RAYLEIGH_MEDIAN_PER_SIGMA
 from simulation import acquisition as acq
 
@@ -69,6 +70,8 @@ CUT_BACKGROUNDS = {"cut phase encode": (0.0, 0.15), "cut readout": (0.30, 0.0)}
 CONDITIONS = (("none", "none"), ("ours", "mild"), ("ours", "severe"), ("torchio motion", "mild"),
               ("torchio motion", "severe"), ("torchio ghosting", "mild"), ("torchio ghosting", "severe"))
 SEED = 20261204
+#: Background margins (source pixels) at which a source's own ghosting is read (``--native``).
+NATIVE_MARGINS = (3, 6, 9)
 
 
 def _torchio(volume: np.ndarray, kind: str, severity: str, seed: int) -> np.ndarray:
@@ -144,6 +147,30 @@ def artifact_in_noise_sds(images: np.ndarray, still: np.ndarray) -> float:
     air = still[(still > 0) & (still < np.percentile(still, 20))]
     sigma = max(float(np.median(air)) / RAYLEIGH_MEDIAN_PER_SIGMA, 1e-6) if air.size else 1.0
     return float(np.sqrt(np.mean((images.astype(np.float64) - still) ** 2)) / sigma)
+
+
+def native_ghosting(series: list[RealSeries], margins: tuple[int, ...] = NATIVE_MARGINS,
+                    local_weight: float = 2.0) -> list[dict]:
+    """The ghosting a real source already carries, before any simulation: the product's per-slice
+    ghost measure (slope, or ``local_weight`` x band excess, whichever is larger) of the source's
+    own slices, read along columns (array axis 1, the axis this evaluation uses as phase encoding)
+    and along rows (axis 0), with background margins of ``margins`` source pixels. A real scan's
+    own phase-encode artifacts (EPI Nyquist ghosts, pulsation, the patient's own small motion) lie
+    along its phase-encode axis only; blur and edge ringing of the body lie along both.
+    Per source, axis and margin: slices measurable, median and largest slice value."""
+    rows = []
+    for s in series:
+        volume = np.asarray(s.slices, dtype=np.float32)
+        for axis, name in ((1, "columns (phase encode here)"), (0, "rows (readout here)")):
+            for margin in margins:
+                values = [v for v in (slice_ghost(image, masks, axis, local_weight)
+                                      for image, masks in zip(volume, series_masks(volume, axis, margin)))
+                          if v is not None]
+                rows.append({"source": s.source, "axis": name, "margin_px": margin, "slices": int(len(volume)),
+                             "measurable": len(values),
+                             "median": round(float(np.median(values)), 4) if values else None,
+                             "max": round(float(np.max(values)), 4) if values else None})
+    return rows
 
 
 def calibration_series() -> list[RealSeries]:
@@ -239,6 +266,27 @@ def print_table(summary: dict) -> None:
               f"clear artifacts flagged {100 * (r['artifact > 1 noise SD']['rate'] or 0):5.1f} %")
 
 
+def _write_native(out: Path, argv: list[str] | None) -> int:
+    """``--native``: both source lists, a table, and ``out`` (JSON)."""
+    calibration = QCCalibration.load()
+    rows = []
+    for listed, series in (("calibration (training-allowed)", calibration_series()),
+                           ("evaluation-only", evaluation_series())):
+        rows += [r | {"list": listed} for r in native_ghosting(series, local_weight=calibration.local_weight)]
+    print(f"{'source':<30} {'read along':<28} margin  measurable  median    max")
+    for r in rows:
+        value = "-" if r["median"] is None else f"{r['median']:.4f}  {r['max']:.4f}"
+        print(f"{r['source']:<30} {r['axis']:<28} {r['margin_px']:>4}  {r['measurable']:>5}/{r['slices']:<5} {value}")
+    command = "python -m models.evaluation.qc_real " + " ".join(sys.argv[1:] if argv is None else argv)
+    out.write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d"),
+                               "what": native_ghosting.__doc__.split("\n\n")[0].replace("\n    ", " ").strip(),
+                               "thresholds": {role: calibration.for_role(role).ghost_threshold
+                                              for role in sorted(calibration.roles)},
+                               "rows": rows}, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sources", choices=["evaluation", "calibration"], default="evaluation")
@@ -248,8 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backgrounds", nargs="+", default=list(BACKGROUNDS),
                         choices=list(BACKGROUNDS) + list(CUT_BACKGROUNDS),
                         help="default: %(default)s; the cut ones write docs/qc_real_cut.json")
+    parser.add_argument("--native", action="store_true",
+                        help="only the ghosting the sources carry themselves (both source lists, no simulation) "
+                             "-> docs/qc_real_native_ghosting.json")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.native:
+        return _write_native(args.out or ROOT / "docs" / "qc_real_native_ghosting.json", argv)
     name = "qc_real.json" if args.sources == "evaluation" else "qc_real_calibration.json"
     if tuple(args.backgrounds) != BACKGROUNDS:
         name = name.replace(".json", "_cut.json")

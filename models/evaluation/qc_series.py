@@ -363,12 +363,16 @@ MEASURING_CODE = ("qc", "simulation", "models/guard.py", "models/inference.py", 
 
 
 def measuring_code_digest(root: Path = Path(__file__).resolve().parents[2]) -> str:
-    """SHA-256 over the Python files of :data:`MEASURING_CODE` (paths and contents)."""
+    """SHA-256 over the Python files of :data:`MEASURING_CODE` (paths and contents) and the one
+    calibration value a row's slice ghosts depend on, ``local_weight`` (the thresholds are applied
+    when the rows are scored, so a recalibration alone does not invalidate rows)."""
     digest = hashlib.sha256()
     for name in MEASURING_CODE:
         path = root / name
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes() + b"\0")
+    local_weight = QCCalibration.load(root / "qc" / "calibration.json").local_weight
+    digest.update(f"local_weight={local_weight!r}".encode())
     return digest.hexdigest()
 
 
