@@ -67,7 +67,8 @@ def series_masks(volume: np.ndarray, pe_axis: int | None = None, margin: int = q
     if pe_axis is not None:
         for i, image in enumerate(vol):
             if qm.ghost_ratio(qm.ghost_profile(image, masks[i], pe_axis)) is None and image.max() > image.min():
-                masks[i] = qm.slice_masks(image, max(threshold, float(threshold_otsu(image))), margin)
+                masks[i] = replace(qm.slice_masks(image, max(threshold, float(threshold_otsu(image))), margin),
+                                   remasked=True)
     return masks
 
 
@@ -285,6 +286,12 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
         where = [numbers[i] for i in original.flagged_slices]
         notes.append("motion artifacts: " + " and ".join(why)
                      + (f"; images {number_ranges(where)} of {len(source)} score >= 0.5" if where else ""))
+        # The known limitation (README, "anatomy cut by the field of view"): said where it applies.
+        without_air = [numbers[i] for i in original.flagged_slices if masks[i].remasked]
+        if without_air:
+            notes.append(f"images {number_ranges(without_air)}: no phase-encode line keeps air beside the body "
+                         "(anatomy cut by the field of view, or ghosts as bright as tissue); the ghost measure "
+                         "there may read darker tissue as ghosting: confirm on the original")
     if accentuated:
         notes.append("DL accentuated artifacts; read the original")
     if original.noise_sd is None:

@@ -30,10 +30,13 @@ RAYLEIGH_MEDIAN_PER_SIGMA = float(np.sqrt(2.0 * np.log(2.0)))  # median / sigma
 @dataclass(frozen=True)
 class SliceMasks:
     """``body``: the patient (holes filled); ``background``: air at least ``margin`` pixels
-    from the body. Both boolean ``(rows, columns)``."""
+    from the body. Both boolean ``(rows, columns)``. ``remasked``: at the series threshold no
+    phase-encode line kept both air and body, so the slice was masked again at its own
+    (tissue) threshold (:func:`qc.measures.series_masks`)."""
 
     body: np.ndarray
     background: np.ndarray
+    remasked: bool = False
 
 
 def body_threshold(series: np.ndarray) -> float:

@@ -214,6 +214,35 @@ def test_a_motion_flag_names_the_slices_that_raised_it(ce_t1_planes):
     assert verdict_line(unjudged) == "QC: MOTION NOT MEASURABLE (no air beside the body)."
 
 
+def test_a_flag_on_anatomy_cut_by_the_field_of_view_says_so():
+    """The known limitation (README): anatomy that fills every phase-encode line leaves no air
+    beside it; the slice is masked again at its own threshold, darker tissue is read as ghosting
+    and the series is flagged. The product cannot tell that from ghosts as bright as tissue, but
+    it says on which images the measure was read that way."""
+    from qc.measures import series_masks
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:128, :96]
+    inside = (yy >= 20) & (yy < 108)  # the anatomy spans every column (the phase-encode lines here)
+    tissue = np.where(inside, 500.0 + 300 * np.sin(yy / 7.0), 0.0)
+    tissue = np.where(inside & (np.abs(xx - 48) < 6 + 0.3 * (yy - 20)), 1500.0, tissue)
+    volume = np.stack([tissue * (1 + 0.02 * k) for k in range(3)])
+
+    def acquired(v):
+        return np.abs(v + rng.normal(0, 10, v.shape) + 1j * rng.normal(0, 10, v.shape)).astype(np.uint16)
+
+    pixels = acquired(volume)
+    assert all(m.remasked for m in series_masks(pixels, 1))
+    item = EnhancedSeries("SAG_CE_T1", _enhanced(pixels), pixels, pixels, 0.0, ModelDescription("m", "0", "0"))
+    qc = check_series(item, CALIBRATION)
+    assert qc.motion_flag
+    note = next(n for n in qc.notes if "no phase-encode line keeps air" in n)
+    assert note.startswith("images 1-3:") and "confirm on the original" in note
+    # with air beside the anatomy along phase encoding, nothing is masked again and nothing is said
+    framed = acquired(np.pad(volume, ((0, 0), (0, 0), (40, 40))))
+    assert not any(m.remasked for m in series_masks(framed, 1))
+
+
 def test_missing_phase_encode_direction_is_noted(ce_t1_planes):
     clean = _series(ce_t1_planes, "none")
     datasets = _enhanced(clean.images)

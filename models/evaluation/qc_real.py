@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from app.contracts import MOTION_FLAG_SCORE
 from models import WEIGHTS_DIR
 from models.evaluation.qc import STRENGTH_BINS, roc_auc
 from models.evaluation.qc_independent import SETTINGS as TORCHIO_SETTINGS
@@ -204,14 +205,15 @@ def run(series: list[RealSeries], calibration: QCCalibration,
         for background in backgrounds:
             seen = with_background(images, background)
             # What AcquisitionMatrix would say of such a series: acquired at the source's resolution.
-            _, q = measure_original(seen, 1, calibration, detector, interpolation=max(1.0, s.pixel_mm / pixel))
+            masks, q = measure_original(seen, 1, calibration, detector, interpolation=max(1.0, s.pixel_mm / pixel))
             rows.append({"source": s.source, "slices": int(len(images)), "matrix": matrix,
                          "acquisition": acquisition, "kind": kind, "severity": severity, "draw": draw,
                          "background": background, "seed": seed, "anr": round(anr, 3),
                          "motion_score": q.motion_score, "flag": motion_flagged(q.motion_score),
                          "not_measurable": q.motion_score is None, "ghost": q.ghost, "detector": q.detector,
                          "slice_scores": q.slice_motion_scores, "slice_ghosts": q.slice_ghosts,
-                         "slice_detector": q.slice_detector, "slice_body_fraction": q.slice_body_fraction})
+                         "slice_detector": q.slice_detector, "slice_body_fraction": q.slice_body_fraction,
+                         "remasked_slices": [i for i, m in enumerate(masks) if m.remasked]})
     return rows
 
 
@@ -229,6 +231,13 @@ def summarise(rows: list[dict], calibration: QCCalibration | None = None) -> dic
                 "not_measurable": sum(r["not_measurable"] for r in group)}
 
     out = {"false_flags": {"all": rate(clean)}, "detection": {}}
+    if all("remasked_slices" in r for r in rows):
+        # How often a flag carries the product's note that the air beside the body was missing
+        # on a flagged image (qc.measures.check_series): on clean series it is the warning a
+        # reader needs; on moved ones it is said of real ghosts too.
+        out["flags_noting_no_air"] = {name: {"flagged": sum(r["flag"] for r in group),
+                                             "with the note": sum(_notes_no_air(r) for r in group)}
+                                      for name, group in (("clean", clean), ("moved", moved))}
     for key in ("source", "background", "acquisition"):
         for value in sorted({r[key] for r in clean}):
             out["false_flags"][f"{key} {value}"] = rate([r for r in clean if r[key] == value])
@@ -257,10 +266,21 @@ def summarise(rows: list[dict], calibration: QCCalibration | None = None) -> dic
     return out
 
 
+def _notes_no_air(row: dict) -> bool:
+    """Whether the product's QC notes of this series say that a flagged image had no air
+    beside the body (a flagged slice that was masked again)."""
+    scores = row["slice_scores"]
+    return bool(row["flag"]) and any(scores[i] is not None and scores[i] >= MOTION_FLAG_SCORE
+                                     for i in row["remasked_slices"])
+
+
 def print_table(summary: dict) -> None:
     from models.evaluation.qc_series import print_rates
 
     print_rates(summary, width=44, moved="series with an artifact")
+    for name, n in summary.get("flags_noting_no_air", {}).items():
+        print(f"flags on {name} series noting no air beside the body on a flagged image: "
+              f"{n['with the note']} of {n['flagged']}")
     for role, r in summary.get("by_role", {}).items():
         print(f"as {role:<14} false flags {100 * (r['false_flags']['rate'] or 0):5.1f} %, "
               f"clear artifacts flagged {100 * (r['artifact > 1 noise SD']['rate'] or 0):5.1f} %")
