@@ -286,7 +286,7 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
         where = [numbers[i] for i in original.flagged_slices]
         notes.append("motion artifacts: " + " and ".join(why)
                      + (f"; images {number_ranges(where)} of {len(source)} score >= 0.5" if where else ""))
-        # The known limitation (README, "anatomy cut by the field of view"): said where it applies.
+        # The known limitation (README, "How well it works"): said where it applies.
         without_air = [numbers[i] for i in original.flagged_slices if masks[i].remasked]
         if without_air:
             notes.append(f"images {number_ranges(without_air)}: no phase-encode line keeps air beside the body "
