@@ -125,6 +125,13 @@ def motion_flagged(score: float | None) -> bool:
     return bool(score is not None and score >= MOTION_FLAG_SCORE)
 
 
+def flagged_without_air(slice_scores: list[float | None], remasked_slices: list[int]) -> list[int]:
+    """0-based indices of the slices whose own motion score raises the flag and that were masked
+    again (no phase-encode line kept air beside the body: :attr:`qc.metrics.SliceMasks.remasked`)."""
+    remasked = set(remasked_slices)
+    return [i for i, score in enumerate(slice_scores) if i in remasked and motion_flagged(score)]
+
+
 def measure_original(source: np.ndarray, pe_axis: int, calibration: QCCalibration,
                      detector: "MotionDetector | None" = None,
                      mask_source: np.ndarray | None = None,
@@ -287,7 +294,8 @@ def check_series(item: EnhancedSeries, calibration: QCCalibration,
         notes.append("motion artifacts: " + " and ".join(why)
                      + (f"; images {number_ranges(where)} of {len(source)} score >= 0.5" if where else ""))
         # The known limitation (README, "How well it works"): said where it applies.
-        without_air = [numbers[i] for i in original.flagged_slices if masks[i].remasked]
+        without_air = [numbers[i] for i in flagged_without_air(original.slice_motion_scores,
+                                                                [i for i, m in enumerate(masks) if m.remasked])]
         if without_air:
             notes.append(f"images {number_ranges(without_air)}: no phase-encode line keeps air beside the body "
                          "(anatomy cut by the field of view, or ghosts as bright as tissue); the ghost measure "

@@ -50,13 +50,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from app.contracts import MOTION_FLAG_SCORE
 from models import WEIGHTS_DIR
 from models.evaluation.qc import STRENGTH_BINS, roc_auc
 from models.evaluation.qc_independent import SETTINGS as TORCHIO_SETTINGS
 from models.evaluation.real_mr import RealSeries, _resample, evaluation_series, selection_series
 from qc.calibration import QCCalibration
-from qc.measures import measure_original, motion_flagged, series_masks, slice_ghost
+from qc.measures import flagged_without_air, measure_original, motion_flagged, series_masks, slice_ghost
 from qc.metrics import RAYLEIGH_MEDIAN_PER_SIGMA
 from simulation import acquisition as acq
 
@@ -269,9 +268,7 @@ def summarise(rows: list[dict], calibration: QCCalibration | None = None) -> dic
 def _notes_no_air(row: dict) -> bool:
     """Whether the product's QC notes of this series say that a flagged image had no air
     beside the body (a flagged slice that was masked again)."""
-    scores = row["slice_scores"]
-    return bool(row["flag"]) and any(scores[i] is not None and scores[i] >= MOTION_FLAG_SCORE
-                                     for i in row["remasked_slices"])
+    return bool(row["flag"]) and bool(flagged_without_air(row["slice_scores"], row["remasked_slices"]))
 
 
 def print_table(summary: dict) -> None:
